@@ -1,0 +1,69 @@
+//! Builds the guest component (the workspace root crate) for wasm32-wasip2 in
+//! release, and exposes its path to the host as `VD_CRED_BROKER_WASM`, the way
+//! wasmtime's `test-programs` does. The guest gets its own target directory
+//! (`target/guest`) so the nested cargo never waits on the outer one's lock,
+//! and so debug, test, clippy and release host builds share one guest build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let target = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("target dir")
+        .to_path_buf();
+    let guest_target = target.join("guest");
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args([
+            "build",
+            "--package",
+            "vd-cred-broker",
+            "--lib",
+            "--target",
+            "wasm32-wasip2",
+            "--release",
+        ])
+        .env("CARGO_TARGET_DIR", &guest_target);
+    // Settings meant for the outer (host) build must not leak into the guest's.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .expect("run cargo to build the guest component");
+    assert!(
+        status.success(),
+        "building the guest component failed; is the wasm32-wasip2 target installed? \
+         (rustup target add wasm32-wasip2)"
+    );
+
+    let wasm = guest_target.join("wasm32-wasip2/release/vd_cred_broker.wasm");
+    assert!(wasm.exists(), "guest build produced no {}", wasm.display());
+    println!("cargo:rustc-env=VD_CRED_BROKER_WASM={}", wasm.display());
+    for path in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+}

@@ -1,0 +1,288 @@
+//! A loopback mock of the Studio credential broker.
+//!
+//! A real HTTP/1.1 server (hyper) on `127.0.0.1:0`, on its own thread and
+//! runtime, so it works the same from async tests and from plain `main`. It
+//! records every request and answers from a script: each request takes the
+//! next scripted [`Reply`], or the default (a fresh token) when the script is
+//! empty.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+/// The path prefix of [`MockBroker::url`], as Studio's broker uses.
+pub const BASE_PATH: &str = "/api/v1/credential-broker";
+
+/// One scripted answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Answer with a fresh token `mock-token-<n>` (n counts requests) living 3600 s.
+    Mint,
+    /// Answer `status` with `body` (as `application/json`), after `delay`.
+    Answer {
+        status: u16,
+        body: String,
+        delay: Duration,
+    },
+    /// Read the request, wait `delay`, then close the connection without answering.
+    Drop { delay: Duration },
+}
+
+impl Reply {
+    /// `status` with a JSON (or any) body, at once.
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Reply::Answer {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A 200 with `access_token` and `expires_in`.
+    pub fn token(token: &str, expires_in: u64) -> Self {
+        Reply::json(
+            200,
+            format!(r#"{{"access_token":"{token}","expires_in":{expires_in}}}"#),
+        )
+    }
+
+    /// This answer, after `delay`.
+    pub fn after(self, delay: Duration) -> Self {
+        match self {
+            Reply::Answer { status, body, .. } => Reply::Answer {
+                status,
+                body,
+                delay,
+            },
+            Reply::Drop { .. } => Reply::Drop { delay },
+            Reply::Mint => Reply::Answer {
+                status: 200,
+                body: mint_body(0),
+                delay,
+            },
+        }
+    }
+}
+
+fn mint_body(n: usize) -> String {
+    format!(r#"{{"access_token":"mock-token-{n}","expires_in":3600,"token_type":"Bearer"}}"#)
+}
+
+/// A request as the broker received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// `POST`, normally.
+    pub method: String,
+    /// Path and query, e.g. `/api/v1/credential-broker/token`.
+    pub path: String,
+    /// HTTP version, e.g. `HTTP/1.1`.
+    pub version: String,
+    /// Headers in arrival order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body as received (de-chunked if it was chunked).
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// The value of header `name` (lower-case), if present once or more (first wins).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    requests: Vec<Recorded>,
+}
+
+/// The running mock broker; stops when dropped.
+pub struct MockBroker {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockBroker {
+    /// Start on `127.0.0.1:0`.
+    pub fn start() -> Result<MockBroker> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let (stop, stopped) = oneshot::channel();
+        let state = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("mock-broker".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(serve(listener, state, stopped));
+            })?;
+        Ok(MockBroker {
+            addr,
+            inner,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The broker base URL, e.g. `http://127.0.0.1:41234/api/v1/credential-broker`.
+    pub fn url(&self) -> String {
+        format!("http://{}{BASE_PATH}", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answer the next request (after those already scripted) with `reply`.
+    pub fn push(&self, reply: Reply) -> &Self {
+        self.inner.lock().unwrap().script.push_back(reply);
+        self
+    }
+
+    /// Answer every unscripted request with `reply` (default: [`Reply::Mint`]).
+    pub fn set_default(&self, reply: Reply) {
+        self.inner.lock().unwrap().default = Some(reply);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// How many requests were received.
+    pub fn request_count(&self) -> usize {
+        self.inner.lock().unwrap().requests.len()
+    }
+}
+
+impl Drop for MockBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    inner: Arc<Mutex<Inner>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        // One write per answer: no Nagle/delayed-ACK stalls on loopback.
+        let _ = stream.set_nodelay(true);
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(req, inner.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Record the request, then answer from the script. An `Err` makes hyper
+/// close the connection without a response: that is [`Reply::Drop`].
+async fn answer(
+    req: Request<Incoming>,
+    inner: Arc<Mutex<Inner>>,
+) -> Result<Response<Full<Bytes>>, DroppedConnection> {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => return Err(DroppedConnection),
+    };
+    let reply = {
+        let mut inner = inner.lock().unwrap();
+        inner.requests.push(Recorded {
+            method,
+            path,
+            version,
+            headers,
+            body,
+        });
+        let n = inner.requests.len();
+        match inner.script.pop_front().or_else(|| inner.default.clone()) {
+            None | Some(Reply::Mint) => Reply::json(200, mint_body(n)),
+            Some(reply) => reply,
+        }
+    };
+    match reply {
+        Reply::Answer {
+            status,
+            body,
+            delay,
+        } => {
+            tokio::time::sleep(delay).await;
+            Ok(Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("valid response"))
+        }
+        Reply::Drop { delay } => {
+            tokio::time::sleep(delay).await;
+            Err(DroppedConnection)
+        }
+        Reply::Mint => unreachable!("resolved above"),
+    }
+}
+
+#[derive(Debug)]
+struct DroppedConnection;
+
+impl std::fmt::Display for DroppedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted dropped connection")
+    }
+}
+
+impl std::error::Error for DroppedConnection {}

@@ -1,0 +1,143 @@
+//! `host-test demo` and `host-test get-token <scope>...`: the component in the
+//! wasmtime sandbox, against the loopback mock broker or a real one.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use host_test::{Host, MockBroker};
+
+const USAGE: &str = "\
+usage:
+  host-test demo [scope]          mint a token through the component against a loopback mock broker
+  host-test get-token <scope>...  mint a real token: reads VD_CREDENTIAL_BROKER_URL and
+                                  VD_CREDENTIAL_FILE, prints {\"token\",\"expires_on\"} as JSON";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => {
+            demo(
+                args.get(1)
+                    .map_or("https://vault.azure.net/.default", String::as_str),
+            )
+            .await
+        }
+        Some("get-token") if args.len() > 1 => get_token(&args[1..]).await,
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("host-test: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+async fn demo(scope: &str) -> Result<ExitCode> {
+    let broker = MockBroker::start()?;
+    let dir = tempfile::tempdir()?;
+    let bearer = format!("vd_iat_demo_{}", std::process::id());
+    std::fs::write(dir.path().join("credential"), format!("{bearer}\n"))?;
+    println!("mock broker      {}", broker.url());
+    println!(
+        "bearer file      {}/credential (preopened read-only as /run/vd)",
+        dir.path().display()
+    );
+
+    let started = Instant::now();
+    let host = Host::shared();
+    println!(
+        "component        {} (compiled in {:.0?})",
+        host_test::COMPONENT_WASM,
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let mut sandbox = host
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", broker.url())
+        .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
+        .bearer_dir(dir.path(), "/run/vd")
+        .broker_url(broker.url())
+        .build()
+        .await?;
+    let instantiated = started.elapsed();
+    let started = Instant::now();
+    let result = sandbox.get_token(&[scope]).await?;
+    println!(
+        "instantiate      {instantiated:.1?}; get-token {:.1?}",
+        started.elapsed()
+    );
+    let token = match result {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    println!("scope            {scope}");
+    println!("token            {}", token.token);
+    println!(
+        "expires-on       {} (in {} s)",
+        token.expires_on,
+        token.expires_on.saturating_sub(now)
+    );
+    for request in broker.requests() {
+        println!(
+            "broker received  {} {} {}",
+            request.method, request.path, request.version
+        );
+        for (name, value) in &request.headers {
+            let value = if name == "authorization" {
+                value.replace(&bearer, "vd_iat_[redacted]")
+            } else {
+                value.clone()
+            };
+            println!("                 {name}: {value}");
+        }
+        println!(
+            "                 body: {}",
+            String::from_utf8_lossy(&request.body)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get_token(scopes: &[String]) -> Result<ExitCode> {
+    let mut builder = Host::shared().sandbox();
+    if let Ok(url) = std::env::var("VD_CREDENTIAL_BROKER_URL") {
+        builder = builder.env("VD_CREDENTIAL_BROKER_URL", &url);
+        // An unusable URL is left to the component to explain.
+        if host_test::policy::BrokerOnly::for_url(&url).is_ok() {
+            builder = builder.broker_url(url);
+        }
+    }
+    if let Ok(file) = std::env::var("VD_CREDENTIAL_FILE") {
+        builder = builder.env("VD_CREDENTIAL_FILE", &file);
+        // The bearer's directory, at the same path inside the sandbox.
+        if let Some(dir) = Path::new(&file).parent().filter(|d| d.is_dir()) {
+            let guest = dir.to_str().context("VD_CREDENTIAL_FILE is not UTF-8")?;
+            builder = builder.bearer_dir(dir, guest);
+        }
+    }
+    let mut sandbox = builder.build().await?;
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    match sandbox.get_token(&scopes).await? {
+        Ok(token) => {
+            let json = serde_json::json!({ "token": token.token, "expires_on": token.expires_on });
+            println!("{json}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The sandbox's HTTP policy: only the broker's scheme and authority.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use http_body_util::BodyExt;
+use hyper::Uri;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+type ResponseFuture = Box<
+    dyn Future<
+            Output = std::result::Result<
+                (
+                    hyper::Response<WasiBody>,
+                    Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
+                ),
+                Error,
+            >,
+        > + Send,
+>;
+
+/// Lets requests through to exactly one `scheme://host:port`; denies and
+/// records everything else (another port, another name for the same host, an
+/// IP literal of it, another scheme).
+pub struct BrokerOnly {
+    allowed: Option<(String, String)>,
+    denied: Arc<Mutex<Vec<String>>>,
+}
+
+/// `(scheme, host:port)` with the scheme's default port made explicit and the
+/// host lower-cased.
+fn origin(uri: &Uri) -> Option<(String, String)> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    let port = authority.port_u16().or(match scheme.as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    })?;
+    Some((
+        scheme,
+        format!("{}:{port}", authority.host().to_ascii_lowercase()),
+    ))
+}
+
+impl BrokerOnly {
+    /// Allow only the origin of the broker base URL `url`.
+    pub fn for_url(url: &str) -> Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("broker URL {url:?} is not a URL"))?;
+        let Some(allowed) = origin(&uri) else {
+            bail!("broker URL {url:?} needs an http(s) scheme and a host");
+        };
+        Ok(BrokerOnly {
+            allowed: Some(allowed),
+            denied: Arc::default(),
+        })
+    }
+
+    /// Deny every request.
+    pub fn deny_all() -> Self {
+        BrokerOnly {
+            allowed: None,
+            denied: Arc::default(),
+        }
+    }
+
+    /// The denied requests' `scheme://authority`, shared with the sandbox.
+    pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
+        self.denied.clone()
+    }
+}
+
+impl WasiHttpHooks for BrokerOnly {
+    fn send_request(
+        &mut self,
+        request: hyper::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
+    ) -> ResponseFuture {
+        let target = origin(request.uri());
+        if target.is_none() || target != self.allowed {
+            let shown = match (request.uri().scheme_str(), request.uri().authority()) {
+                (Some(s), Some(a)) => format!("{s}://{a}"),
+                _ => request.uri().to_string(),
+            };
+            self.denied.lock().unwrap().push(shown);
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        drop(fut);
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let o = |s: &str| origin(&s.parse().unwrap());
+        assert_eq!(
+            o("http://127.0.0.1:8080/a"),
+            Some(("http".into(), "127.0.0.1:8080".into()))
+        );
+        assert_eq!(
+            o("http://Localhost/a"),
+            Some(("http".into(), "localhost:80".into()))
+        );
+        assert_eq!(o("https://h"), Some(("https".into(), "h:443".into())));
+        assert_eq!(o("/relative"), None);
+    }
+}

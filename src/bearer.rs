@@ -1,0 +1,146 @@
+//! Reading and checking the intent bearer file.
+//!
+//! The file is read afresh on every call (Studio rotates it). Through `std::fs`
+//! this is wasi:filesystem in the component and the real filesystem natively.
+
+use std::io::{ErrorKind, Read};
+
+use crate::{CredentialError, Secret};
+
+/// Larger bearer files are refused unread.
+pub const MAX_BEARER_BYTES: u64 = 64 * 1024;
+
+/// Read the bearer from `path` and check it with [`parse_bearer`].
+///
+/// A missing file, a directory, a FIFO or other special file, a file outside
+/// the component's preopened directories and an unreadable file each get
+/// their own `bearer-unavailable` message; none of them blocks.
+pub fn read_bearer(path: &str) -> Result<Secret, CredentialError> {
+    let unavailable = |why: String| {
+        CredentialError::BearerUnavailable(format!(
+            "the bearer file {path:?} (VD_CREDENTIAL_FILE) {why}"
+        ))
+    };
+    let io = |e: std::io::Error| match e.kind() {
+        ErrorKind::NotFound => unavailable(
+            "does not exist, or is outside the directories the host shares with the component: \
+             is the Studio intent session active, and is its directory preopened?"
+                .into(),
+        ),
+        ErrorKind::PermissionDenied => unavailable(format!(
+            "cannot be read (permission denied: {e}): is the Studio intent session active?"
+        )),
+        _ => unavailable(format!(
+            "cannot be read ({e}): is the Studio intent session active, and is its directory \
+             preopened for the component?"
+        )),
+    };
+    // Check the type before opening: opening a FIFO for reading would block.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        return Err(unavailable(
+            "is a directory: point it at the bearer file itself".into(),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(unavailable(
+            "is not a regular file (a FIFO, socket or device?)".into(),
+        ));
+    }
+    if meta.len() > MAX_BEARER_BYTES {
+        return Err(unavailable(format!(
+            "is {} bytes, more than the {MAX_BEARER_BYTES} a bearer can be: is it the right file?",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BEARER_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    parse_bearer(&bytes).map_err(unavailable)
+}
+
+/// Check a bearer file's content: at most [`MAX_BEARER_BYTES`], UTF-8,
+/// surrounding whitespace trimmed, non-empty, and usable as an HTTP header
+/// value. The error says what is wrong without echoing the content.
+pub fn parse_bearer(bytes: &[u8]) -> Result<Secret, String> {
+    if bytes.len() as u64 > MAX_BEARER_BYTES {
+        return Err(format!(
+            "is larger than {MAX_BEARER_BYTES} bytes: is it the right file?"
+        ));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "is not UTF-8 text: is it the right file?".to_string())?;
+    let bearer = text.trim();
+    if bearer.is_empty() {
+        return Err(
+            "is empty: the Studio intent session has not written a bearer yet, or has ended".into(),
+        );
+    }
+    if bearer.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(
+            "holds control characters (a line break inside the bearer?), so it cannot be sent \
+             as an HTTP header: is it the right file?"
+                .into(),
+        );
+    }
+    Ok(Secret::new(bearer.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_and_accepts() {
+        assert_eq!(
+            parse_bearer(b"vd_iat_abc\n").unwrap().expose(),
+            "vd_iat_abc"
+        );
+        assert_eq!(
+            parse_bearer(b"  \tvd_iat_abc \r\n").unwrap().expose(),
+            "vd_iat_abc"
+        );
+    }
+
+    #[test]
+    fn empty_bad_utf8_controls_and_size_are_told_apart() {
+        let empty = parse_bearer(b" \n").unwrap_err();
+        assert!(empty.contains("empty"));
+        let utf8 = parse_bearer(b"vd_iat_\xff").unwrap_err();
+        assert!(utf8.contains("UTF-8"));
+        let ctl = parse_bearer(b"vd_iat_a\nb").unwrap_err();
+        assert!(ctl.contains("control"));
+        assert!(!ctl.contains("vd_iat"));
+        let big = vec![b'a'; MAX_BEARER_BYTES as usize + 1];
+        assert!(parse_bearer(&big).unwrap_err().contains("larger"));
+    }
+
+    #[test]
+    fn file_errors_are_distinct_and_never_echo() {
+        let dir = std::env::temp_dir().join(format!("vd-bearer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("credential");
+        let path = file.to_str().unwrap();
+
+        let missing = read_bearer(path).unwrap_err();
+        assert!(
+            matches!(missing, CredentialError::BearerUnavailable(ref m) if m.contains("does not exist"))
+        );
+
+        std::fs::write(&file, "").unwrap();
+        let empty = read_bearer(path).unwrap_err();
+        assert!(
+            matches!(empty, CredentialError::BearerUnavailable(ref m) if m.contains("is empty"))
+        );
+
+        let as_dir = read_bearer(dir.to_str().unwrap()).unwrap_err();
+        assert!(
+            matches!(as_dir, CredentialError::BearerUnavailable(ref m) if m.contains("directory"))
+        );
+
+        std::fs::write(&file, "vd_iat_secret\n").unwrap();
+        assert_eq!(read_bearer(path).unwrap().expose(), "vd_iat_secret");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,105 @@
+//! The one error type, mirrored case for case by the WIT `credential-error`.
+//!
+//! Each payload string is a complete sentence that names what failed and what
+//! to do about it. No payload ever holds the bearer or a minted token: callers
+//! build messages from paths, variable names, statuses and scrubbed excerpts
+//! only (see `excerpt`).
+
+/// Why a credential could not be built or a token could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// A setting is missing or invalid; the message names the env var or option.
+    #[error("credential configuration error: {0}")]
+    Configuration(String),
+
+    /// No scope, or scopes that map to different audiences.
+    #[error("invalid scopes: {0}")]
+    InvalidScopes(String),
+
+    /// A scope that maps to no known resource.
+    #[error(
+        "scope {scope:?} is not allowed: it maps to no known resource; known resources: {}. \
+         Request one of these (optionally with /.default), or add the resource with the audience-map option",
+        known_resources.join(", ")
+    )]
+    ScopeNotAllowed {
+        /// The scope as the caller gave it.
+        scope: String,
+        /// Every resource the credential knows, sorted.
+        known_resources: Vec<String>,
+    },
+
+    /// The bearer file is missing, unreadable, outside the sandbox, empty or malformed.
+    #[error("intent bearer unavailable: {0}")]
+    BearerUnavailable(String),
+
+    /// The broker could not be reached (connect failure, DNS, timeout, denied by the host).
+    #[error("could not reach the credential broker: {0}")]
+    BrokerUnreachable(String),
+
+    /// The broker answered 401 or 403.
+    #[error(
+        "the credential broker rejected the request (HTTP {status}): the intent access token may be \
+         expired, revoked, or out of scope; start a new Studio intent session{}",
+        detail_suffix(detail)
+    )]
+    BrokerRejected {
+        /// The HTTP status.
+        status: u16,
+        /// A scrubbed excerpt of the broker's body.
+        detail: String,
+    },
+
+    /// The broker answered another non-2xx status.
+    #[error(
+        "the credential broker failed with HTTP {status}; check the broker's logs or retry later{}",
+        detail_suffix(detail)
+    )]
+    BrokerFailed {
+        /// The HTTP status.
+        status: u16,
+        /// A scrubbed excerpt of the broker's body.
+        detail: String,
+    },
+
+    /// A 2xx answer that is not a usable token.
+    #[error("invalid response from the credential broker: {0}")]
+    InvalidResponse(String),
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(". Broker said: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_fix() {
+        let e = CredentialError::ScopeNotAllowed {
+            scope: "https://x".into(),
+            known_resources: vec!["a".into(), "b".into()],
+        };
+        let text = e.to_string();
+        assert!(text.contains("\"https://x\""), "{text}");
+        assert!(text.contains("a, b"), "{text}");
+        assert!(text.contains("audience-map"), "{text}");
+
+        let e = CredentialError::BrokerRejected {
+            status: 401,
+            detail: String::new(),
+        };
+        assert!(e.to_string().contains("HTTP 401"));
+        assert!(!e.to_string().contains("Broker said"));
+        let e = CredentialError::BrokerFailed {
+            status: 500,
+            detail: "boom".into(),
+        };
+        assert!(e.to_string().ends_with("Broker said: boom"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Short, scrubbed excerpts of broker error bodies.
+//!
+//! A broker's error body is quoted to help the user, but it might echo a
+//! secret. The excerpt drops token-like JSON members, anything that looks like
+//! a bearer or JWT, and the literal secrets the caller knows, then removes
+//! control characters and cuts it short.
+
+use serde_json::Value;
+
+/// At most this many characters of a body are quoted.
+pub const EXCERPT_CHARS: usize = 200;
+
+const REDACTED: &str = "[redacted]";
+
+/// JSON member names (lower-cased, substring match) whose values are never quoted.
+const SECRET_KEYS: [&str; 9] = [
+    "token",
+    "secret",
+    "password",
+    "bearer",
+    "assertion",
+    "authorization",
+    "credential",
+    "key",
+    "cookie",
+];
+
+/// Prefixes of values that look like a bearer or a JWT; the rest of the word goes too.
+const SECRET_PREFIXES: [&str; 3] = ["vd_iat_", "eyJ", "Bearer "];
+
+/// A scrubbed, bounded, single-line excerpt of `body`; `secrets` are removed
+/// wherever they appear.
+///
+/// ```
+/// use vd_cred_broker::excerpt;
+/// let body = br#"{"error":"expired","access_token":"eyJabc.def"}"#;
+/// assert_eq!(excerpt(body, &[]), r#"{"access_token":"[redacted]","error":"expired"}"#);
+/// ```
+pub fn excerpt(body: &[u8], secrets: &[&str]) -> String {
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(mut json) => {
+            scrub_json(&mut json);
+            json.to_string()
+        }
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let mut text = text;
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, REDACTED);
+    }
+    let text = scrub_prefixed_words(&text);
+    let mut out = String::new();
+    let mut last_space = true;
+    for c in text.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && last_space {
+            continue;
+        }
+        last_space = c == ' ';
+        out.push(c);
+    }
+    let out = out.trim_end();
+    match out.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}...", &out[..cut]),
+        None => out.to_string(),
+    }
+}
+
+fn scrub_json(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, member) in map.iter_mut() {
+                let key = key.to_ascii_lowercase();
+                if SECRET_KEYS.iter().any(|k| key.contains(k)) {
+                    *member = Value::String(REDACTED.into());
+                } else {
+                    scrub_json(member);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(scrub_json),
+        _ => {}
+    }
+}
+
+/// Replace every word that starts with a secret-looking prefix.
+fn scrub_prefixed_words(text: &str) -> String {
+    let is_token_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((at, prefix)) = SECRET_PREFIXES
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, *p)))
+        .min_by_key(|(i, _)| *i)
+    {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + prefix.len()..];
+        let word_len = after.find(|c| !is_token_char(c)).unwrap_or(after.len());
+        if prefix == "Bearer " {
+            out.push_str(prefix);
+        }
+        out.push_str(REDACTED);
+        rest = &after[word_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_members_are_scrubbed_recursively() {
+        let body = br#"{"detail":{"refresh_token":"x","Api-Key":"k","n":[{"id_token":"t"}]},"message":"no"}"#;
+        let e = excerpt(body, &[]);
+        assert!(
+            !e.contains("\"x\"") && !e.contains("\"k\"") && !e.contains("\"t\""),
+            "{e}"
+        );
+        assert!(e.contains("\"message\":\"no\""), "{e}");
+    }
+
+    #[test]
+    fn secret_looking_words_and_literals_go() {
+        let e = excerpt(
+            b"bad bearer vd_iat_abc123 and eyJhbGc.eyJzdWIi.sig, Bearer zzz",
+            &["zzz"],
+        );
+        assert!(
+            !e.contains("abc123") && !e.contains("hbGc") && !e.contains("zzz"),
+            "{e}"
+        );
+        assert!(
+            e.starts_with("bad bearer [redacted] and [redacted], Bearer [redacted]"),
+            "{e}"
+        );
+        let e = excerpt(b"echo: my-literal-secret!", &["my-literal-secret"]);
+        assert_eq!(e, "echo: [redacted]!");
+    }
+
+    #[test]
+    fn bounded_single_line_valid_utf8() {
+        let mut body = b"line1\r\nline2\x00\x1b[31m ".to_vec();
+        body.extend(std::iter::repeat_n(b'\xe2', 3));
+        body.extend("é".repeat(500).as_bytes());
+        let e = excerpt(&body, &[]);
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert!(e.starts_with("line1 line2"), "{e}");
+        assert!(e.chars().count() <= EXCERPT_CHARS + 3);
+        assert!(e.ends_with("..."));
+        assert_eq!(excerpt(b"", &[]), "");
+    }
+}

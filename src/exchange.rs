@@ -1,0 +1,256 @@
+//! The broker request, and the parsing of the broker's answer. Pure: no I/O.
+
+use serde_json::Value;
+
+use crate::{CredentialError, Secret, excerpt};
+
+/// `expires_in` when the broker sends none (the original's default).
+pub const DEFAULT_EXPIRES_IN: u64 = 3600;
+/// Longest `expires_in` accepted: a week. Azure tokens live hours, not weeks.
+pub const MAX_EXPIRES_IN: u64 = 7 * 24 * 3600;
+/// Longest `access_token` accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
+
+/// `POST {url}` with `Authorization: Bearer`, `Content-Type: application/json`,
+/// a `Content-Length` and [`BrokerRequest::body`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRequest {
+    /// `{broker_url}/token`.
+    pub url: String,
+    /// The intent bearer, for the `Authorization` header.
+    pub bearer: Secret,
+    /// The JSON body, e.g. `{"audience":"vault"}`.
+    pub body: Vec<u8>,
+}
+
+impl BrokerRequest {
+    /// The request that mints a token for `audience`.
+    ///
+    /// ```
+    /// use vd_cred_broker::{BrokerRequest, Secret};
+    /// let req = BrokerRequest::mint("http://127.0.0.1:1/b/token".into(), Secret::new("vd_iat_x".into()), "vault");
+    /// assert_eq!(req.body, br#"{"audience":"vault"}"#);
+    /// assert_eq!(req.headers()[1], ("content-type", "application/json".to_string()));
+    /// ```
+    pub fn mint(url: String, bearer: Secret, audience: &str) -> Self {
+        let body = serde_json::json!({ "audience": audience })
+            .to_string()
+            .into_bytes();
+        BrokerRequest { url, bearer, body }
+    }
+
+    /// The headers to send, in order. The first holds the bearer: never log it.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            ("authorization", format!("Bearer {}", self.bearer.expose())),
+            ("content-type", "application/json".to_string()),
+            ("content-length", self.body.len().to_string()),
+        ]
+    }
+}
+
+/// A usable answer: the token and how long it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    /// The minted access token.
+    pub token: Secret,
+    /// Seconds from now until it expires.
+    pub expires_in: u64,
+}
+
+/// Turn the broker's answer into a token or the matching error.
+///
+/// `secrets` (the bearer) are scrubbed from any excerpt of an error body.
+pub fn parse_answer(status: u16, body: &[u8], secrets: &[&str]) -> Result<Minted, CredentialError> {
+    if !(200..300).contains(&status) {
+        let detail = excerpt(body, secrets);
+        return Err(match status {
+            401 | 403 => CredentialError::BrokerRejected { status, detail },
+            _ => CredentialError::BrokerFailed { status, detail },
+        });
+    }
+    let invalid =
+        |why: &str| CredentialError::InvalidResponse(format!("HTTP {status} answer {why}"));
+    let json: Value = serde_json::from_slice(body).map_err(|_| {
+        invalid("is not JSON: is VD_CREDENTIAL_BROKER_URL the Studio credential broker's base URL?")
+    })?;
+    let Value::Object(answer) = json else {
+        return Err(invalid("is JSON but not an object"));
+    };
+    let token = match answer.get("access_token") {
+        None | Some(Value::Null) => return Err(invalid("is missing access_token")),
+        Some(Value::String(t)) if t.is_empty() => {
+            return Err(invalid("is missing access_token (it is empty)"));
+        }
+        Some(Value::String(t)) => t,
+        Some(_) => return Err(invalid("has an access_token that is not a string")),
+    };
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(invalid(&format!(
+            "has an access_token of {} bytes, more than the {MAX_TOKEN_BYTES} accepted",
+            token.len()
+        )));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "has an access_token with spaces, control or non-ASCII characters, which cannot be sent \
+             as an Authorization header",
+        ));
+    }
+    let expires_in = parse_expires_in(answer.get("expires_in")).map_err(|why| invalid(&why))?;
+    Ok(Minted {
+        token: Secret::new(token.clone()),
+        expires_in,
+    })
+}
+
+/// `expires_in`: absent or null means 3600; else a positive integer, as a JSON
+/// number or a string of digits, at most [`MAX_EXPIRES_IN`].
+fn parse_expires_in(value: Option<&Value>) -> Result<u64, String> {
+    let seconds = match value {
+        None | Some(Value::Null) => return Ok(DEFAULT_EXPIRES_IN),
+        // Whole floats such as 3600.0 are accepted, as Python's int() does;
+        // `as` saturates, so a huge number is caught as too large below.
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(s.parse().unwrap_or(u64::MAX))
+        }
+        Some(_) => None,
+    };
+    match seconds {
+        None => Err(
+            "has an expires_in that is not a positive whole number of seconds \
+                     (a number or a string of digits)"
+                .into(),
+        ),
+        Some(0) => Err("has expires_in 0: a token must live a positive number of seconds".into()),
+        Some(s) if s > MAX_EXPIRES_IN => Err(format!(
+            "has expires_in {s}, above the {MAX_EXPIRES_IN} seconds accepted"
+        )),
+        Some(s) => Ok(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Minted {
+        parse_answer(200, body.as_bytes(), &[]).unwrap()
+    }
+
+    fn invalid(body: &str) -> String {
+        match parse_answer(200, body.as_bytes(), &[]) {
+            Err(CredentialError::InvalidResponse(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_shape() {
+        let r = BrokerRequest::mint("u".into(), Secret::new("vd_iat_b".into()), "fabric_cli");
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            r#"{"audience":"fabric_cli"}"#
+        );
+        let h = r.headers();
+        assert_eq!(h[0], ("authorization", "Bearer vd_iat_b".into()));
+        assert_eq!(h[2], ("content-length", r.body.len().to_string()));
+        assert!(!format!("{r:?}").contains("vd_iat_b"));
+    }
+
+    #[test]
+    fn expires_in_forms() {
+        assert_eq!(ok(r#"{"access_token":"t"}"#).expires_in, 3600);
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":null}"#).expires_in,
+            3600
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":1799}"#).expires_in,
+            1799
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":"3599"}"#).expires_in,
+            3599
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":120.0}"#).expires_in,
+            120
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"t","extra":{"x":1},"token_type":"Bearer"}"#)
+                .token
+                .expose(),
+            "t"
+        );
+        for bad in [
+            "0",
+            "-5",
+            "\"\"",
+            "\"-5\"",
+            "\"3599.5\"",
+            "\" 3599\"",
+            "12.5",
+            "true",
+            "[1]",
+            "\"1e3\"",
+        ] {
+            let m = invalid(&format!(r#"{{"access_token":"t","expires_in":{bad}}}"#));
+            assert!(m.contains("expires_in"), "{bad}: {m}");
+        }
+        let m = invalid(r#"{"access_token":"t","expires_in":99999999999999999999}"#);
+        assert!(m.contains("expires_in"), "{m}");
+        let m = invalid(r#"{"access_token":"t","expires_in":604801}"#);
+        assert!(m.contains("above"), "{m}");
+    }
+
+    #[test]
+    fn access_token_rules() {
+        assert!(invalid(r#"{}"#).contains("missing access_token"));
+        assert!(invalid(r#"{"access_token":""}"#).contains("missing access_token"));
+        assert!(invalid(r#"{"access_token":null}"#).contains("missing access_token"));
+        assert!(invalid(r#"{"access_token":5}"#).contains("not a string"));
+        assert!(invalid(r#"{"access_token":"a b"}"#).contains("Authorization"));
+        assert!(invalid(r#"{"access_token":"a\nb"}"#).contains("Authorization"));
+        assert!(
+            invalid(&format!(
+                r#"{{"access_token":"{}"}}"#,
+                "a".repeat(MAX_TOKEN_BYTES + 1)
+            ))
+            .contains("bytes")
+        );
+        assert!(invalid("not json").contains("not JSON"));
+        assert!(invalid("[1,2]").contains("not an object"));
+        // The token never appears in an invalid-response message.
+        assert!(!invalid(r#"{"access_token":"secret tok","expires_in":0}"#).contains("secret"));
+    }
+
+    #[test]
+    fn statuses() {
+        for s in [401, 403] {
+            assert!(
+                matches!(parse_answer(s, b"{}", &[]), Err(CredentialError::BrokerRejected { status, .. }) if status == s)
+            );
+        }
+        for s in [400, 404, 429, 500, 502, 503, 301, 100] {
+            assert!(
+                matches!(parse_answer(s, b"", &[]), Err(CredentialError::BrokerFailed { status, .. }) if status == s)
+            );
+        }
+        let err = parse_answer(
+            500,
+            br#"{"error":"boom","echo":"vd_iat_zzz"}"#,
+            &["vd_iat_zzz"],
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("zzz"), "{err}");
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert_eq!(ok(r#"{"access_token":"t"}"#).token.expose(), "t");
+        assert!(parse_answer(204, br#"{"access_token":"t"}"#, &[]).is_ok());
+    }
+}

@@ -1,0 +1,47 @@
+//! VibeData Studio credential broker client, as a WebAssembly component.
+//!
+//! The crate has two halves:
+//!
+//! - a pure, target-independent core (this crate's public API): settings,
+//!   scope -> audience, the bearer check, the broker request and the parsing of
+//!   its answer, tied together by [`Credential`] over a [`Platform`];
+//! - on `wasm32`, thin glue that implements [`Platform`] over WASI
+//!   (`component.rs`, `transport.rs`) and exports the WIT `token-credential`
+//!   interface from `wit/world.wit`.
+//!
+//! ```
+//! use vd_cred_broker::{AudienceMap, normalize_scope};
+//! let map = AudienceMap::default();
+//! assert_eq!(map.lookup("https://vault.azure.net/.default"), Some("vault"));
+//! assert_eq!(normalize_scope("https://storage.azure.com/"), "https://storage.azure.com");
+//! ```
+
+mod audience;
+mod bearer;
+mod credential;
+mod error;
+mod excerpt;
+mod exchange;
+mod secret;
+mod settings;
+
+#[cfg(target_arch = "wasm32")]
+mod component;
+#[cfg(target_arch = "wasm32")]
+mod transport;
+
+pub use audience::{AudienceMap, DEFAULT_AUDIENCES, normalize_scope};
+pub use bearer::{MAX_BEARER_BYTES, parse_bearer, read_bearer};
+pub use credential::{AccessToken, Answer, Credential, Platform, SendError};
+pub use error::CredentialError;
+pub use excerpt::{EXCERPT_CHARS, excerpt};
+pub use exchange::{
+    BrokerRequest, DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, Minted, parse_answer,
+};
+pub use secret::Secret;
+pub use settings::{
+    DEFAULT_TIMEOUT_MS, ENV_BROKER_URL, ENV_CREDENTIAL_FILE, Options, Settings, validate_broker_url,
+};
+
+/// Largest broker answer read, in bytes (the Studio runtime-access client's limit).
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;

@@ -1,0 +1,285 @@
+//! Options + environment -> validated settings.
+
+use std::time::Duration;
+
+use crate::{AudienceMap, CredentialError};
+
+/// Environment variable naming the broker's base URL.
+pub const ENV_BROKER_URL: &str = "VD_CREDENTIAL_BROKER_URL";
+/// Environment variable naming the bearer file.
+pub const ENV_CREDENTIAL_FILE: &str = "VD_CREDENTIAL_FILE";
+/// The original's timeout: 10 seconds.
+pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+
+/// What the caller may set; `None` falls back to the environment, then the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Broker base URL (env `VD_CREDENTIAL_BROKER_URL`).
+    pub broker_url: Option<String>,
+    /// Bearer file path (env `VD_CREDENTIAL_FILE`).
+    pub credential_file: Option<String>,
+    /// Bound on a whole call in ms (default 10000).
+    pub timeout_ms: Option<u32>,
+    /// `(resource, audience)` pairs merged over the defaults.
+    pub audience_map: Vec<(String, String)>,
+    /// Allow plain http to a non-loopback host.
+    pub allow_insecure_http: bool,
+}
+
+/// Everything a credential needs, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Broker base URL, trailing `/` removed.
+    pub broker_url: String,
+    /// Bearer file path, as the component sees it.
+    pub credential_file: String,
+    /// Bound on one whole `get-token` call.
+    pub timeout: Duration,
+    /// Resource -> audience.
+    pub audiences: AudienceMap,
+}
+
+impl Settings {
+    /// Resolve `options` over the environment (`env` looks a variable up) and
+    /// validate the result. Both the broker URL and the bearer file are required.
+    pub fn resolve(
+        options: &Options,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, CredentialError> {
+        let broker_url = required(&options.broker_url, "broker-url", ENV_BROKER_URL, &env)?;
+        let broker_url = validate_broker_url(&broker_url, options.allow_insecure_http)?;
+        let credential_file = required(
+            &options.credential_file,
+            "credential-file",
+            ENV_CREDENTIAL_FILE,
+            &env,
+        )?;
+        let timeout_ms = options.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if timeout_ms == 0 {
+            return Err(CredentialError::Configuration(
+                "the timeout-ms option is 0: give a positive number of milliseconds, or leave it unset for 10000"
+                    .into(),
+            ));
+        }
+        Ok(Settings {
+            broker_url,
+            credential_file,
+            timeout: Duration::from_millis(timeout_ms.into()),
+            audiences: AudienceMap::with_overrides(&options.audience_map)?,
+        })
+    }
+
+    /// `POST` target: `{broker_url}/token`.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.broker_url)
+    }
+}
+
+/// The option if given, else the environment variable; trimmed, non-empty.
+fn required(
+    option: &Option<String>,
+    option_name: &str,
+    var: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, CredentialError> {
+    let (value, source) = match option {
+        Some(v) => (v.clone(), format!("the {option_name} option")),
+        None => match env(var) {
+            Some(v) => (v, format!("the environment variable {var}")),
+            None => {
+                return Err(CredentialError::Configuration(format!(
+                    "{var} is not set and no {option_name} option was given: set {var} in the \
+                     component's environment (Studio sets it in agent containers) or pass {option_name}"
+                )));
+            }
+        },
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(CredentialError::Configuration(format!(
+            "{source} is empty: set it to a non-empty value ({var})"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// Hosts that may be reached over plain http: the bearer never leaves the machine
+/// (or, for `host.docker.internal`, the container host Studio runs on).
+fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.eq_ignore_ascii_case("host.docker.internal")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Check a broker base URL and strip its trailing `/`.
+///
+/// It must be an absolute `http` or `https` URL with a host and no user-info,
+/// query or fragment; plain `http` only to a local host unless
+/// `allow_insecure_http`.
+pub fn validate_broker_url(
+    raw: &str,
+    allow_insecure_http: bool,
+) -> Result<String, CredentialError> {
+    let bad = |why: &str| {
+        CredentialError::Configuration(format!(
+            "the broker URL {raw:?} ({ENV_BROKER_URL} or broker-url) {why}; expected e.g. \
+             \"http://host.docker.internal:8080/api/v1/credential-broker\""
+        ))
+    };
+    let url = raw.trim().trim_end_matches('/');
+    if url.contains('#') {
+        return Err(bad("has a fragment (#...)"));
+    }
+    if url.contains('?') {
+        return Err(bad("has a query (?...)"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("contains whitespace or control characters"));
+    }
+    let uri: http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| bad("is not absolute (no http:// or https://)"))?;
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "has user-info (user@host); put no credentials in the URL",
+        ));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => {}
+        "http" if allow_insecure_http || is_local_host(host) => {}
+        "http" => {
+            return Err(bad(
+                "uses plain http to a non-local host, so the bearer would cross the network in clear \
+                 text; use https, or set allow-insecure-http if the network is trusted",
+            ));
+        }
+        _ => return Err(bad("must use http or https")),
+    }
+    Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const URL: &str = "http://127.0.0.1:9/api/v1/credential-broker";
+
+    #[test]
+    fn environment_then_options_win() {
+        let e = env(&[
+            (ENV_BROKER_URL, "http://localhost:1/b/"),
+            (ENV_CREDENTIAL_FILE, "/run/vd/credential"),
+        ]);
+        let s = Settings::resolve(&Options::default(), &e).unwrap();
+        assert_eq!(s.broker_url, "http://localhost:1/b");
+        assert_eq!(s.token_url(), "http://localhost:1/b/token");
+        assert_eq!(s.credential_file, "/run/vd/credential");
+        assert_eq!(s.timeout, Duration::from_secs(10));
+
+        let o = Options {
+            broker_url: Some(URL.into()),
+            credential_file: Some("/other".into()),
+            timeout_ms: Some(250),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&o, &e).unwrap();
+        assert_eq!(s.broker_url, URL);
+        assert_eq!(s.credential_file, "/other");
+        assert_eq!(s.timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn missing_settings_name_the_variable() {
+        let err = Settings::resolve(&Options::default(), env(&[(ENV_CREDENTIAL_FILE, "/f")]))
+            .unwrap_err();
+        assert!(
+            matches!(err, CredentialError::Configuration(ref m) if m.contains(ENV_BROKER_URL)),
+            "{err}"
+        );
+        let err =
+            Settings::resolve(&Options::default(), env(&[(ENV_BROKER_URL, URL)])).unwrap_err();
+        assert!(
+            matches!(err, CredentialError::Configuration(ref m) if m.contains(ENV_CREDENTIAL_FILE)),
+            "{err}"
+        );
+        let err = Settings::resolve(
+            &Options::default(),
+            env(&[(ENV_BROKER_URL, URL), (ENV_CREDENTIAL_FILE, "  ")]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, CredentialError::Configuration(ref m) if m.contains(ENV_CREDENTIAL_FILE) && m.contains("empty")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_timeout_is_refused() {
+        let o = Options {
+            timeout_ms: Some(0),
+            ..Default::default()
+        };
+        let err = Settings::resolve(
+            &o,
+            env(&[(ENV_BROKER_URL, URL), (ENV_CREDENTIAL_FILE, "/f")]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CredentialError::Configuration(ref m) if m.contains("timeout-ms")));
+    }
+
+    #[test]
+    fn broker_url_rules() {
+        for ok in [
+            "http://127.0.0.1:8080/api",
+            "http://127.1.2.3/",
+            "http://localhost:1",
+            "http://LOCALHOST:1",
+            "http://host.docker.internal:5000/api/v1/credential-broker",
+            "http://[::1]:80/x",
+            "https://broker.example.com/api",
+            "HTTPS://broker.example.com",
+        ] {
+            assert!(validate_broker_url(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "broker.example.com",
+            "/api/v1",
+            "ftp://localhost/x",
+            "http://broker.example.com/api",
+            "http://10.0.0.1/api",
+            "https://user:pw@broker.example.com",
+            "https://broker.example.com/api?x=1",
+            "https://broker.example.com/api#frag",
+            "https:///nohost",
+            "http://local host/",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    validate_broker_url(bad, false),
+                    Err(CredentialError::Configuration(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(validate_broker_url("http://broker.example.com/api", true).is_ok());
+    }
+}

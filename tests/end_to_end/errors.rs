@@ -1,0 +1,245 @@
+//! Every `credential-error` case, through the component.
+
+use std::time::{Duration, Instant};
+
+use host_test::{Host, Reply};
+use vd_cred_broker::CredentialError as E;
+
+use crate::{Fixture, GUEST_DIR, GUEST_FILE, VAULT, options};
+
+fn message(e: &E) -> String {
+    e.to_string()
+}
+
+#[tokio::test]
+async fn configuration_names_the_variable() {
+    let f = Fixture::new();
+    // No environment at all.
+    let mut bare = Host::shared()
+        .sandbox()
+        .bearer_dir(f.dir.path(), GUEST_DIR)
+        .build()
+        .await
+        .unwrap();
+    let err = bare.get_token(&[VAULT]).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, E::Configuration(ref m) if m.contains("VD_CREDENTIAL_BROKER_URL")),
+        "{err}"
+    );
+
+    let mut only_url = Host::shared()
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
+        .build()
+        .await
+        .unwrap();
+    let err = only_url.get_token(&[VAULT]).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, E::Configuration(ref m) if m.contains("VD_CREDENTIAL_FILE")),
+        "{err}"
+    );
+
+    let mut sandbox = f.sandbox().await;
+    let mut o = options();
+    o.timeout_ms = Some(0);
+    let err = sandbox.open(&o).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, E::Configuration(ref m) if m.contains("timeout-ms")),
+        "{err}"
+    );
+    let mut o = options();
+    o.broker_url = Some("http://broker.example.com/api".into());
+    let err = sandbox.open(&o).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, E::Configuration(ref m) if m.contains("allow-insecure-http")),
+        "{err}"
+    );
+    let mut o = options();
+    o.audience_map = vec![("".into(), "x".into())];
+    let err = sandbox.open(&o).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, E::Configuration(ref m) if m.contains("audience-map")),
+        "{err}"
+    );
+    assert_eq!(f.broker.request_count(), 0);
+}
+
+#[tokio::test]
+async fn invalid_scopes_and_scope_not_allowed() {
+    let f = Fixture::new();
+    let mut sandbox = f.sandbox().await;
+    let err = sandbox.get_token(&[]).await.unwrap().unwrap_err();
+    assert!(matches!(err, E::InvalidScopes(_)), "{err}");
+    let err = sandbox
+        .get_token(&[VAULT, "https://storage.azure.com/.default"])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, E::InvalidScopes(ref m) if m.contains("vault") && m.contains("storage")),
+        "{err}"
+    );
+    let err = sandbox
+        .get_token(&["https://graph.microsoft.com/.default"])
+        .await
+        .unwrap()
+        .unwrap_err();
+    let E::ScopeNotAllowed {
+        scope,
+        known_resources,
+    } = err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(scope, "https://graph.microsoft.com/.default");
+    assert_eq!(
+        known_resources,
+        [
+            "https://analysis.windows.net/powerbi/api",
+            "https://api.fabric.microsoft.com",
+            "https://database.windows.net",
+            "https://management.azure.com",
+            "https://storage.azure.com",
+            "https://vault.azure.net",
+        ]
+    );
+    assert_eq!(f.broker.request_count(), 0);
+}
+
+#[tokio::test]
+async fn bearer_missing_empty_and_malformed_are_told_apart() {
+    let f = Fixture::new();
+    f.write_bearer("  \n");
+    let empty = f.get_token(&[VAULT]).await.unwrap_err();
+    assert!(
+        matches!(empty, E::BearerUnavailable(ref m) if m.contains("empty")),
+        "{empty}"
+    );
+    f.write_bearer("vd_iat_a\nb");
+    let ctl = f.get_token(&[VAULT]).await.unwrap_err();
+    assert!(
+        matches!(ctl, E::BearerUnavailable(ref m) if m.contains("control")),
+        "{ctl}"
+    );
+    std::fs::remove_file(f.dir.path().join("credential")).unwrap();
+    let missing = f.get_token(&[VAULT]).await.unwrap_err();
+    assert!(
+        matches!(missing, E::BearerUnavailable(ref m) if m.contains("does not exist") && m.contains(GUEST_FILE)),
+        "{missing}"
+    );
+    std::fs::create_dir(f.dir.path().join("credential")).unwrap();
+    let dir = f.get_token(&[VAULT]).await.unwrap_err();
+    assert!(
+        matches!(dir, E::BearerUnavailable(ref m) if m.contains("directory")),
+        "{dir}"
+    );
+    assert_eq!(f.broker.request_count(), 0);
+}
+
+#[tokio::test]
+async fn broker_rejected_and_failed_carry_status_and_excerpt() {
+    let f = Fixture::new();
+    for status in [401, 403] {
+        f.broker
+            .push(Reply::json(status, r#"{"error":"intent expired"}"#));
+        let err = f.get_token(&[VAULT]).await.unwrap_err();
+        assert!(
+            matches!(err, E::BrokerRejected { status: s, ref detail } if s == status && detail.contains("intent expired")),
+            "{err}"
+        );
+        assert!(message(&err).contains("expired, revoked, or out of scope"));
+    }
+    for status in [400, 404, 500, 502, 503] {
+        f.broker.push(Reply::json(status, "upstream said no"));
+        let err = f.get_token(&[VAULT]).await.unwrap_err();
+        assert!(
+            matches!(err, E::BrokerFailed { status: s, ref detail } if s == status && detail == "upstream said no"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_responses() {
+    let f = Fixture::new();
+    for (body, want) in [
+        ("<html>oops</html>", "not JSON"),
+        (r#"{"token":"x"}"#, "missing access_token"),
+        (r#"{"access_token":""}"#, "missing access_token"),
+        (r#"{"access_token":"t","expires_in":"soon"}"#, "expires_in"),
+        (r#"["access_token"]"#, "not an object"),
+    ] {
+        f.broker.push(Reply::json(200, body));
+        let err = f.get_token(&[VAULT]).await.unwrap_err();
+        assert!(
+            matches!(err, E::InvalidResponse(ref m) if m.contains(want)),
+            "{body}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn slow_broker_fails_in_about_the_timeout() {
+    let f = Fixture::new();
+    f.broker.push(Reply::Mint.after(Duration::from_secs(5)));
+    let mut o = options();
+    o.timeout_ms = Some(300);
+    let started = Instant::now();
+    let err = f.get_token_with(o, &[VAULT]).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, E::BrokerUnreachable(ref m) if m.contains("300 ms")),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "gave up early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?}: the timeout-ms bound was not applied"
+    );
+    assert_eq!(f.broker.request_count(), 1);
+}
+
+#[tokio::test]
+async fn dropped_connection_and_nothing_listening() {
+    let f = Fixture::new();
+    f.broker.push(Reply::Drop {
+        delay: Duration::ZERO,
+    });
+    let err = f.get_token(&[VAULT]).await.unwrap_err();
+    assert!(matches!(err, E::BrokerUnreachable(_)), "{err}");
+    assert_eq!(f.broker.request_count(), 1);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}/api");
+    let mut sandbox = f
+        .builder()
+        .env("VD_CREDENTIAL_BROKER_URL", &dead)
+        .broker_url(&dead)
+        .build()
+        .await
+        .unwrap();
+    let err = sandbox.get_token(&[VAULT]).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, E::BrokerUnreachable(ref m) if m.contains("refused") && m.contains("Studio running")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn describe_error_renders_in_the_component() {
+    let f = Fixture::new();
+    let mut sandbox = f.sandbox().await;
+    let err = sandbox
+        .get_token(&["https://nope"])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sandbox.describe_error(&err).await.unwrap(), err.to_string());
+}

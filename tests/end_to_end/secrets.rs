@@ -1,0 +1,105 @@
+//! No error text, in any scenario, holds the bearer or a minted token; nor
+//! does anything the component writes to stdout or stderr.
+
+use std::time::Duration;
+
+use host_test::Reply;
+
+use crate::{Fixture, VAULT, options};
+
+const TOKEN: &str = "eyJ0eXAiOiJKV1QifQ.minted-secret-token.sig";
+
+#[tokio::test]
+async fn no_error_or_output_contains_a_secret() {
+    let f = Fixture::new();
+    let echo_bearer = format!(r#"{{"error":"bad bearer","got":"{}"}}"#, f.bearer);
+    let echo_both = format!("rejected Bearer {} (had {TOKEN})", f.bearer);
+    let scenarios: Vec<(&str, Reply)> = vec![
+        (
+            "401 echoing the bearer",
+            Reply::json(401, echo_bearer.clone()),
+        ),
+        ("403 plain text echo", Reply::json(403, echo_both.clone())),
+        (
+            "500 echoing both",
+            Reply::json(
+                500,
+                format!(r#"{{"access_token":"{TOKEN}","detail":"{}"}}"#, f.bearer),
+            ),
+        ),
+        (
+            "502 text",
+            Reply::json(502, format!("upstream gave {TOKEN} for {}", f.bearer)),
+        ),
+        (
+            "200 bad expires_in",
+            Reply::json(
+                200,
+                format!(r#"{{"access_token":"{TOKEN}","expires_in":"never"}}"#),
+            ),
+        ),
+        (
+            "200 zero expires_in",
+            Reply::json(
+                200,
+                format!(r#"{{"access_token":"{TOKEN}","expires_in":0}}"#),
+            ),
+        ),
+        (
+            "200 not an object",
+            Reply::json(200, format!(r#"["{TOKEN}"]"#)),
+        ),
+        (
+            "200 token with a space",
+            Reply::json(200, format!(r#"{{"access_token":"{TOKEN} x"}}"#)),
+        ),
+        (
+            "dropped",
+            Reply::Drop {
+                delay: Duration::ZERO,
+            },
+        ),
+        ("slow", Reply::Mint.after(Duration::from_millis(800))),
+    ];
+    let mut seen = 0;
+    for (name, reply) in scenarios {
+        f.broker.push(reply);
+        let mut sandbox = f.sandbox().await;
+        let mut o = options();
+        o.timeout_ms = Some(400);
+        let credential = sandbox.open(&o).await.unwrap().unwrap();
+        let err = sandbox
+            .credential_get_token(credential, &[VAULT])
+            .await
+            .unwrap()
+            .unwrap_err();
+        let texts = [
+            err.to_string(),
+            format!("{err:?}"),
+            sandbox.describe_error(&err).await.unwrap(),
+        ];
+        let (out, errout) = sandbox.output();
+        for text in texts.iter().chain([
+            &String::from_utf8_lossy(&out).into_owned(),
+            &String::from_utf8_lossy(&errout).into_owned(),
+        ]) {
+            assert!(!text.contains(&f.bearer), "{name}: bearer leaked: {text}");
+            assert!(
+                !text.contains("minted-secret-token"),
+                "{name}: token leaked: {text}"
+            );
+        }
+        seen += 1;
+    }
+    // Errors before the broker: the bearer is read but must not be echoed.
+    for content in [
+        format!("{}\nsecond-line", f.bearer),
+        format!("{}\u{7}", f.bearer),
+    ] {
+        f.write_bearer(&content);
+        let err = f.get_token(&[VAULT]).await.unwrap_err();
+        assert!(!err.to_string().contains(&f.bearer), "bearer leaked: {err}");
+        seen += 1;
+    }
+    assert_eq!(seen, 12);
+}
