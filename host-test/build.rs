@@ -56,8 +56,8 @@ fn main() {
         .expect("run cargo to build the guest component");
     assert!(
         status.success(),
-        "building the guest component failed; is the wasm32-wasip2 target installed? \
-         (rustup target add wasm32-wasip2)"
+        "building the guest component failed (cargo's output is above); if the target is \
+         missing, run: rustup target add wasm32-wasip2"
     );
 
     let wasm = guest_target.join("wasm32-wasip2/release/vd_cred_broker.wasm");

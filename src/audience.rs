@@ -131,7 +131,11 @@ mod tests {
                 format!("{resource}/.default"),
                 format!("{resource}//"),
             ] {
-                assert_eq!(map.audience_for(std::slice::from_ref(&scope)), Ok(audience), "{scope}");
+                assert_eq!(
+                    map.audience_for(std::slice::from_ref(&scope)),
+                    Ok(audience),
+                    "{scope}"
+                );
             }
         }
     }

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{BrokerRequest, Credential, CredentialError, Options, Platform, transport};
+use crate::{
+    Answer, BrokerRequest, Credential, CredentialError, Options, Platform, SendError, TokenInfo,
+    TokenRequestOptions, transport,
+};
 
 wit_bindgen::generate!({ world: "cred-broker", path: "wit" });
 
@@ -22,17 +25,25 @@ impl Platform for Wasi {
             .map_or(0, |d| d.as_secs())
     }
 
-    fn send(
-        &mut self,
-        request: &BrokerRequest,
-        timeout: Duration,
-    ) -> Result<crate::Answer, crate::SendError> {
+    fn send(&mut self, request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendError> {
         transport::send(request, timeout)
+    }
+
+    fn sleep(&mut self, duration: Duration) {
+        wasi::clocks::monotonic_clock::subscribe_duration(duration.as_nanos() as u64).block();
+    }
+
+    fn random_unit(&mut self) -> f64 {
+        // Jitter only: the monotonic clock's nanoseconds, mixed (splitmix64).
+        let mut x = wasi::clocks::monotonic_clock::now().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (x ^ (x >> 31)) as f64 / (u64::MAX as f64 + 1.0)
     }
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+fn from_env() -> Result<Credential, CredentialError> {
+    Credential::open(&Options::default(), |name| std::env::var(name).ok())
 }
 
 fn get_token(
@@ -46,11 +57,41 @@ fn get_token(
     })
 }
 
+fn get_token_info(
+    credential: &Credential,
+    scopes: Vec<String>,
+    options: wit::TokenRequestOptions,
+) -> Result<wit::AccessTokenInfo, wit::CredentialError> {
+    let options = TokenRequestOptions {
+        claims: options.claims,
+        tenant_id: options.tenant_id,
+        enable_cae: options.enable_cae,
+    };
+    let TokenInfo {
+        token,
+        expires_on,
+        refresh_on,
+    } = credential.get_token_info(&scopes, &options, &mut Wasi)?;
+    Ok(wit::AccessTokenInfo {
+        token: token.into_inner(),
+        expires_on,
+        token_type: "Bearer".into(),
+        refresh_on,
+    })
+}
+
 impl wit::Guest for Component {
     type Credential = Credential;
 
     fn get_token(scopes: Vec<String>) -> Result<wit::AccessToken, wit::CredentialError> {
-        get_token(&Credential::open(&Options::default(), env)?, scopes)
+        get_token(&from_env()?, scopes)
+    }
+
+    fn get_token_info(
+        scopes: Vec<String>,
+        options: wit::TokenRequestOptions,
+    ) -> Result<wit::AccessTokenInfo, wit::CredentialError> {
+        get_token_info(&from_env()?, scopes, options)
     }
 
     fn describe_error(error: wit::CredentialError) -> String {
@@ -66,12 +107,22 @@ impl wit::GuestCredential for Credential {
             timeout_ms: options.timeout_ms,
             audience_map: options.audience_map,
             allow_insecure_http: options.allow_insecure_http,
+            disable_cache: options.disable_cache,
         };
+        let env = |name: &str| std::env::var(name).ok();
         Ok(wit::Credential::new(Credential::open(&options, env)?))
     }
 
     fn get_token(&self, scopes: Vec<String>) -> Result<wit::AccessToken, wit::CredentialError> {
         get_token(self, scopes)
+    }
+
+    fn get_token_info(
+        &self,
+        scopes: Vec<String>,
+        options: wit::TokenRequestOptions,
+    ) -> Result<wit::AccessTokenInfo, wit::CredentialError> {
+        get_token_info(self, scopes, options)
     }
 }
 
@@ -97,6 +148,7 @@ impl From<CredentialError> for wit::CredentialError {
                 Self::BrokerFailed(wit::BrokerFailure { status, detail })
             }
             E::InvalidResponse(m) => Self::InvalidResponse(m),
+            E::Unsupported(m) => Self::Unsupported(m),
         }
     }
 }
@@ -122,6 +174,7 @@ impl From<wit::CredentialError> for CredentialError {
                 detail: f.detail,
             },
             W::InvalidResponse(m) => Self::InvalidResponse(m),
+            W::Unsupported(m) => Self::Unsupported(m),
         }
     }
 }

@@ -1,10 +1,15 @@
 //! One token from call to answer: settings, scopes -> audience, bearer,
-//! request, answer. The outside world comes in through [`Platform`].
+//! cache, request with retries, answer. The outside world comes in through
+//! [`Platform`].
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use crate::cache::{BearerDigest, Lookup, TokenCache, TokenInfo};
+use crate::retry::{MAX_ATTEMPTS, backoff, is_retryable_send, is_retryable_status};
 use crate::{
-    BrokerRequest, CredentialError, Options, Secret, Settings, bearer::read_bearer, parse_answer,
+    BrokerRequest, CredentialError, Minted, Options, Secret, Settings, bearer::read_bearer,
+    parse_answer,
 };
 
 /// An access token and when it expires (Unix seconds).
@@ -16,6 +21,19 @@ pub struct AccessToken {
     pub expires_on: u64,
 }
 
+/// azure-core's `TokenRequestOptions`. The broker takes none of them:
+/// `tenant_id` and `enable_cae` are accepted and have no effect; `claims` is
+/// refused, since a claims challenge cannot be met by the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRequestOptions {
+    /// A claims challenge from a resource; refused when non-empty.
+    pub claims: Option<String>,
+    /// Ignored: the broker decides the tenant.
+    pub tenant_id: Option<String>,
+    /// Ignored: the broker decides.
+    pub enable_cae: bool,
+}
+
 /// The broker's raw answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -23,6 +41,8 @@ pub struct Answer {
     pub status: u16,
     /// The body, as read (the transport caps it).
     pub body: Vec<u8>,
+    /// The `Retry-After` header in seconds, if sent in that form.
+    pub retry_after: Option<Duration>,
 }
 
 /// Why a request got no answer.
@@ -38,7 +58,7 @@ pub enum SendError {
     Failed(String),
 }
 
-/// What the credential needs from outside: a clock, the bearer file, and a
+/// What the credential needs from outside: clocks, the bearer file, and a
 /// way to send one request. The component implements it over WASI.
 pub trait Platform {
     /// The wall clock, in Unix seconds.
@@ -51,12 +71,19 @@ pub trait Platform {
 
     /// Send `request` and read the answer, giving up after `timeout`.
     fn send(&mut self, request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendError>;
+
+    /// Wait (between retries).
+    fn sleep(&mut self, duration: Duration);
+
+    /// A number in `[0, 1)` for backoff jitter; need not be cryptographic.
+    fn random_unit(&mut self) -> f64;
 }
 
-/// A credential bound to one broker and one bearer file.
-#[derive(Debug, Clone)]
+/// A credential bound to one broker and one bearer file, with its own cache.
+#[derive(Debug)]
 pub struct Credential {
     settings: Settings,
+    cache: Option<RefCell<TokenCache>>,
 }
 
 impl Credential {
@@ -67,6 +94,7 @@ impl Credential {
     ) -> Result<Self, CredentialError> {
         Ok(Credential {
             settings: Settings::resolve(options, env)?,
+            cache: (!options.disable_cache).then(RefCell::default),
         })
     }
 
@@ -75,26 +103,114 @@ impl Credential {
         &self.settings
     }
 
-    /// Mint a token for `scopes`: one bearer read and one broker round trip,
-    /// all within the timeout.
+    /// A token for `scopes`, as azure-core's `get_token`.
     pub fn get_token(
         &self,
         scopes: &[String],
         platform: &mut impl Platform,
     ) -> Result<AccessToken, CredentialError> {
+        let info = self.get_token_info(scopes, &TokenRequestOptions::default(), platform)?;
+        Ok(AccessToken {
+            token: info.token,
+            expires_on: info.expires_on,
+        })
+    }
+
+    /// A token for `scopes` with its refresh time, as azure-core's `get_token_info`.
+    ///
+    /// The bearer file is read on every call. A cached token is served only
+    /// while the file holds the bearer that minted it and no refresh is due;
+    /// a due refresh that fails transiently serves the unexpired cached token.
+    pub fn get_token_info(
+        &self,
+        scopes: &[String],
+        options: &TokenRequestOptions,
+        platform: &mut impl Platform,
+    ) -> Result<TokenInfo, CredentialError> {
         let started = Instant::now();
+        if options
+            .claims
+            .as_deref()
+            .is_some_and(|c| !c.trim().is_empty())
+        {
+            return Err(CredentialError::Unsupported(
+                "a claims challenge was passed, but the Studio credential broker mints tokens without \
+                 claims and cannot meet it: ask Studio for an intent that grants the access directly"
+                    .into(),
+            ));
+        }
         let audience = self.settings.audiences.audience_for(scopes)?;
         let bearer = platform.read_bearer(&self.settings.credential_file)?;
+        let digest = BearerDigest::of(&bearer);
+        let lookup = match &self.cache {
+            Some(cache) => cache.borrow().lookup(audience, digest, platform.now_unix()),
+            None => Lookup::Miss,
+        };
+        if let Lookup::Fresh(info) = lookup {
+            return Ok(info);
+        }
         let request = BrokerRequest::mint(self.settings.token_url(), bearer, audience);
-        let left = self.settings.timeout.saturating_sub(started.elapsed());
-        let answer = platform
-            .send(&request, left)
-            .map_err(|e| self.unreachable(&request, e))?;
-        let minted = parse_answer(answer.status, &answer.body, &[request.bearer.expose()])?;
-        Ok(AccessToken {
-            token: minted.token,
-            expires_on: platform.now_unix().saturating_add(minted.expires_in),
-        })
+        match self.mint(&request, started, platform) {
+            Ok(minted) => {
+                let info = TokenInfo::minted(
+                    minted.token,
+                    platform.now_unix(),
+                    minted.expires_in,
+                    minted.refresh_in,
+                );
+                if let Some(cache) = &self.cache {
+                    cache.borrow_mut().store(audience, digest, info.clone());
+                }
+                Ok(info)
+            }
+            Err(error) => match (lookup, &self.cache) {
+                (Lookup::Refresh(cached), Some(cache))
+                    if is_transient(&error) && cached.is_unexpired(platform.now_unix()) =>
+                {
+                    cache
+                        .borrow_mut()
+                        .refresh_failed(audience, platform.now_unix());
+                    Ok(cached)
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// Up to [`MAX_ATTEMPTS`] round trips, all before `started + timeout`.
+    fn mint(
+        &self,
+        request: &BrokerRequest,
+        started: Instant,
+        platform: &mut impl Platform,
+    ) -> Result<Minted, CredentialError> {
+        let timeout = self.settings.timeout;
+        let secrets = [request.bearer.expose()];
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let left = timeout.saturating_sub(started.elapsed());
+            let (error, retry_after) = match platform.send(request, left) {
+                Ok(answer) if is_retryable_status(answer.status) => {
+                    let error = parse_answer(answer.status, &answer.body, &secrets).err();
+                    (
+                        error.expect("a retryable status is an error"),
+                        answer.retry_after,
+                    )
+                }
+                Ok(answer) => {
+                    return parse_answer(answer.status, &answer.body, &secrets)
+                        .map_err(|e| e.after_attempts(attempts));
+                }
+                Err(e) if is_retryable_send(&e) => (self.unreachable(request, e), None),
+                Err(e) => return Err(self.unreachable(request, e).after_attempts(attempts)),
+            };
+            let wait = backoff(attempts, retry_after, platform.random_unit());
+            if attempts >= MAX_ATTEMPTS || started.elapsed() + wait >= timeout {
+                return Err(error.after_attempts(attempts));
+            }
+            platform.sleep(wait);
+        }
     }
 
     fn unreachable(&self, request: &BrokerRequest, error: SendError) -> CredentialError {
@@ -119,19 +235,34 @@ impl Credential {
     }
 }
 
+/// Failures after which a still-valid cached token may be served: the broker
+/// was unreachable or failed. A rejection (401/403: the intent was revoked or
+/// is out of scope) and a malformed answer are not.
+fn is_transient(error: &CredentialError) -> bool {
+    match error {
+        CredentialError::BrokerUnreachable(_) => true,
+        CredentialError::BrokerFailed { status, .. } => is_retryable_status(*status),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
 
+    /// A scripted platform: answers in order, a settable clock, recorded sends and sleeps.
     struct Fake {
         bearer: Result<&'static str, CredentialError>,
-        answer: Result<Answer, SendError>,
+        answers: VecDeque<Result<Answer, SendError>>,
+        now: u64,
         sent: Vec<(BrokerRequest, Duration)>,
+        slept: Vec<Duration>,
     }
 
     impl Platform for Fake {
         fn now_unix(&mut self) -> u64 {
-            1_000
+            self.now
         }
         fn read_bearer(&mut self, _: &str) -> Result<Secret, CredentialError> {
             self.bearer.clone().map(|b| Secret::new(b.into()))
@@ -142,82 +273,257 @@ mod tests {
             timeout: Duration,
         ) -> Result<Answer, SendError> {
             self.sent.push((request.clone(), timeout));
-            self.answer.clone()
+            self.answers
+                .pop_front()
+                .unwrap_or(Err(SendError::Failed("script ran out".into())))
+        }
+        fn sleep(&mut self, duration: Duration) {
+            self.slept.push(duration);
+        }
+        fn random_unit(&mut self) -> f64 {
+            0.5
         }
     }
 
-    fn fake(answer: Result<Answer, SendError>) -> Fake {
+    fn answer(status: u16, body: &str) -> Result<Answer, SendError> {
+        Ok(Answer {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+        })
+    }
+
+    fn fake(answers: Vec<Result<Answer, SendError>>) -> Fake {
         Fake {
             bearer: Ok("vd_iat_b"),
-            answer,
+            answers: answers.into(),
+            now: 1_000,
             sent: vec![],
+            slept: vec![],
         }
     }
 
-    fn credential() -> Credential {
+    fn credential_with(disable_cache: bool) -> Credential {
         let options = Options {
             broker_url: Some("http://127.0.0.1:9/api/".into()),
             credential_file: Some("/run/vd/credential".into()),
-            timeout_ms: Some(500),
+            timeout_ms: Some(5_000),
+            disable_cache,
             ..Default::default()
         };
         Credential::open(&options, |_| None).unwrap()
     }
 
+    fn credential() -> Credential {
+        credential_with(false)
+    }
+
+    fn vault() -> Vec<String> {
+        vec!["https://vault.azure.net/.default".into()]
+    }
+
     #[test]
     fn mints_with_expiry_from_clock() {
-        let mut p = fake(Ok(Answer {
-            status: 200,
-            body: br#"{"access_token":"tok","expires_in":"60"}"#.to_vec(),
-        }));
-        let t = credential()
-            .get_token(&["https://vault.azure.net/.default".into()], &mut p)
-            .unwrap();
+        let mut p = fake(vec![answer(
+            200,
+            r#"{"access_token":"tok","expires_in":"60"}"#,
+        )]);
+        let t = credential().get_token(&vault(), &mut p).unwrap();
         assert_eq!((t.token.expose(), t.expires_on), ("tok", 1_060));
         let (req, timeout) = &p.sent[0];
         assert_eq!(req.url, "http://127.0.0.1:9/api/token");
         assert_eq!(req.body, br#"{"audience":"vault"}"#);
-        assert!(*timeout <= Duration::from_millis(500) && *timeout > Duration::from_millis(400));
+        assert!(
+            *timeout <= Duration::from_millis(5_000) && *timeout > Duration::from_millis(4_000)
+        );
     }
 
     #[test]
     fn scope_errors_come_before_any_io() {
-        let mut p = fake(Err(SendError::TimedOut));
+        let mut p = fake(vec![]);
         p.bearer = Err(CredentialError::BearerUnavailable("x".into()));
         let err = credential()
             .get_token(&["https://nope".into()], &mut p)
             .unwrap_err();
         assert!(matches!(err, CredentialError::ScopeNotAllowed { .. }));
-        assert!(p.sent.is_empty());
-        let err = credential()
-            .get_token(&["https://vault.azure.net".into()], &mut p)
-            .unwrap_err();
+        let err = credential().get_token(&vault(), &mut p).unwrap_err();
         assert!(matches!(err, CredentialError::BearerUnavailable(_)));
         assert!(p.sent.is_empty());
     }
 
     #[test]
-    fn send_errors_map_to_cases() {
-        let scope = ["https://storage.azure.com/.default".to_string()];
-        for (e, want) in [
-            (SendError::TimedOut, "500 ms"),
-            (SendError::Denied, "refused"),
-            (
-                SendError::Failed("connection refused".into()),
-                "connection refused",
-            ),
-        ] {
-            let err = credential()
-                .get_token(&scope, &mut fake(Err(e)))
-                .unwrap_err();
-            assert!(
-                matches!(err, CredentialError::BrokerUnreachable(ref m) if m.contains(want)),
-                "{err}"
-            );
-        }
+    fn final_send_errors_map_to_cases() {
         let err = credential()
-            .get_token(&scope, &mut fake(Err(SendError::TooLarge(10))))
+            .get_token(&vault(), &mut fake(vec![Err(SendError::Denied)]))
+            .unwrap_err();
+        assert!(
+            matches!(err, CredentialError::BrokerUnreachable(ref m) if m.contains("refused")),
+            "{err}"
+        );
+        let err = credential()
+            .get_token(&vault(), &mut fake(vec![Err(SendError::TooLarge(10))]))
             .unwrap_err();
         assert!(matches!(err, CredentialError::InvalidResponse(_)));
+    }
+
+    #[test]
+    fn cache_serves_until_due_and_follows_the_bearer() {
+        let c = credential();
+        let mut p = fake(vec![
+            answer(200, r#"{"access_token":"one","expires_in":3600}"#),
+            answer(200, r#"{"access_token":"two","expires_in":3600}"#),
+            answer(200, r#"{"access_token":"three","expires_in":3600}"#),
+        ]);
+        for _ in 0..5 {
+            assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "one");
+        }
+        assert_eq!(p.sent.len(), 1);
+        p.bearer = Ok("vd_iat_rotated");
+        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "two");
+        p.now += 3600 - 300;
+        assert_eq!(
+            c.get_token(&vault(), &mut p).unwrap().token.expose(),
+            "three"
+        );
+        assert_eq!(p.sent.len(), 3);
+        p.bearer = Err(CredentialError::BearerUnavailable("gone".into()));
+        assert!(c.get_token(&vault(), &mut p).is_err());
+    }
+
+    #[test]
+    fn disabled_cache_mints_every_time() {
+        let c = credential_with(true);
+        let mut p = fake(vec![
+            answer(200, r#"{"access_token":"a"}"#),
+            answer(200, r#"{"access_token":"b"}"#),
+        ]);
+        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "a");
+        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "b");
+    }
+
+    #[test]
+    fn failed_refresh_serves_cached_then_backs_off() {
+        let c = credential();
+        let mut p = fake(vec![answer(
+            200,
+            r#"{"access_token":"one","expires_in":3600,"refresh_in":600}"#,
+        )]);
+        c.get_token(&vault(), &mut p).unwrap();
+        p.now += 600;
+        p.answers = vec![answer(400, "no"), Err(SendError::Denied)].into();
+        // 400 is not transient: the error stands even with a cached token.
+        assert!(matches!(
+            c.get_token(&vault(), &mut p),
+            Err(CredentialError::BrokerFailed { status: 400, .. })
+        ));
+        p.answers = vec![
+            answer(503, ""),
+            answer(503, ""),
+            answer(503, ""),
+            answer(503, ""),
+        ]
+        .into();
+        let sent = p.sent.len();
+        let info = c
+            .get_token_info(&vault(), &TokenRequestOptions::default(), &mut p)
+            .unwrap();
+        assert_eq!((info.token.expose(), info.refresh_on), ("one", Some(1_600)));
+        assert_eq!(p.sent.len(), sent + 4);
+        p.now += 29;
+        c.get_token(&vault(), &mut p).unwrap();
+        assert_eq!(p.sent.len(), sent + 4, "no new attempt within 30 s");
+        p.now += 1;
+        p.answers = vec![answer(200, r#"{"access_token":"two"}"#)].into();
+        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "two");
+    }
+
+    #[test]
+    fn retries_transient_failures_with_backoff() {
+        let c = credential_with(true);
+        let mut p = fake(vec![
+            Err(SendError::Failed("connection refused".into())),
+            answer(503, ""),
+            Ok(Answer {
+                status: 429,
+                body: vec![],
+                retry_after: Some(Duration::from_secs(1)),
+            }),
+            answer(200, r#"{"access_token":"ok"}"#),
+        ]);
+        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "ok");
+        assert_eq!(p.sent.len(), 4);
+        assert_eq!(p.slept[2], Duration::from_secs(1));
+        assert!(p.slept[0] < p.slept[1]);
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts_saying_so() {
+        let c = credential_with(true);
+        let mut p = fake((0..10).map(|_| answer(500, "boom")).collect());
+        let err = c.get_token(&vault(), &mut p).unwrap_err();
+        assert_eq!(p.sent.len(), MAX_ATTEMPTS as usize);
+        assert!(
+            err.to_string().contains("after 4 attempts") && err.to_string().contains("boom"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retry_after_beyond_the_deadline_stops() {
+        let c = credential_with(true);
+        let mut p = fake(vec![Ok(Answer {
+            status: 503,
+            body: vec![],
+            retry_after: Some(Duration::from_secs(60)),
+        })]);
+        let err = c.get_token(&vault(), &mut p).unwrap_err();
+        assert!(matches!(
+            err,
+            CredentialError::BrokerFailed { status: 503, .. }
+        ));
+        assert_eq!(p.sent.len(), 1);
+        assert!(p.slept.is_empty());
+    }
+
+    #[test]
+    fn final_statuses_are_not_retried() {
+        for status in [400, 401, 403, 404] {
+            let mut p = fake(vec![
+                answer(status, ""),
+                answer(200, r#"{"access_token":"x"}"#),
+            ]);
+            assert!(credential().get_token(&vault(), &mut p).is_err());
+            assert_eq!(p.sent.len(), 1, "{status}");
+        }
+        let mut p = fake(vec![
+            answer(200, "not json"),
+            answer(200, r#"{"access_token":"x"}"#),
+        ]);
+        assert!(credential().get_token(&vault(), &mut p).is_err());
+        assert_eq!(p.sent.len(), 1);
+    }
+
+    #[test]
+    fn claims_are_refused_other_options_ignored() {
+        let mut p = fake(vec![answer(200, r#"{"access_token":"x"}"#)]);
+        let claims = TokenRequestOptions {
+            claims: Some("{\"access_token\":{}}".into()),
+            ..Default::default()
+        };
+        let err = credential()
+            .get_token_info(&vault(), &claims, &mut p)
+            .unwrap_err();
+        assert!(matches!(err, CredentialError::Unsupported(_)));
+        assert!(p.sent.is_empty());
+        let other = TokenRequestOptions {
+            claims: Some(String::new()),
+            tenant_id: Some("t".into()),
+            enable_cae: true,
+        };
+        assert!(
+            credential()
+                .get_token_info(&vault(), &other, &mut p)
+                .is_ok()
+        );
     }
 }

@@ -65,6 +65,41 @@ pub enum CredentialError {
     /// A 2xx answer that is not a usable token.
     #[error("invalid response from the credential broker: {0}")]
     InvalidResponse(String),
+
+    /// A request option the broker cannot honour (a claims challenge).
+    #[error("unsupported request: {0}")]
+    Unsupported(String),
+}
+
+impl CredentialError {
+    /// The same error, saying it is what the last of `attempts` attempts got.
+    pub fn after_attempts(self, attempts: u32) -> Self {
+        if attempts < 2 {
+            return self;
+        }
+        let note = format!("after {attempts} attempts");
+        let with = |m: String| format!("{m} ({note})");
+        let detail = |d: String| {
+            if d.is_empty() {
+                format!("({note})")
+            } else {
+                format!("{d} ({note})")
+            }
+        };
+        match self {
+            Self::BrokerRejected { status, detail: d } => Self::BrokerRejected {
+                status,
+                detail: detail(d),
+            },
+            Self::BrokerFailed { status, detail: d } => Self::BrokerFailed {
+                status,
+                detail: detail(d),
+            },
+            Self::BrokerUnreachable(m) => Self::BrokerUnreachable(with(m)),
+            Self::InvalidResponse(m) => Self::InvalidResponse(with(m)),
+            other => other,
+        }
+    }
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -101,5 +136,13 @@ mod tests {
             detail: "boom".into(),
         };
         assert!(e.to_string().ends_with("Broker said: boom"));
+        let e = e.after_attempts(3);
+        assert!(
+            e.to_string()
+                .ends_with("Broker said: boom (after 3 attempts)"),
+            "{e}"
+        );
+        let e = CredentialError::BrokerUnreachable("x".into()).after_attempts(1);
+        assert_eq!(e, CredentialError::BrokerUnreachable("x".into()));
     }
 }

@@ -56,6 +56,8 @@ pub struct Minted {
     pub token: Secret,
     /// Seconds from now until it expires.
     pub expires_in: u64,
+    /// Seconds from now until a refresh is due, when the broker says.
+    pub refresh_in: Option<u64>,
 }
 
 /// Turn the broker's answer into a token or the matching error.
@@ -97,18 +99,24 @@ pub fn parse_answer(status: u16, body: &[u8], secrets: &[&str]) -> Result<Minted
              as an Authorization header",
         ));
     }
-    let expires_in = parse_expires_in(answer.get("expires_in")).map_err(|why| invalid(&why))?;
+    let expires_in = parse_seconds("expires_in", answer.get("expires_in"))
+        .map_err(|why| invalid(&why))?
+        .unwrap_or(DEFAULT_EXPIRES_IN);
+    let refresh_in =
+        parse_seconds("refresh_in", answer.get("refresh_in")).map_err(|why| invalid(&why))?;
     Ok(Minted {
         token: Secret::new(token.clone()),
         expires_in,
+        refresh_in,
     })
 }
 
-/// `expires_in`: absent or null means 3600; else a positive integer, as a JSON
-/// number or a string of digits, at most [`MAX_EXPIRES_IN`].
-fn parse_expires_in(value: Option<&Value>) -> Result<u64, String> {
+/// A lifetime member (`expires_in`, `refresh_in`): absent or null is `None`;
+/// else a positive integer, as a JSON number or a string of digits, at most
+/// [`MAX_EXPIRES_IN`].
+fn parse_seconds(name: &str, value: Option<&Value>) -> Result<Option<u64>, String> {
     let seconds = match value {
-        None | Some(Value::Null) => return Ok(DEFAULT_EXPIRES_IN),
+        None | Some(Value::Null) => return Ok(None),
         // Whole floats such as 3600.0 are accepted, as Python's int() does;
         // `as` saturates, so a huge number is caught as too large below.
         Some(Value::Number(n)) => n.as_u64().or_else(|| {
@@ -122,16 +130,16 @@ fn parse_expires_in(value: Option<&Value>) -> Result<u64, String> {
         Some(_) => None,
     };
     match seconds {
-        None => Err(
-            "has an expires_in that is not a positive whole number of seconds \
-                     (a number or a string of digits)"
-                .into(),
-        ),
-        Some(0) => Err("has expires_in 0: a token must live a positive number of seconds".into()),
-        Some(s) if s > MAX_EXPIRES_IN => Err(format!(
-            "has expires_in {s}, above the {MAX_EXPIRES_IN} seconds accepted"
+        None => Err(format!(
+            "has a {name} that is not a positive whole number of seconds (a number or a string of digits)"
         )),
-        Some(s) => Ok(s),
+        Some(0) => Err(format!(
+            "has {name} 0: a token must live a positive number of seconds"
+        )),
+        Some(s) if s > MAX_EXPIRES_IN => Err(format!(
+            "has {name} {s}, above the {MAX_EXPIRES_IN} seconds accepted"
+        )),
+        Some(s) => Ok(Some(s)),
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - a pure, target-independent core (this crate's public API): settings,
 //!   scope -> audience, the bearer check, the broker request and the parsing of
-//!   its answer, tied together by [`Credential`] over a [`Platform`];
+//!   its answer, the token cache and the retry policy, tied together by
+//!   [`Credential`] over a [`Platform`];
 //! - on `wasm32`, thin glue that implements [`Platform`] over WASI
 //!   (`component.rs`, `transport.rs`) and exports the WIT `token-credential`
 //!   interface from `wit/world.wit`.
@@ -18,10 +19,12 @@
 
 mod audience;
 mod bearer;
+pub mod cache;
 mod credential;
 mod error;
 mod excerpt;
 mod exchange;
+pub mod retry;
 mod secret;
 mod settings;
 
@@ -32,7 +35,8 @@ mod transport;
 
 pub use audience::{AudienceMap, DEFAULT_AUDIENCES, normalize_scope};
 pub use bearer::{MAX_BEARER_BYTES, parse_bearer, read_bearer};
-pub use credential::{AccessToken, Answer, Credential, Platform, SendError};
+pub use cache::TokenInfo;
+pub use credential::{AccessToken, Answer, Credential, Platform, SendError, TokenRequestOptions};
 pub use error::CredentialError;
 pub use excerpt::{EXCERPT_CHARS, excerpt};
 pub use exchange::{

@@ -24,6 +24,8 @@ pub struct Options {
     pub audience_map: Vec<(String, String)>,
     /// Allow plain http to a non-loopback host.
     pub allow_insecure_http: bool,
+    /// Mint on every call, as the original does (no token cache).
+    pub disable_cache: bool,
 }
 
 /// Everything a credential needs, checked.

@@ -27,8 +27,17 @@ pub fn send(request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendEr
     let pending = start(request, timeout)?;
     let response = wait_for_response(&pending, &deadline)?;
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .first()
+        .and_then(|v| crate::retry::parse_retry_after(v));
     let body = read_body(&response, &deadline)?;
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        body,
+        retry_after,
+    })
 }
 
 fn start(request: &BrokerRequest, timeout: Duration) -> Result<FutureIncomingResponse, SendError> {

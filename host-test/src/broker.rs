@@ -28,11 +28,13 @@ pub const BASE_PATH: &str = "/api/v1/credential-broker";
 pub enum Reply {
     /// Answer with a fresh token `mock-token-<n>` (n counts requests) living 3600 s.
     Mint,
-    /// Answer `status` with `body` (as `application/json`), after `delay`.
+    /// Answer `status` with `body` (as `application/json`) and extra
+    /// `headers`, after `delay`.
     Answer {
         status: u16,
         body: String,
         delay: Duration,
+        headers: Vec<(String, String)>,
     },
     /// Read the request, wait `delay`, then close the connection without answering.
     Drop { delay: Duration },
@@ -45,6 +47,7 @@ impl Reply {
             status,
             body: body.into(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
 
@@ -59,17 +62,40 @@ impl Reply {
     /// This answer, after `delay`.
     pub fn after(self, delay: Duration) -> Self {
         match self {
-            Reply::Answer { status, body, .. } => Reply::Answer {
+            Reply::Answer {
+                status,
+                body,
+                headers,
+                ..
+            } => Reply::Answer {
                 status,
                 body,
                 delay,
+                headers,
             },
             Reply::Drop { .. } => Reply::Drop { delay },
-            Reply::Mint => Reply::Answer {
-                status: 200,
-                body: mint_body(0),
+            Reply::Mint => Reply::json(200, mint_body(0)).after(delay),
+        }
+    }
+
+    /// This answer with one more header (e.g. `retry-after`).
+    pub fn with_header(self, name: &str, value: &str) -> Self {
+        match self {
+            Reply::Answer {
+                status,
+                body,
                 delay,
-            },
+                mut headers,
+            } => {
+                headers.push((name.to_string(), value.to_string()));
+                Reply::Answer {
+                    status,
+                    body,
+                    delay,
+                    headers,
+                }
+            }
+            other => other,
         }
     }
 }
@@ -91,6 +117,8 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// The body as received (de-chunked if it was chunked).
     pub body: Vec<u8>,
+    /// When the whole request had arrived.
+    pub received_at: std::time::Instant,
 }
 
 impl Recorded {
@@ -248,6 +276,7 @@ async fn answer(
             version,
             headers,
             body,
+            received_at: std::time::Instant::now(),
         });
         let n = inner.requests.len();
         match inner.script.pop_front().or_else(|| inner.default.clone()) {
@@ -260,11 +289,16 @@ async fn answer(
             status,
             body,
             delay,
+            headers,
         } => {
             tokio::time::sleep(delay).await;
-            Ok(Response::builder()
+            let mut response = Response::builder()
                 .status(status)
-                .header("content-type", "application/json")
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            Ok(response
                 .body(Full::new(Bytes::from(body)))
                 .expect("valid response"))
         }

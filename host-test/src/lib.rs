@@ -41,7 +41,8 @@ pub mod bindings {
 pub use broker::{MockBroker, Recorded, Reply};
 pub use clock::TestClock;
 pub use sandbox::{
-    AccessToken, CredentialOptions, Host, Sandbox, SandboxBuilder, TokenResult, default_options,
+    AccessToken, AccessTokenInfo, CredentialOptions, Host, Sandbox, SandboxBuilder,
+    TokenInfoResult, TokenRequestOptions, TokenResult, default_options,
 };
 
 /// Path of the release component built by this crate's build script.

@@ -195,6 +195,12 @@ pub type AccessToken = wit::AccessToken;
 pub type CredentialOptions = wit::CredentialOptions;
 /// The result of a call: a token, or the component's error as the core type.
 pub type TokenResult = std::result::Result<AccessToken, vd_cred_broker::CredentialError>;
+/// A token with its refresh time, as the component returns it.
+pub type AccessTokenInfo = wit::AccessTokenInfo;
+/// The WIT request options record.
+pub type TokenRequestOptions = wit::TokenRequestOptions;
+/// The result of a `get-token-info` call.
+pub type TokenInfoResult = std::result::Result<AccessTokenInfo, vd_cred_broker::CredentialError>;
 
 impl Sandbox {
     fn iface(&self) -> &wit::Guest {
@@ -237,6 +243,36 @@ impl Sandbox {
         Ok(result.map_err(Into::into))
     }
 
+    /// The free function `get-token-info`.
+    pub async fn get_token_info(
+        &mut self,
+        scopes: &[&str],
+        options: &TokenRequestOptions,
+    ) -> Result<TokenInfoResult> {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let iface = self.iface().clone();
+        let result = iface
+            .call_get_token_info(&mut self.store, &scopes, options)
+            .await?;
+        Ok(result.map_err(Into::into))
+    }
+
+    /// `credential.get-token-info(scopes, options)`.
+    pub async fn credential_get_token_info(
+        &mut self,
+        credential: ResourceAny,
+        scopes: &[&str],
+        options: &TokenRequestOptions,
+    ) -> Result<TokenInfoResult> {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let iface = self.iface().clone();
+        let result = iface
+            .credential()
+            .call_get_token_info(&mut self.store, credential, &scopes, options)
+            .await?;
+        Ok(result.map_err(Into::into))
+    }
+
     /// Drop a credential resource.
     pub async fn drop_credential(&mut self, credential: ResourceAny) -> Result<()> {
         Ok(credential.resource_drop_async(&mut self.store).await?)
@@ -275,6 +311,7 @@ pub fn default_options() -> CredentialOptions {
         timeout_ms: None,
         audience_map: Vec::new(),
         allow_insecure_http: false,
+        disable_cache: false,
     }
 }
 
@@ -300,6 +337,7 @@ impl From<wit::CredentialError> for vd_cred_broker::CredentialError {
                 detail: f.detail,
             },
             W::InvalidResponse(m) => E::InvalidResponse(m),
+            W::Unsupported(m) => E::Unsupported(m),
         }
     }
 }
@@ -327,6 +365,7 @@ impl From<vd_cred_broker::CredentialError> for wit::CredentialError {
                 W::BrokerFailed(wit::BrokerFailure { status, detail })
             }
             E::InvalidResponse(m) => W::InvalidResponse(m),
+            E::Unsupported(m) => W::Unsupported(m),
         }
     }
 }

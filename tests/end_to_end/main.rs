@@ -3,7 +3,9 @@
 //! once ([`Host::shared`]) and shared by every test.
 
 mod errors;
+mod lifetime;
 mod protocol;
+mod retries;
 mod rotation;
 mod sandbox;
 mod secrets;

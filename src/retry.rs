@@ -1,0 +1,99 @@
+//! Which failures are retried, and how long to wait between attempts. Pure.
+//!
+//! Connect failures, timeouts, 408, 429, 500, 502, 503 and 504 are transient;
+//! everything else (400, 401, 403, 404, malformed answers, a denied request)
+//! is final. Waits grow exponentially with jitter, or follow the broker's
+//! `Retry-After` (seconds); the caller keeps every wait inside the deadline.
+
+use std::time::Duration;
+
+use crate::SendError;
+
+/// At most this many attempts per call.
+pub const MAX_ATTEMPTS: u32 = 4;
+/// The first backoff's upper bound; each later one doubles, up to [`MAX_BACKOFF`].
+pub const BASE_BACKOFF: Duration = Duration::from_millis(100);
+/// No backoff is longer than this (a `Retry-After` may be).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Statuses worth another attempt.
+pub const RETRYABLE_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
+
+/// Is this HTTP status transient?
+pub fn is_retryable_status(status: u16) -> bool {
+    RETRYABLE_STATUSES.contains(&status)
+}
+
+/// Is this transport failure transient? A denied request or an oversized
+/// answer will not change on retry.
+pub fn is_retryable_send(error: &SendError) -> bool {
+    matches!(error, SendError::TimedOut | SendError::Failed(_))
+}
+
+/// The wait after `attempts_made` attempts: the broker's `Retry-After` when
+/// given, else exponential backoff with "equal jitter" (half fixed, half
+/// random, `unit` in `[0, 1)`).
+///
+/// ```
+/// use std::time::Duration;
+/// use vd_cred_broker::retry::backoff;
+/// assert_eq!(backoff(1, None, 0.0), Duration::from_millis(50));
+/// assert_eq!(backoff(2, None, 0.999_999), Duration::from_micros(199_999));
+/// assert_eq!(backoff(3, Some(Duration::from_secs(1)), 0.5), Duration::from_secs(1));
+/// ```
+pub fn backoff(attempts_made: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
+    if let Some(wait) = retry_after {
+        return wait;
+    }
+    let cap = BASE_BACKOFF
+        .saturating_mul(1 << attempts_made.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    cap / 2 + cap.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+}
+
+/// `Retry-After` in its delay-seconds form; an HTTP-date is not used.
+pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(text.parse().unwrap_or(u64::MAX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(is_retryable_status(s), "{s}");
+        }
+        for s in [200, 400, 401, 403, 404, 409, 501, 505] {
+            assert!(!is_retryable_status(s), "{s}");
+        }
+        assert!(is_retryable_send(&SendError::TimedOut));
+        assert!(is_retryable_send(&SendError::Failed("refused".into())));
+        assert!(!is_retryable_send(&SendError::Denied));
+        assert!(!is_retryable_send(&SendError::TooLarge(1)));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let lows: Vec<_> = (1..=7).map(|n| backoff(n, None, 0.0)).collect();
+        assert_eq!(lows[0], Duration::from_millis(50));
+        assert_eq!(lows[1], Duration::from_millis(100));
+        assert_eq!(lows[6], MAX_BACKOFF / 2);
+        assert!(backoff(40, None, 1.0) <= MAX_BACKOFF);
+        assert!(backoff(1, None, 0.5) > backoff(1, None, 0.1));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after(b"3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(b" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after(b"-1"), None);
+        assert_eq!(parse_retry_after(b""), None);
+        assert_eq!(parse_retry_after(b"\xff"), None);
+    }
+}
