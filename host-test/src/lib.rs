@@ -26,7 +26,9 @@
 
 pub mod broker;
 pub mod clock;
+pub mod native;
 pub mod policy;
+pub mod precompiled;
 pub mod sandbox;
 
 /// Host bindings for the `cred-broker` world.
@@ -41,7 +43,7 @@ pub mod bindings {
 pub use broker::{MockBroker, Recorded, Reply};
 pub use clock::TestClock;
 pub use sandbox::{
-    AccessToken, AccessTokenInfo, CredentialOptions, Host, Sandbox, SandboxBuilder,
+    AccessToken, AccessTokenInfo, CredentialOptions, Host, HostOptions, Sandbox, SandboxBuilder,
     TokenInfoResult, TokenRequestOptions, TokenResult, default_options,
 };
 

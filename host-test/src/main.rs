@@ -50,8 +50,12 @@ async fn demo(scope: &str) -> Result<ExitCode> {
 
     let started = Instant::now();
     let host = Host::shared();
+    let how = match host.source() {
+        host_test::precompiled::Source::Compiled => "compiled and cached",
+        host_test::precompiled::Source::Cached => "loaded precompiled",
+    };
     println!(
-        "component        {} (compiled in {:.0?})",
+        "component        {} ({how} in {:.0?})",
         host_test::COMPONENT_WASM,
         started.elapsed()
     );

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
 use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
 use crate::bindings::{CredBroker, CredBrokerPre};
+use crate::precompiled::{self, Source};
 use crate::{TestClock, policy::BrokerOnly};
 
 /// The per-instance state: WASI, wasi:http, and the broker-only HTTP policy.
@@ -47,35 +48,94 @@ impl WasiHttpView for State {
     }
 }
 
+/// How a [`Host`] is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Use wasmtime's pooling allocator, sized for this many live instances
+    /// (for a runtime hosting many agents). `None`: on-demand allocation.
+    pub pooling: Option<u32>,
+    /// Load from (and write) the precompiled cache next to the `.wasm`.
+    pub precompiled_cache: bool,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            pooling: None,
+            precompiled_cache: true,
+        }
+    }
+}
+
+/// The engine configuration a [`Host`] uses.
+pub fn engine_config(pooling: Option<u32>) -> Config {
+    let mut config = Config::new();
+    if let Some(instances) = pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        // A component instance of this crate holds a few core instances, one
+        // or two memories and tables; room for all of them per instance.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size(64 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
 /// An engine and the component, compiled and linked once; sandboxes are cheap.
 pub struct Host {
     engine: Engine,
     pre: CredBrokerPre<State>,
+    source: Source,
 }
 
 impl Host {
-    /// Compile the component at `wasm` and link WASI p2 and wasi:http.
+    /// Load the component at `wasm` (from the precompiled cache when it
+    /// matches) and link WASI p2 and wasi:http.
     pub fn load(wasm: impl AsRef<Path>) -> Result<Host> {
-        let engine = Engine::new(&Config::new())?;
-        let component = Component::from_file(&engine, wasm.as_ref()).map_err(|e| {
-            anyhow::Error::from(e).context(format!("loading component {}", wasm.as_ref().display()))
-        })?;
-        Host::from_component(engine, component)
+        Host::load_with(wasm, HostOptions::default())
+    }
+
+    /// [`Host::load`] with explicit options.
+    pub fn load_with(wasm: impl AsRef<Path>, options: HostOptions) -> Result<Host> {
+        let wasm = wasm.as_ref();
+        let engine = Engine::new(&engine_config(options.pooling))?;
+        let (component, source) = if options.precompiled_cache {
+            precompiled::load(&engine, wasm)?
+        } else {
+            let component = Component::from_file(&engine, wasm).map_err(|e| {
+                anyhow::Error::from(e).context(format!("compiling {}", wasm.display()))
+            })?;
+            (component, Source::Compiled)
+        };
+        Host::from_component(engine, component, source)
     }
 
     /// Link an already compiled component.
-    pub fn from_component(engine: Engine, component: Component) -> Result<Host> {
+    pub fn from_component(engine: Engine, component: Component, source: Source) -> Result<Host> {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let pre = CredBrokerPre::new(linker.instantiate_pre(&component)?)?;
-        Ok(Host { engine, pre })
+        Ok(Host {
+            engine,
+            pre,
+            source,
+        })
     }
 
-    /// The component this crate's build script built, compiled once per process.
+    /// The component this crate's build script built, loaded once per process.
     pub fn shared() -> &'static Host {
         static HOST: OnceLock<Host> = OnceLock::new();
         HOST.get_or_init(|| Host::load(crate::COMPONENT_WASM).expect("load the built component"))
+    }
+
+    /// Whether the component was compiled or loaded precompiled.
+    pub fn source(&self) -> Source {
+        self.source
     }
 
     /// The engine (for precompiling, benchmarks).
