@@ -14,6 +14,24 @@ pub const DEFAULT_AUDIENCES: [(&str, &str); 6] = [
     ("https://management.azure.com", "arm"),
 ];
 
+/// Audiences whose scope class is `secret_store` (protocol 0.2); every other
+/// audience is `data_platform`.
+pub const SECRET_STORE_AUDIENCES: [&str; 3] = ["discovery", "validation", "key_vault_data_plane"];
+
+/// The protocol-0.2 scope class of an audience.
+///
+/// ```
+/// assert_eq!(vd_cred_broker::scope_class("key_vault_data_plane"), "secret_store");
+/// assert_eq!(vd_cred_broker::scope_class("vault"), "data_platform");
+/// ```
+pub fn scope_class(audience: &str) -> &'static str {
+    if SECRET_STORE_AUDIENCES.contains(&audience) {
+        "secret_store"
+    } else {
+        "data_platform"
+    }
+}
+
 /// Normalise a scope to its resource: drop one trailing `/.default`, then
 /// every trailing `/`.
 ///

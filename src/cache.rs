@@ -22,6 +22,10 @@ pub const HALF_LIFE_THRESHOLD_SECS: u64 = 7200;
 pub struct BearerDigest([u8; 32]);
 
 impl BearerDigest {
+    /// The key for tokens from the runtime-access helper, which holds the
+    /// bearer itself.
+    pub const HELPER: BearerDigest = BearerDigest([0; 32]);
+
     /// Digest `bearer`.
     pub fn of(bearer: &Secret) -> Self {
         BearerDigest(Sha256::digest(bearer.expose().as_bytes()).into())

@@ -108,6 +108,9 @@ impl wit::GuestCredential for Credential {
             audience_map: options.audience_map,
             allow_insecure_http: options.allow_insecure_http,
             disable_cache: options.disable_cache,
+            lane: options.lane,
+            configuration_revision: options.configuration_revision,
+            runtime_access_url: options.runtime_access_url,
         };
         let env = |name: &str| std::env::var(name).ok();
         Ok(wit::Credential::new(Credential::open(&options, env)?))

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crate::cache::{BearerDigest, Lookup, TokenCache, TokenInfo};
 use crate::retry::{MAX_ATTEMPTS, backoff, is_retryable_send, is_retryable_status};
 use crate::{
-    BrokerRequest, CredentialError, Minted, Options, Secret, Settings, bearer::read_bearer,
-    parse_answer,
+    BrokerRequest, CredentialError, Minted, Mode, Options, Secret, Settings, bearer::read_bearer,
+    parse_answer, parse_helper_answer,
 };
 
 /// An access token and when it expires (Unix seconds).
@@ -140,8 +140,23 @@ impl Credential {
             ));
         }
         let audience = self.settings.audiences.audience_for(scopes)?;
-        let bearer = platform.read_bearer(&self.settings.credential_file)?;
-        let digest = BearerDigest::of(&bearer);
+        let url = self.settings.token_url();
+        let (request, digest) = match &self.settings.mode {
+            Mode::Broker {
+                credential_file, ..
+            } => {
+                // Lane and revision are checked before anything is read or sent.
+                let protocol = self.settings.protocol()?;
+                let bearer = platform.read_bearer(credential_file)?;
+                let digest = BearerDigest::of(&bearer);
+                (
+                    BrokerRequest::mint(url, bearer, audience, &protocol),
+                    digest,
+                )
+            }
+            // The helper holds the bearer; its tokens are cached by audience alone.
+            Mode::Helper { .. } => (BrokerRequest::helper(url, audience), BearerDigest::HELPER),
+        };
         let lookup = match &self.cache {
             Some(cache) => cache.borrow().lookup(audience, digest, platform.now_unix()),
             None => Lookup::Miss,
@@ -149,7 +164,6 @@ impl Credential {
         if let Lookup::Fresh(info) = lookup {
             return Ok(info);
         }
-        let request = BrokerRequest::mint(self.settings.token_url(), bearer, audience);
         match self.mint(&request, started, platform) {
             Ok(minted) => {
                 let info = TokenInfo::minted(
@@ -185,22 +199,26 @@ impl Credential {
         platform: &mut impl Platform,
     ) -> Result<Minted, CredentialError> {
         let timeout = self.settings.timeout;
-        let secrets = [request.bearer.expose()];
+        let secrets = request.secrets();
+        let helper = matches!(self.settings.mode, Mode::Helper { .. });
+        let parse = |answer: &Answer| match helper {
+            true => parse_helper_answer(answer.status, &answer.body),
+            false => parse_answer(answer.status, &answer.body, &secrets),
+        };
         let mut attempts = 0;
         loop {
             attempts += 1;
             let left = timeout.saturating_sub(started.elapsed());
             let (error, retry_after) = match platform.send(request, left) {
                 Ok(answer) if is_retryable_status(answer.status) => {
-                    let error = parse_answer(answer.status, &answer.body, &secrets).err();
+                    let error = parse(&answer).err();
                     (
                         error.expect("a retryable status is an error"),
                         answer.retry_after,
                     )
                 }
                 Ok(answer) => {
-                    return parse_answer(answer.status, &answer.body, &secrets)
-                        .map_err(|e| e.after_attempts(attempts));
+                    return parse(&answer).map_err(|e| e.after_attempts(attempts));
                 }
                 Err(e) if is_retryable_send(&e) => (self.unreachable(request, e), None),
                 Err(e) => return Err(self.unreachable(request, e).after_attempts(attempts)),
@@ -216,6 +234,23 @@ impl Credential {
     fn unreachable(&self, request: &BrokerRequest, error: SendError) -> CredentialError {
         let url = &request.url;
         let ms = self.settings.timeout.as_millis();
+        if let (
+            Mode::Helper { .. },
+            SendError::TimedOut | SendError::Failed(_) | SendError::Denied,
+        ) = (&self.settings.mode, &error)
+        {
+            let why = match error {
+                SendError::TimedOut => format!("no answer within {ms} ms"),
+                SendError::Denied => "the host has no route to it".to_string(),
+                SendError::Failed(why) => why,
+                SendError::TooLarge(_) => unreachable!(),
+            };
+            return CredentialError::BrokerUnreachable(format!(
+                "runtime access helper is unavailable at {url} ({why}): is the runtime-access socket \
+                 (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock) present, and does the \
+                 host route the helper to it?"
+            ));
+        }
         match error {
             SendError::TimedOut => CredentialError::BrokerUnreachable(format!(
                 "no answer from {url} within {ms} ms (timeout-ms): is Studio running? \

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{CredentialError, Secret, excerpt};
+use crate::{CredentialError, Protocol, Secret, excerpt, scope_class};
 
 /// `expires_in` when the broker sends none (the original's default).
 pub const DEFAULT_EXPIRES_IN: u64 = 3600;
@@ -11,42 +11,115 @@ pub const MAX_EXPIRES_IN: u64 = 7 * 24 * 3600;
 /// Longest `access_token` accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
 
-/// `POST {url}` with `Authorization: Bearer`, `Content-Type: application/json`,
-/// a `Content-Length` and [`BrokerRequest::body`].
+/// One mint request: `POST {url}` with `Content-Type: application/json`, a
+/// `Content-Length`, [`BrokerRequest::body`], and `Authorization: Bearer`
+/// when there is a bearer (not to the runtime-access helper).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerRequest {
-    /// `{broker_url}/token`.
+    /// `{broker_url}/token` or `{helper_url}/v1/credentials`.
     pub url: String,
-    /// The intent bearer, for the `Authorization` header.
-    pub bearer: Secret,
+    /// The intent bearer, for the `Authorization` header; none for the helper.
+    pub bearer: Option<Secret>,
     /// The JSON body, e.g. `{"audience":"vault"}`.
     pub body: Vec<u8>,
 }
 
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
 impl BrokerRequest {
-    /// The request that mints a token for `audience`.
+    /// The broker request that mints a token for `audience`, in `protocol`'s
+    /// shape: 0.1 `{"audience"}`; 0.2 adds the scope class, lane and revision
+    /// (a JSON number), in the original's member order.
     ///
     /// ```
-    /// use vd_cred_broker::{BrokerRequest, Secret};
-    /// let req = BrokerRequest::mint("http://127.0.0.1:1/b/token".into(), Secret::new("vd_iat_x".into()), "vault");
+    /// use vd_cred_broker::{BrokerRequest, Protocol, Secret};
+    /// let bearer = Secret::new("vd_iat_x".into());
+    /// let req = BrokerRequest::mint("http://127.0.0.1:1/b/token".into(), bearer.clone(), "vault", &Protocol::V0_1);
     /// assert_eq!(req.body, br#"{"audience":"vault"}"#);
-    /// assert_eq!(req.headers()[1], ("content-type", "application/json".to_string()));
+    /// let v2 = Protocol::V0_2 { lane: "user", revision: 7 };
+    /// let req = BrokerRequest::mint("u".into(), bearer, "vault", &v2);
+    /// assert_eq!(req.body, br#"{"audience":"vault","scope":"data_platform","lane":"user","configurationRevision":7}"#);
     /// ```
-    pub fn mint(url: String, bearer: Secret, audience: &str) -> Self {
-        let body = serde_json::json!({ "audience": audience })
-            .to_string()
-            .into_bytes();
-        BrokerRequest { url, bearer, body }
+    pub fn mint(url: String, bearer: Secret, audience: &str, protocol: &Protocol) -> Self {
+        let body = match protocol {
+            Protocol::V0_1 => format!(r#"{{"audience":{}}}"#, json_string(audience)),
+            Protocol::V0_2 { lane, revision } => format!(
+                r#"{{"audience":{},"scope":{},"lane":{},"configurationRevision":{revision}}}"#,
+                json_string(audience),
+                json_string(scope_class(audience)),
+                json_string(lane),
+            ),
+        };
+        BrokerRequest {
+            url,
+            bearer: Some(bearer),
+            body: body.into_bytes(),
+        }
     }
 
-    /// The headers to send, in order. The first holds the bearer: never log it.
-    pub fn headers(&self) -> [(&'static str, String); 3] {
-        [
-            ("authorization", format!("Bearer {}", self.bearer.expose())),
-            ("content-type", "application/json".to_string()),
-            ("content-length", self.body.len().to_string()),
-        ]
+    /// The runtime-access helper request: `{"scope":"<class>","audience":"<aud>"}`,
+    /// no `Authorization` (the helper holds the bearer and adds lane and revision).
+    pub fn helper(url: String, audience: &str) -> Self {
+        let body = format!(
+            r#"{{"scope":{},"audience":{}}}"#,
+            json_string(scope_class(audience)),
+            json_string(audience)
+        );
+        BrokerRequest {
+            url,
+            bearer: None,
+            body: body.into_bytes(),
+        }
     }
+
+    /// The headers to send, in order. `authorization` holds the bearer: never log it.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(bearer) = &self.bearer {
+            headers.push(("authorization", format!("Bearer {}", bearer.expose())));
+        }
+        headers.push(("content-type", "application/json".to_string()));
+        headers.push(("content-length", self.body.len().to_string()));
+        headers
+    }
+
+    /// Secrets to scrub from anything quoted back: the bearer, if any.
+    pub fn secrets(&self) -> Vec<&str> {
+        self.bearer.iter().map(Secret::expose).collect()
+    }
+}
+
+/// Turn the runtime-access helper's answer into a token or the matching
+/// error. A refusal carries `x-runtime-access-error` and a JSON envelope
+/// `{"code", "message"}`: 401/403 are `broker-rejected`, others
+/// `broker-failed`, with `code: message` (scrubbed) as the detail.
+pub fn parse_helper_answer(status: u16, body: &[u8]) -> Result<Minted, CredentialError> {
+    if (200..300).contains(&status) {
+        return parse_answer(status, body, &[]);
+    }
+    let envelope = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        let code = v
+            .get("code")?
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| Some(v.get("code")?.to_string()))?;
+        let message = v
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        Some(format!("runtime access helper refused: {code}: {message}"))
+    });
+    let detail = match envelope {
+        Some(text) => excerpt(text.as_bytes(), &[]),
+        None => excerpt(body, &[]),
+    };
+    Err(match status {
+        401 | 403 => CredentialError::BrokerRejected { status, detail },
+        _ => CredentialError::BrokerFailed { status, detail },
+    })
 }
 
 /// A usable answer: the token and how long it lives.
@@ -160,7 +233,12 @@ mod tests {
 
     #[test]
     fn request_shape() {
-        let r = BrokerRequest::mint("u".into(), Secret::new("vd_iat_b".into()), "fabric_cli");
+        let r = BrokerRequest::mint(
+            "u".into(),
+            Secret::new("vd_iat_b".into()),
+            "fabric_cli",
+            &Protocol::V0_1,
+        );
         assert_eq!(
             std::str::from_utf8(&r.body).unwrap(),
             r#"{"audience":"fabric_cli"}"#
@@ -169,6 +247,47 @@ mod tests {
         assert_eq!(h[0], ("authorization", "Bearer vd_iat_b".into()));
         assert_eq!(h[2], ("content-length", r.body.len().to_string()));
         assert!(!format!("{r:?}").contains("vd_iat_b"));
+        let r = BrokerRequest::helper("u".into(), "key_vault_data_plane");
+        assert_eq!(
+            r.body,
+            br#"{"scope":"secret_store","audience":"key_vault_data_plane"}"#
+        );
+        assert_eq!(r.headers().len(), 2, "no authorization to the helper");
+        assert!(r.secrets().is_empty());
+        let v2 = Protocol::V0_2 {
+            lane: "service",
+            revision: 0,
+        };
+        let r = BrokerRequest::mint("u".into(), Secret::new("b".into()), "discovery", &v2);
+        assert_eq!(r.body, br#"{"audience":"discovery","scope":"secret_store","lane":"service","configurationRevision":0}"#);
+    }
+
+    #[test]
+    fn helper_answers() {
+        assert_eq!(
+            parse_helper_answer(200, br#"{"access_token":"t"}"#)
+                .unwrap()
+                .token
+                .expose(),
+            "t"
+        );
+        let err = parse_helper_answer(403, br#"{"code":"intent_denied","message":"no grant"}"#)
+            .unwrap_err();
+        assert!(
+            matches!(err, CredentialError::BrokerRejected { status: 403, ref detail } if detail.contains("intent_denied: no grant")),
+            "{err}"
+        );
+        let err = parse_helper_answer(503, br#"{"code":"upstream","message":"broker down"}"#)
+            .unwrap_err();
+        assert!(
+            matches!(err, CredentialError::BrokerFailed { status: 503, ref detail } if detail.contains("upstream: broker down")),
+            "{err}"
+        );
+        let err = parse_helper_answer(500, b"plain").unwrap_err();
+        assert!(
+            matches!(err, CredentialError::BrokerFailed { ref detail, .. } if detail == "plain"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ mod component;
 #[cfg(target_arch = "wasm32")]
 mod transport;
 
-pub use audience::{AudienceMap, DEFAULT_AUDIENCES, normalize_scope};
+pub use audience::{
+    AudienceMap, DEFAULT_AUDIENCES, SECRET_STORE_AUDIENCES, normalize_scope, scope_class,
+};
 pub use bearer::{MAX_BEARER_BYTES, parse_bearer, read_bearer};
 pub use cache::TokenInfo;
 pub use credential::{AccessToken, Answer, Credential, Platform, SendError, TokenRequestOptions};
@@ -41,10 +43,12 @@ pub use error::CredentialError;
 pub use excerpt::{EXCERPT_CHARS, excerpt};
 pub use exchange::{
     BrokerRequest, DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, Minted, parse_answer,
+    parse_helper_answer,
 };
 pub use secret::Secret;
 pub use settings::{
-    DEFAULT_TIMEOUT_MS, ENV_BROKER_URL, ENV_CREDENTIAL_FILE, Options, Settings, validate_broker_url,
+    DEFAULT_TIMEOUT_MS, ENV_BROKER_URL, ENV_CONFIGURATION_REVISION, ENV_CREDENTIAL_FILE, ENV_LANE,
+    ENV_RUNTIME_ACCESS_URL, Mode, Options, Protocol, Settings, validate_broker_url,
 };
 
 /// Largest broker answer read, in bytes (the Studio runtime-access client's limit).

@@ -37,7 +37,7 @@ pub fn is_retryable_send(error: &SendError) -> bool {
 /// use std::time::Duration;
 /// use vd_cred_broker::retry::backoff;
 /// assert_eq!(backoff(1, None, 0.0), Duration::from_millis(50));
-/// assert_eq!(backoff(2, None, 0.999_999), Duration::from_micros(199_999));
+/// assert_eq!(backoff(2, None, 0.5), Duration::from_millis(150));
 /// assert_eq!(backoff(3, Some(Duration::from_secs(1)), 0.5), Duration::from_secs(1));
 /// ```
 pub fn backoff(attempts_made: u32, retry_after: Option<Duration>, unit: f64) -> Duration {

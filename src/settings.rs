@@ -8,6 +8,13 @@ use crate::{AudienceMap, CredentialError};
 pub const ENV_BROKER_URL: &str = "VD_CREDENTIAL_BROKER_URL";
 /// Environment variable naming the bearer file.
 pub const ENV_CREDENTIAL_FILE: &str = "VD_CREDENTIAL_FILE";
+/// Environment variable naming the lane (0.2 protocol): `user` or `service`.
+pub const ENV_LANE: &str = "VD_CREDENTIAL_LANE";
+/// Environment variable naming the configuration revision (0.2 protocol).
+pub const ENV_CONFIGURATION_REVISION: &str = "VD_CREDENTIAL_CONFIGURATION_REVISION";
+/// Environment variable naming the runtime-access helper's URL, as the host
+/// exposes it to the component (the host routes it to the helper's socket).
+pub const ENV_RUNTIME_ACCESS_URL: &str = "VD_RUNTIME_ACCESS_URL";
 /// The original's timeout: 10 seconds.
 pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 
@@ -26,36 +33,101 @@ pub struct Options {
     pub allow_insecure_http: bool,
     /// Mint on every call, as the original does (no token cache).
     pub disable_cache: bool,
+    /// Lane, `user` or `service` (env `VD_CREDENTIAL_LANE`); with a revision, selects protocol 0.2.
+    pub lane: Option<String>,
+    /// Configuration revision (env `VD_CREDENTIAL_CONFIGURATION_REVISION`).
+    pub configuration_revision: Option<u64>,
+    /// Runtime-access helper URL (env `VD_RUNTIME_ACCESS_URL`); selects helper mode.
+    pub runtime_access_url: Option<String>,
+}
+
+/// Where tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The bearer file, exchanged at `POST {broker_url}/token`.
+    Broker {
+        /// Broker base URL, trailing `/` removed.
+        broker_url: String,
+        /// Bearer file path, as the component sees it.
+        credential_file: String,
+    },
+    /// The runtime-access helper, `POST {helper_url}/v1/credentials`; it holds
+    /// the bearer, so the component never reads one.
+    Helper {
+        /// Helper base URL, trailing `/` removed.
+        helper_url: String,
+    },
+}
+
+/// The broker protocol version, decided at token time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// 0.1: the body is `{"audience"}` only.
+    V0_1,
+    /// 0.2: the body also carries the scope class, lane and revision.
+    V0_2 {
+        /// `user` or `service`.
+        lane: &'static str,
+        /// The configuration revision.
+        revision: u64,
+    },
 }
 
 /// Everything a credential needs, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// Broker base URL, trailing `/` removed.
-    pub broker_url: String,
-    /// Bearer file path, as the component sees it.
-    pub credential_file: String,
+    /// Broker or helper.
+    pub mode: Mode,
     /// Bound on one whole `get-token` call.
     pub timeout: Duration,
     /// Resource -> audience.
     pub audiences: AudienceMap,
+    /// The lane as given (checked at token time).
+    pub lane: Option<String>,
+    /// The configuration revision as given (checked at token time).
+    pub configuration_revision: Option<String>,
 }
 
 impl Settings {
     /// Resolve `options` over the environment (`env` looks a variable up) and
-    /// validate the result. Both the broker URL and the bearer file are required.
+    /// validate the result. With a runtime-access helper URL the credential is
+    /// in helper mode and needs nothing else; otherwise both the broker URL and
+    /// the bearer file are required.
     pub fn resolve(
         options: &Options,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, CredentialError> {
-        let broker_url = required(&options.broker_url, "broker-url", ENV_BROKER_URL, &env)?;
-        let broker_url = validate_broker_url(&broker_url, options.allow_insecure_http)?;
-        let credential_file = required(
-            &options.credential_file,
-            "credential-file",
-            ENV_CREDENTIAL_FILE,
-            &env,
-        )?;
+        let helper = options
+            .runtime_access_url
+            .clone()
+            .or_else(|| env(ENV_RUNTIME_ACCESS_URL));
+        let mode = match helper {
+            Some(_) => {
+                let url = required(
+                    &options.runtime_access_url,
+                    "runtime-access-url",
+                    ENV_RUNTIME_ACCESS_URL,
+                    &env,
+                )?;
+                // The host routes this origin to the helper's socket; no bearer
+                // is sent, so plain http is fine whatever the host name.
+                Mode::Helper {
+                    helper_url: validate_broker_url(&url, true)?,
+                }
+            }
+            None => {
+                let broker_url = required(&options.broker_url, "broker-url", ENV_BROKER_URL, &env)?;
+                Mode::Broker {
+                    broker_url: validate_broker_url(&broker_url, options.allow_insecure_http)?,
+                    credential_file: required(
+                        &options.credential_file,
+                        "credential-file",
+                        ENV_CREDENTIAL_FILE,
+                        &env,
+                    )?,
+                }
+            }
+        };
         let timeout_ms = options.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if timeout_ms == 0 {
             return Err(CredentialError::Configuration(
@@ -64,16 +136,73 @@ impl Settings {
             ));
         }
         Ok(Settings {
-            broker_url,
-            credential_file,
+            mode,
             timeout: Duration::from_millis(timeout_ms.into()),
             audiences: AudienceMap::with_overrides(&options.audience_map)?,
+            lane: options.lane.clone().or_else(|| env(ENV_LANE)),
+            configuration_revision: options
+                .configuration_revision
+                .map(|r| r.to_string())
+                .or_else(|| env(ENV_CONFIGURATION_REVISION)),
         })
     }
 
-    /// `POST` target: `{broker_url}/token`.
+    /// The mint request's URL: `{broker}/token` or `{helper}/v1/credentials`.
     pub fn token_url(&self) -> String {
-        format!("{}/token", self.broker_url)
+        match &self.mode {
+            Mode::Broker { broker_url, .. } => format!("{broker_url}/token"),
+            Mode::Helper { helper_url } => format!("{helper_url}/v1/credentials"),
+        }
+    }
+
+    /// The broker protocol: 0.1 when neither lane nor revision is set, else
+    /// 0.2 with both required and valid. Checked at token time, before any
+    /// request, so a bad value names its variable.
+    pub fn protocol(&self) -> Result<Protocol, CredentialError> {
+        let (lane, revision) = match (&self.lane, &self.configuration_revision) {
+            (None, None) => return Ok(Protocol::V0_1),
+            (lane, revision) => (
+                lane.as_deref().map(str::trim),
+                revision.as_deref().map(str::trim),
+            ),
+        };
+        let lane = match lane {
+            Some("user") => "user",
+            Some("service") => "service",
+            Some(other) => {
+                return Err(CredentialError::Configuration(format!(
+                    "{ENV_LANE} (or the lane option) is {other:?}: it must be \"user\" or \"service\""
+                )));
+            }
+            None => {
+                return Err(CredentialError::Configuration(format!(
+                    "{ENV_CONFIGURATION_REVISION} is set but {ENV_LANE} is not: set {ENV_LANE} to \"user\" \
+                     or \"service\" (or unset both to speak protocol 0.1)"
+                )));
+            }
+        };
+        let revision = match revision {
+            Some(r) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => {
+                r.parse().map_err(|_| {
+                    CredentialError::Configuration(format!(
+                        "{ENV_CONFIGURATION_REVISION} {r:?} is too large"
+                    ))
+                })?
+            }
+            Some(r) => {
+                return Err(CredentialError::Configuration(format!(
+                    "{ENV_CONFIGURATION_REVISION} (or the configuration-revision option) is {r:?}: it must be \
+                     a non-negative whole number such as \"7\""
+                )));
+            }
+            None => {
+                return Err(CredentialError::Configuration(format!(
+                    "{ENV_LANE} is set but {ENV_CONFIGURATION_REVISION} is not: set it to a non-negative whole \
+                     number such as \"7\" (or unset both to speak protocol 0.1)"
+                )));
+            }
+        };
+        Ok(Protocol::V0_2 { lane, revision })
     }
 }
 
@@ -191,9 +320,14 @@ mod tests {
             (ENV_CREDENTIAL_FILE, "/run/vd/credential"),
         ]);
         let s = Settings::resolve(&Options::default(), &e).unwrap();
-        assert_eq!(s.broker_url, "http://localhost:1/b");
+        assert_eq!(
+            s.mode,
+            Mode::Broker {
+                broker_url: "http://localhost:1/b".into(),
+                credential_file: "/run/vd/credential".into()
+            }
+        );
         assert_eq!(s.token_url(), "http://localhost:1/b/token");
-        assert_eq!(s.credential_file, "/run/vd/credential");
         assert_eq!(s.timeout, Duration::from_secs(10));
 
         let o = Options {
@@ -203,8 +337,13 @@ mod tests {
             ..Default::default()
         };
         let s = Settings::resolve(&o, &e).unwrap();
-        assert_eq!(s.broker_url, URL);
-        assert_eq!(s.credential_file, "/other");
+        assert_eq!(
+            s.mode,
+            Mode::Broker {
+                broker_url: URL.into(),
+                credential_file: "/other".into()
+            }
+        );
         assert_eq!(s.timeout, Duration::from_millis(250));
     }
 
@@ -245,6 +384,104 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, CredentialError::Configuration(ref m) if m.contains("timeout-ms")));
+    }
+
+    #[test]
+    fn helper_mode_needs_nothing_else() {
+        let s = Settings::resolve(
+            &Options::default(),
+            env(&[(ENV_RUNTIME_ACCESS_URL, "http://runtime-access/")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.mode,
+            Mode::Helper {
+                helper_url: "http://runtime-access".into()
+            }
+        );
+        assert_eq!(s.token_url(), "http://runtime-access/v1/credentials");
+        let o = Options {
+            runtime_access_url: Some("http://helper".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(
+            &o,
+            env(&[(ENV_BROKER_URL, URL), (ENV_CREDENTIAL_FILE, "/f")]),
+        )
+        .unwrap();
+        assert!(
+            matches!(s.mode, Mode::Helper { .. }),
+            "the helper wins when configured"
+        );
+    }
+
+    #[test]
+    fn protocol_version_from_lane_and_revision() {
+        let base = [(ENV_BROKER_URL, URL), (ENV_CREDENTIAL_FILE, "/f")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let all: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+            Settings::resolve(&Options::default(), env(&all))
+                .unwrap()
+                .protocol()
+        };
+        assert_eq!(with(&[]), Ok(Protocol::V0_1));
+        assert_eq!(
+            with(&[(ENV_LANE, "service"), (ENV_CONFIGURATION_REVISION, "7")]),
+            Ok(Protocol::V0_2 {
+                lane: "service",
+                revision: 7
+            })
+        );
+        for (extra, names) in [
+            (vec![(ENV_LANE, "user")], ENV_CONFIGURATION_REVISION),
+            (vec![(ENV_CONFIGURATION_REVISION, "7")], ENV_LANE),
+            (
+                vec![(ENV_LANE, "admin"), (ENV_CONFIGURATION_REVISION, "7")],
+                ENV_LANE,
+            ),
+            (
+                vec![(ENV_LANE, "User"), (ENV_CONFIGURATION_REVISION, "7")],
+                ENV_LANE,
+            ),
+            (
+                vec![(ENV_LANE, "user"), (ENV_CONFIGURATION_REVISION, "-1")],
+                ENV_CONFIGURATION_REVISION,
+            ),
+            (
+                vec![(ENV_LANE, "user"), (ENV_CONFIGURATION_REVISION, "7.0")],
+                ENV_CONFIGURATION_REVISION,
+            ),
+            (
+                vec![(ENV_LANE, "user"), (ENV_CONFIGURATION_REVISION, "")],
+                ENV_CONFIGURATION_REVISION,
+            ),
+            (
+                vec![
+                    (ENV_LANE, "user"),
+                    (ENV_CONFIGURATION_REVISION, "99999999999999999999999"),
+                ],
+                ENV_CONFIGURATION_REVISION,
+            ),
+        ] {
+            let err = with(&extra).unwrap_err();
+            assert!(
+                matches!(err, CredentialError::Configuration(ref m) if m.contains(names)),
+                "{extra:?}: {err}"
+            );
+        }
+        let o = Options {
+            lane: Some("user".into()),
+            configuration_revision: Some(0),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&o, env(&base)).unwrap();
+        assert_eq!(
+            s.protocol(),
+            Ok(Protocol::V0_2 {
+                lane: "user",
+                revision: 0
+            })
+        );
     }
 
     #[test]

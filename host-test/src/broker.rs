@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,9 +139,16 @@ struct Inner {
     requests: Vec<Recorded>,
 }
 
+/// Where the mock listens.
+enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
 /// The running mock broker; stops when dropped.
 pub struct MockBroker {
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
+    socket: Option<PathBuf>,
     inner: Arc<Mutex<Inner>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -152,6 +160,22 @@ impl MockBroker {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        MockBroker::spawn(Listener::Tcp(listener), Some(addr), None)
+    }
+
+    /// Start on a Unix socket at `path`: a mock runtime-access helper.
+    pub fn start_unix(path: impl Into<PathBuf>) -> Result<MockBroker> {
+        let path = path.into();
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        MockBroker::spawn(Listener::Unix(listener), None, Some(path))
+    }
+
+    fn spawn(
+        listener: Listener,
+        addr: Option<SocketAddr>,
+        socket: Option<PathBuf>,
+    ) -> Result<MockBroker> {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let (stop, stopped) = oneshot::channel();
         let state = inner.clone();
@@ -166,20 +190,30 @@ impl MockBroker {
             })?;
         Ok(MockBroker {
             addr,
+            socket,
             inner,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// The broker base URL, e.g. `http://127.0.0.1:41234/api/v1/credential-broker`.
+    /// The broker base URL, e.g. `http://127.0.0.1:41234/api/v1/credential-broker`
+    /// (for a Unix-socket mock, the helper origin the host routes to it).
     pub fn url(&self) -> String {
-        format!("http://{}{BASE_PATH}", self.addr)
+        match self.addr {
+            Some(addr) => format!("http://{addr}{BASE_PATH}"),
+            None => crate::policy::RUNTIME_ACCESS_URL.to_string(),
+        }
     }
 
-    /// The listening address.
+    /// The listening TCP address (panics for a Unix-socket mock).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addr.expect("a TCP mock broker")
+    }
+
+    /// The Unix socket path, for a mock started with [`MockBroker::start_unix`].
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket.as_deref()
     }
 
     /// Answer the next request (after those already scripted) with `reply`.
@@ -215,30 +249,48 @@ impl Drop for MockBroker {
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    inner: Arc<Mutex<Inner>>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        let stream = tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-        };
-        // One write per answer: no Nagle/delayed-ACK stalls on loopback.
-        let _ = stream.set_nodelay(true);
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, inner.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+async fn serve(listener: Listener, inner: Arc<Mutex<Inner>>, mut stopped: oneshot::Receiver<()>) {
+    enum Accepting {
+        Tcp(tokio::net::TcpListener),
+        Unix(tokio::net::UnixListener),
     }
+    let listener = match listener {
+        Listener::Tcp(l) => {
+            Accepting::Tcp(tokio::net::TcpListener::from_std(l).expect("tokio listener"))
+        }
+        Listener::Unix(l) => {
+            Accepting::Unix(tokio::net::UnixListener::from_std(l).expect("tokio listener"))
+        }
+    };
+    loop {
+        let accepted = async {
+            match &listener {
+                Accepting::Tcp(l) => l.accept().await.map(|(stream, _)| {
+                    // One write per answer: no Nagle/delayed-ACK stalls on loopback.
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve_connection(stream, inner.clone()));
+                }),
+                Accepting::Unix(l) => l
+                    .accept()
+                    .await
+                    .map(|(stream, _)| drop(tokio::spawn(serve_connection(stream, inner.clone())))),
+            }
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = accepted => {}
+        }
+    }
+}
+
+async fn serve_connection<S>(stream: S, inner: Arc<Mutex<Inner>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| answer(req, inner.clone()));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Record the request, then answer from the script. An `Err` makes hyper

@@ -26,6 +26,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod from_env;
 pub mod native;
 pub mod policy;
 pub mod precompiled;

@@ -1,18 +1,20 @@
 //! `host-test demo` and `host-test get-token <scope>...`: the component in the
 //! wasmtime sandbox, against the loopback mock broker or a real one.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use host_test::{Host, MockBroker};
 
 const USAGE: &str = "\
 usage:
   host-test demo [scope]          mint a token through the component against a loopback mock broker
-  host-test get-token <scope>...  mint a real token: reads VD_CREDENTIAL_BROKER_URL and
-                                  VD_CREDENTIAL_FILE, prints {\"token\",\"expires_on\"} as JSON";
+  host-test get-token <scope>...  mint a real token, prints {\"token\",\"expires_on\"} as JSON:
+                                  through the runtime-access helper when its socket exists
+                                  (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock),
+                                  else VD_CREDENTIAL_BROKER_URL and VD_CREDENTIAL_FILE (and
+                                  VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -115,23 +117,10 @@ async fn demo(scope: &str) -> Result<ExitCode> {
 }
 
 async fn get_token(scopes: &[String]) -> Result<ExitCode> {
-    let mut builder = Host::shared().sandbox();
-    if let Ok(url) = std::env::var("VD_CREDENTIAL_BROKER_URL") {
-        builder = builder.env("VD_CREDENTIAL_BROKER_URL", &url);
-        // An unusable URL is left to the component to explain.
-        if host_test::policy::BrokerOnly::for_url(&url).is_ok() {
-            builder = builder.broker_url(url);
-        }
-    }
-    if let Ok(file) = std::env::var("VD_CREDENTIAL_FILE") {
-        builder = builder.env("VD_CREDENTIAL_FILE", &file);
-        // The bearer's directory, at the same path inside the sandbox.
-        if let Some(dir) = Path::new(&file).parent().filter(|d| d.is_dir()) {
-            let guest = dir.to_str().context("VD_CREDENTIAL_FILE is not UTF-8")?;
-            builder = builder.bearer_dir(dir, guest);
-        }
-    }
-    let mut sandbox = builder.build().await?;
+    let env = |name: &str| std::env::var(name).ok();
+    let mut sandbox = host_test::from_env::sandbox_from_env(Host::shared(), env)
+        .build()
+        .await?;
     let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
     match sandbox.get_token(&scopes).await? {
         Ok(token) => {

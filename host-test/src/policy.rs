@@ -1,10 +1,12 @@
 //! The sandbox's HTTP policy: only the broker's scheme and authority.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use http_body_util::BodyExt;
 use hyper::Uri;
+use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 type ResponseFuture = Box<
@@ -24,8 +26,13 @@ type ResponseFuture = Box<
 /// IP literal of it, another scheme).
 pub struct BrokerOnly {
     allowed: Option<(String, String)>,
+    helper: Option<PathBuf>,
     denied: Arc<Mutex<Vec<String>>>,
 }
+
+/// The origin under which the component reaches the runtime-access helper;
+/// the host routes it to the helper's Unix socket.
+pub const RUNTIME_ACCESS_URL: &str = "http://runtime-access";
 
 /// `(scheme, host:port)` with the scheme's default port made explicit and the
 /// host lower-cased.
@@ -54,6 +61,7 @@ impl BrokerOnly {
         };
         Ok(BrokerOnly {
             allowed: Some(allowed),
+            helper: None,
             denied: Arc::default(),
         })
     }
@@ -62,6 +70,17 @@ impl BrokerOnly {
     pub fn deny_all() -> Self {
         BrokerOnly {
             allowed: None,
+            helper: None,
+            denied: Arc::default(),
+        }
+    }
+
+    /// Allow only [`RUNTIME_ACCESS_URL`], sent over the Unix socket at `socket`.
+    pub fn runtime_access(socket: impl Into<PathBuf>) -> Self {
+        let allowed = origin(&RUNTIME_ACCESS_URL.parse().expect("valid URL"));
+        BrokerOnly {
+            allowed,
+            helper: Some(socket.into()),
             denied: Arc::default(),
         }
     }
@@ -89,6 +108,9 @@ impl WasiHttpHooks for BrokerOnly {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         drop(fut);
+        if let Some(socket) = self.helper.clone() {
+            return Box::new(send_over_unix_socket(socket, request));
+        }
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
@@ -97,6 +119,46 @@ impl WasiHttpHooks for BrokerOnly {
             ))
         })
     }
+}
+
+/// Send `request` over a fresh connection to the Unix socket at `path`.
+async fn send_over_unix_socket(
+    path: PathBuf,
+    mut request: hyper::Request<WasiBody>,
+) -> std::result::Result<
+    (
+        hyper::Response<WasiBody>,
+        Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    let stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .map_err(Error::Connect)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Origin-form on the wire, as for TCP.
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = path_and_query
+        .parse()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let io = async move {
+        match driver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::from(e)),
+            Err(_) => Err(Error::ConnectionTerminated),
+        }
+    };
+    Ok((
+        response.map(|body| body.map_err(Error::from).boxed_unsync()),
+        Box::new(io) as Box<dyn Future<Output = _> + Send>,
+    ))
 }
 
 #[cfg(test)]

@@ -150,6 +150,7 @@ impl Host {
             env: Vec::new(),
             preopen: None,
             broker: None,
+            runtime_access: None,
             clock: None,
         }
     }
@@ -161,6 +162,7 @@ pub struct SandboxBuilder<'h> {
     env: Vec<(String, String)>,
     preopen: Option<(PathBuf, String)>,
     broker: Option<String>,
+    runtime_access: Option<PathBuf>,
     clock: Option<TestClock>,
 }
 
@@ -191,10 +193,33 @@ impl SandboxBuilder<'_> {
         self
     }
 
+    /// Helper mode: route [`crate::policy::RUNTIME_ACCESS_URL`] to the
+    /// runtime-access helper's Unix `socket` and tell the component so
+    /// (`VD_RUNTIME_ACCESS_URL`). This replaces any broker origin; combine it
+    /// with no `bearer_dir`, so the bearer never enters the sandbox.
+    pub fn runtime_access(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.runtime_access = Some(socket.into());
+        self.broker = None;
+        self.env(
+            vd_cred_broker::ENV_RUNTIME_ACCESS_URL,
+            crate::policy::RUNTIME_ACCESS_URL,
+        )
+    }
+
     /// The component's wall clock; the real clock when unset.
     pub fn clock(mut self, clock: TestClock) -> Self {
         self.clock = Some(clock);
         self
+    }
+
+    /// The environment the component will see, in order.
+    pub fn env_vars(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The one preopened directory, if any: `(host path, guest path)`.
+    pub fn preopen(&self) -> Option<&(PathBuf, String)> {
+        self.preopen.as_ref()
     }
 
     /// Instantiate the component in a fresh store.
@@ -217,9 +242,10 @@ impl SandboxBuilder<'_> {
         if let Some(clock) = self.clock {
             wasi.wall_clock(clock);
         }
-        let hooks = match &self.broker {
-            Some(url) => BrokerOnly::for_url(url)?,
-            None => BrokerOnly::deny_all(),
+        let hooks = match (&self.runtime_access, &self.broker) {
+            (Some(socket), _) => BrokerOnly::runtime_access(socket),
+            (None, Some(url)) => BrokerOnly::for_url(url)?,
+            (None, None) => BrokerOnly::deny_all(),
         };
         let denied = hooks.denied();
         let state = State {
@@ -372,6 +398,9 @@ pub fn default_options() -> CredentialOptions {
         audience_map: Vec::new(),
         allow_insecure_http: false,
         disable_cache: false,
+        lane: None,
+        configuration_revision: None,
+        runtime_access_url: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod errors;
 mod lifetime;
+mod modes;
 mod protocol;
 mod retries;
 mod rotation;
