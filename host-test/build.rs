@@ -1,6 +1,7 @@
-//! Builds the guest component (the workspace root crate) for wasm32-wasip2 in
-//! release, and exposes its path to the host as `VD_CRED_BROKER_WASM`, the way
-//! wasmtime's `test-programs` does. The guest gets its own target directory
+//! Builds the guest component (the workspace root crate) and the sandbox probe
+//! for wasm32-wasip2 in release, and exposes their paths to the host as
+//! `VD_CRED_BROKER_WASM` and `VD_SANDBOX_PROBE_WASM`, the way wasmtime's
+//! `test-programs` does. The guest gets its own target directory
 //! (`target/guest`) so the nested cargo never waits on the outer one's lock,
 //! and so debug, test, clippy and release host builds share one guest build.
 
@@ -28,6 +29,8 @@ fn main() {
             "build",
             "--package",
             "vd-cred-broker",
+            "--package",
+            "sandbox-probe",
             "--lib",
             "--target",
             "wasm32-wasip2",
@@ -60,10 +63,23 @@ fn main() {
          missing, run: rustup target add wasm32-wasip2"
     );
 
-    let wasm = guest_target.join("wasm32-wasip2/release/vd_cred_broker.wasm");
-    assert!(wasm.exists(), "guest build produced no {}", wasm.display());
-    println!("cargo:rustc-env=VD_CRED_BROKER_WASM={}", wasm.display());
-    for path in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
+    for (var, file) in [
+        ("VD_CRED_BROKER_WASM", "vd_cred_broker.wasm"),
+        ("VD_SANDBOX_PROBE_WASM", "sandbox_probe.wasm"),
+    ] {
+        let wasm = guest_target.join("wasm32-wasip2/release").join(file);
+        assert!(wasm.exists(), "guest build produced no {}", wasm.display());
+        println!("cargo:rustc-env={var}={}", wasm.display());
+    }
+    for path in [
+        "src",
+        "wit",
+        "Cargo.toml",
+        "Cargo.lock",
+        "host-test/probe/src",
+        "host-test/probe/wit",
+        "host-test/probe/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 }

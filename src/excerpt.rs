@@ -37,14 +37,19 @@ const SECRET_PREFIXES: [&str; 3] = ["vd_iat_", "eyJ", "Bearer "];
 /// assert_eq!(excerpt(body, &[]), r#"{"access_token":"[redacted]","error":"expired"}"#);
 /// ```
 pub fn excerpt(body: &[u8], secrets: &[&str]) -> String {
+    let mut removed = Vec::new();
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(mut json) => {
-            scrub_json(&mut json);
+            scrub_json(&mut json, &mut removed);
             json.to_string()
         }
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
+        // Not JSON (or broken JSON): find `key: value` / `key=value` by hand.
+        Err(_) => scrub_key_values(&String::from_utf8_lossy(body), &mut removed),
     };
-    let mut text = text;
+    // A token-like member's value is a secret wherever else it appears.
+    let mut text = removed
+        .iter()
+        .fold(text, |text, value| text.replace(value.as_str(), REDACTED));
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         text = text.replace(secret, REDACTED);
     }
@@ -70,21 +75,80 @@ pub fn excerpt(body: &[u8], secrets: &[&str]) -> String {
     }
 }
 
-fn scrub_json(value: &mut Value) {
+/// Replace the values of token-like members, collecting the replaced strings
+/// (at least 4 characters long, so short values do not mangle the rest).
+fn scrub_json(value: &mut Value, removed: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
             for (key, member) in map.iter_mut() {
                 let key = key.to_ascii_lowercase();
                 if SECRET_KEYS.iter().any(|k| key.contains(k)) {
+                    if let Value::String(s) = member
+                        && s.chars().count() >= 4
+                    {
+                        removed.push(std::mem::take(s));
+                    }
                     *member = Value::String(REDACTED.into());
                 } else {
-                    scrub_json(member);
+                    scrub_json(member, removed);
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(scrub_json),
+        Value::Array(items) => items.iter_mut().for_each(|item| scrub_json(item, removed)),
         _ => {}
     }
+}
+
+/// In free text, replace the value after every token-like key followed by
+/// `:` or `=` (quotes and spaces allowed around it), collecting the values.
+fn scrub_key_values(text: &str, removed: &mut Vec<String>) -> String {
+    let lower = text.to_ascii_lowercase(); // same byte offsets as `text`
+    let bytes = text.as_bytes();
+    let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    let is_value = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some((start, key)) = SECRET_KEYS
+            .iter()
+            .filter_map(|k| lower[at..].find(k).map(|i| (at + i, *k)))
+            .min()
+        else {
+            break;
+        };
+        let mut i = start + key.len();
+        while i < bytes.len() && is_name(bytes[i]) {
+            i += 1;
+        }
+        let skip = |mut i: usize, set: &[u8]| {
+            while i < bytes.len() && set.contains(&bytes[i]) {
+                i += 1;
+            }
+            i
+        };
+        let sep = skip(i, b"\"' \t");
+        if sep < bytes.len() && (bytes[sep] == b':' || bytes[sep] == b'=') {
+            let value_start = skip(sep + 1, b"\"' \t");
+            let mut value_end = value_start;
+            while value_end < bytes.len() && is_value(bytes[value_end]) {
+                value_end += 1;
+            }
+            if value_end > value_start {
+                out.push_str(&text[copied..value_start]);
+                out.push_str(REDACTED);
+                if value_end - value_start >= 4 {
+                    removed.push(text[value_start..value_end].to_string());
+                }
+                copied = value_end;
+                at = value_end;
+                continue;
+            }
+        }
+        at = i.max(start + 1);
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Replace every word that starts with a secret-looking prefix.
@@ -124,6 +188,17 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("\"message\":\"no\""), "{e}");
+        let e = excerpt(
+            br#"{"access_token":"tok-123","note":"issued tok-123"}"#,
+            &[],
+        );
+        assert!(!e.contains("tok-123"), "{e}");
+        let e = excerpt(
+            b"oops: access_token=abc.123-x; echo abc.123-x {\"client_secret\" : \"s3cr3t\"",
+            &[],
+        );
+        assert!(!e.contains("abc.123-x") && !e.contains("s3cr3t"), "{e}");
+        assert!(e.starts_with("oops: access_token=[redacted]"), "{e}");
     }
 
     #[test]

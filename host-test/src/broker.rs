@@ -39,6 +39,8 @@ pub enum Reply {
     },
     /// Read the request, wait `delay`, then close the connection without answering.
     Drop { delay: Duration },
+    /// One of these, picked pseudo-randomly (deterministic per request number).
+    OneOf(Vec<Reply>),
 }
 
 impl Reply {
@@ -76,6 +78,9 @@ impl Reply {
             },
             Reply::Drop { .. } => Reply::Drop { delay },
             Reply::Mint => Reply::json(200, mint_body(0)).after(delay),
+            Reply::OneOf(choices) => {
+                Reply::OneOf(choices.into_iter().map(|c| c.after(delay)).collect())
+            }
         }
     }
 
@@ -331,7 +336,17 @@ async fn answer(
             received_at: std::time::Instant::now(),
         });
         let n = inner.requests.len();
-        match inner.script.pop_front().or_else(|| inner.default.clone()) {
+        let mut reply = inner.script.pop_front().or_else(|| inner.default.clone());
+        while let Some(Reply::OneOf(choices)) = reply {
+            // splitmix64 of the request number: varied, and repeatable per run.
+            let mut x = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            reply = choices
+                .get((x ^ (x >> 31)) as usize % choices.len().max(1))
+                .cloned();
+        }
+        match reply {
             None | Some(Reply::Mint) => Reply::json(200, mint_body(n)),
             Some(reply) => reply,
         }
@@ -358,7 +373,7 @@ async fn answer(
             tokio::time::sleep(delay).await;
             Err(DroppedConnection)
         }
-        Reply::Mint => unreachable!("resolved above"),
+        Reply::Mint | Reply::OneOf(_) => unreachable!("resolved above"),
     }
 }
 

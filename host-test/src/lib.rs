@@ -30,6 +30,7 @@ pub mod from_env;
 pub mod native;
 pub mod policy;
 pub mod precompiled;
+pub mod probe;
 pub mod sandbox;
 
 /// Host bindings for the `cred-broker` world.

@@ -90,6 +90,7 @@ pub struct Host {
     engine: Engine,
     pre: CredBrokerPre<State>,
     source: Source,
+    probe: OnceLock<crate::probe::ProbePre>,
 }
 
 impl Host {
@@ -124,6 +125,7 @@ impl Host {
             engine,
             pre,
             source,
+            probe: OnceLock::new(),
         })
     }
 
@@ -131,6 +133,15 @@ impl Host {
     pub fn shared() -> &'static Host {
         static HOST: OnceLock<Host> = OnceLock::new();
         HOST.get_or_init(|| Host::load(crate::COMPONENT_WASM).expect("load the built component"))
+    }
+
+    /// The sandbox probe, loaded on first use into this host's engine.
+    fn probe_pre(&self) -> Result<&crate::probe::ProbePre> {
+        if let Some(pre) = self.probe.get() {
+            return Ok(pre);
+        }
+        let pre = crate::probe::ProbePre::load(&self.engine)?;
+        Ok(self.probe.get_or_init(|| pre))
     }
 
     /// Whether the component was compiled or loaded precompiled.
@@ -224,6 +235,38 @@ impl SandboxBuilder<'_> {
 
     /// Instantiate the component in a fresh store.
     pub async fn build(self) -> Result<Sandbox> {
+        let host = self.host;
+        let (mut store, stdout, stderr, denied) = self.store()?;
+        let instance = host.pre.instantiate_async(&mut store).await?;
+        Ok(Sandbox {
+            store,
+            instance,
+            stdout,
+            stderr,
+            denied,
+        })
+    }
+
+    /// Instantiate the sandbox probe (a test component that tries reading,
+    /// writing, listing the environment and reaching the network) in exactly
+    /// the sandbox [`SandboxBuilder::build`] would give the credential.
+    pub async fn build_probe(self) -> Result<crate::probe::Probe> {
+        let pre = self.host.probe_pre()?.clone();
+        let (mut store, ..) = self.store()?;
+        let instance = pre.instantiate_async(&mut store).await?;
+        Ok(crate::probe::Probe::new(store, instance))
+    }
+
+    /// A fresh store holding the sandbox's WASI context and HTTP policy.
+    #[allow(clippy::type_complexity)]
+    fn store(
+        self,
+    ) -> Result<(
+        Store<State>,
+        MemoryOutputPipe,
+        MemoryOutputPipe,
+        Arc<Mutex<Vec<String>>>,
+    )> {
         let stdout = MemoryOutputPipe::new(64 * 1024);
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut wasi = WasiCtx::builder();
@@ -254,15 +297,7 @@ impl SandboxBuilder<'_> {
             table: ResourceTable::new(),
             hooks,
         };
-        let mut store = Store::new(&self.host.engine, state);
-        let instance = self.host.pre.instantiate_async(&mut store).await?;
-        Ok(Sandbox {
-            store,
-            instance,
-            stdout,
-            stderr,
-            denied,
-        })
+        Ok((Store::new(&self.host.engine, state), stdout, stderr, denied))
     }
 }
 

@@ -3,6 +3,7 @@
 //! once ([`Host::shared`]) and shared by every test.
 
 mod errors;
+mod hostile;
 mod lifetime;
 mod modes;
 mod protocol;
@@ -10,6 +11,7 @@ mod retries;
 mod rotation;
 mod sandbox;
 mod secrets;
+mod soak;
 
 use host_test::{
     CredentialOptions, Host, MockBroker, Sandbox, SandboxBuilder, TestClock, TokenResult,

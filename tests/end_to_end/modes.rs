@@ -332,3 +332,33 @@ async fn a_missing_helper_socket_is_unavailable() {
             .any(|(k, _)| k == "VD_CREDENTIAL_FILE")
     );
 }
+
+#[tokio::test]
+async fn in_helper_mode_the_sandbox_has_no_preopen_and_no_bearer_path() {
+    let h = Helper::new();
+    let mut probe = h.builder().build_probe().await.unwrap();
+    assert!(probe.preopens().await.unwrap().is_empty());
+    let env = probe.environment().await.unwrap();
+    assert_eq!(
+        env,
+        [(
+            "VD_RUNTIME_ACCESS_URL".to_string(),
+            "http://runtime-access".to_string()
+        )]
+    );
+    // The helper origin is the only one reachable, over the socket.
+    assert_eq!(
+        probe
+            .http_get("http://runtime-access/v1/credentials")
+            .await
+            .unwrap(),
+        Ok(200)
+    );
+    assert!(
+        probe
+            .http_get("http://127.0.0.1:1/")
+            .await
+            .unwrap()
+            .is_err()
+    );
+}

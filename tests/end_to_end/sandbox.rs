@@ -73,3 +73,100 @@ async fn without_a_broker_origin_all_http_is_denied() {
     );
     assert_eq!(f.broker.request_count(), 0);
 }
+
+/// From inside: the probe component gets exactly the credential's sandbox.
+#[tokio::test]
+async fn the_probe_can_read_only_the_bearer_directory_and_write_nothing() {
+    let f = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "host secret").unwrap();
+    let mut probe = f.builder().build_probe().await.unwrap();
+
+    assert_eq!(probe.preopens().await.unwrap(), [crate::GUEST_DIR]);
+    assert_eq!(
+        probe.read_file(crate::GUEST_FILE).await.unwrap(),
+        Ok(format!("{}\n", f.bearer))
+    );
+    for path in [
+        secret.to_str().unwrap(),
+        "/etc/passwd",
+        "/run/vd/../../etc/passwd",
+        "../etc/passwd",
+        "/",
+    ] {
+        assert!(probe.read_file(path).await.unwrap().is_err(), "read {path}");
+    }
+    for path in [
+        crate::GUEST_FILE,
+        "/run/vd/new-file",
+        secret.to_str().unwrap(),
+    ] {
+        assert!(
+            probe
+                .write_file(path, "overwritten")
+                .await
+                .unwrap()
+                .is_err(),
+            "wrote {path}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(f.dir.path().join("credential")).unwrap(),
+        format!("{}\n", f.bearer)
+    );
+    assert!(!f.dir.path().join("new-file").exists());
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret");
+}
+
+#[tokio::test]
+async fn the_probe_sees_only_the_environment_it_was_given() {
+    let f = Fixture::new();
+    let builder = f.builder();
+    let given = builder.env_vars().to_vec();
+    let mut probe = builder.build_probe().await.unwrap();
+    let mut seen = probe.environment().await.unwrap();
+    seen.sort();
+    let mut want = given;
+    want.sort();
+    assert_eq!(seen, want);
+    assert!(
+        std::env::var("PATH").is_ok() && !seen.iter().any(|(k, _)| k == "PATH"),
+        "nothing is inherited"
+    );
+}
+
+#[tokio::test]
+async fn the_probe_reaches_only_the_brokers_origin() {
+    let f = Fixture::new();
+    let port = f.broker.addr().port();
+    let other = host_test::MockBroker::start().unwrap();
+    // Configure the broker by name, so the IP literals of the same host are other origins.
+    let by_name = format!("http://localhost:{port}/api/v1/credential-broker");
+    let mut probe = f
+        .builder()
+        .broker_url(&by_name)
+        .build_probe()
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.http_get(&format!("{by_name}/token")).await.unwrap(),
+        Ok(200)
+    );
+    for url in [
+        format!("http://127.0.0.1:{port}/api/v1/credential-broker/token"), // IP literal of the same host
+        format!("http://[::1]:{port}/x"),
+        format!("http://localhost:{}/x", other.addr().port()), // same host, another port
+        format!("https://localhost:{port}/x"),                 // another scheme
+        "http://example.com/".to_string(),
+    ] {
+        let result = probe.http_get(&url).await.unwrap();
+        assert_eq!(
+            result,
+            Err("ErrorCode::HttpRequestDenied".to_string()),
+            "{url}"
+        );
+    }
+    assert_eq!(f.broker.request_count(), 1);
+    assert_eq!(other.request_count(), 0);
+}
