@@ -31,6 +31,8 @@ fn main() {
             "vd-cred-broker",
             "--package",
             "sandbox-probe",
+            "--package",
+            "keyvault-reader",
             "--lib",
             "--target",
             "wasm32-wasip2",
@@ -63,6 +65,17 @@ fn main() {
          missing, run: rustup target add wasm32-wasip2"
     );
 
+    let release = guest_target.join("wasm32-wasip2/release");
+    let composed = release.join("keyvault_composed.wasm");
+    compose(
+        &release.join("keyvault_reader.wasm"),
+        &release.join("vd_cred_broker.wasm"),
+        &composed,
+    );
+    println!(
+        "cargo:rustc-env=VD_KEYVAULT_COMPOSED_WASM={}",
+        composed.display()
+    );
     for (var, file) in [
         ("VD_CRED_BROKER_WASM", "vd_cred_broker.wasm"),
         ("VD_SANDBOX_PROBE_WASM", "sandbox_probe.wasm"),
@@ -79,7 +92,28 @@ fn main() {
         "host-test/probe/src",
         "host-test/probe/wit",
         "host-test/probe/Cargo.toml",
+        "examples/keyvault-reader/src",
+        "examples/keyvault-reader/wit",
+        "examples/keyvault-reader/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
+}
+
+/// `wac plug socket --plug plug -o out`, with the wac-graph library.
+fn compose(socket: &Path, plug: &Path, out: &Path) {
+    use wac_graph::{CompositionGraph, EncodeOptions, types::Package};
+    let mut graph = CompositionGraph::new();
+    let mut register = |name: &str, path: &Path| {
+        let package = Package::from_file(name, None, path, graph.types_mut())
+            .unwrap_or_else(|e| panic!("reading {}: {e:#}", path.display()));
+        graph.register_package(package).expect("register package")
+    };
+    let socket = register("vibedata:keyvault-reader", socket);
+    let plug = register("vibedata:cred-broker", plug);
+    wac_graph::plug(&mut graph, vec![plug], socket).expect("plug the credential into the consumer");
+    let bytes = graph
+        .encode(EncodeOptions::default())
+        .expect("encode the composition");
+    std::fs::write(out, bytes).expect("write the composed component");
 }

@@ -41,6 +41,9 @@ pub enum Reply {
     Drop { delay: Duration },
     /// One of these, picked pseudo-randomly (deterministic per request number).
     OneOf(Vec<Reply>),
+    /// `then` when the request carries `Authorization: Bearer <bearer>`,
+    /// else 401: a resource server (Key Vault) that checks its token.
+    Authorized { bearer: String, then: Box<Reply> },
 }
 
 impl Reply {
@@ -81,6 +84,10 @@ impl Reply {
             Reply::OneOf(choices) => {
                 Reply::OneOf(choices.into_iter().map(|c| c.after(delay)).collect())
             }
+            Reply::Authorized { bearer, then } => Reply::Authorized {
+                bearer,
+                then: Box::new(then.after(delay)),
+            },
         }
     }
 
@@ -336,7 +343,19 @@ async fn answer(
             received_at: std::time::Instant::now(),
         });
         let n = inner.requests.len();
+        let authorization = inner.requests[n - 1]
+            .header("authorization")
+            .map(str::to_string);
         let mut reply = inner.script.pop_front().or_else(|| inner.default.clone());
+        if let Some(Reply::Authorized { bearer, then }) = reply {
+            reply = Some(match authorization == Some(format!("Bearer {bearer}")) {
+                true => *then,
+                false => Reply::json(
+                    401,
+                    r#"{"error":{"code":"Unauthorized","message":"bad bearer"}}"#,
+                ),
+            });
+        }
         while let Some(Reply::OneOf(choices)) = reply {
             // splitmix64 of the request number: varied, and repeatable per run.
             let mut x = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -373,7 +392,7 @@ async fn answer(
             tokio::time::sleep(delay).await;
             Err(DroppedConnection)
         }
-        Reply::Mint | Reply::OneOf(_) => unreachable!("resolved above"),
+        Reply::Mint | Reply::OneOf(_) | Reply::Authorized { .. } => unreachable!("resolved above"),
     }
 }
 

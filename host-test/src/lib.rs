@@ -27,6 +27,7 @@
 pub mod broker;
 pub mod clock;
 pub mod from_env;
+pub mod keyvault;
 pub mod native;
 pub mod policy;
 pub mod precompiled;

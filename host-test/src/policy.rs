@@ -26,6 +26,8 @@ type ResponseFuture = Box<
 /// IP literal of it, another scheme).
 pub struct BrokerOnly {
     allowed: Option<(String, String)>,
+    /// Origins a host adds on purpose (e.g. Key Vault for a composed consumer).
+    extra: Vec<(String, String)>,
     helper: Option<PathBuf>,
     denied: Arc<Mutex<Vec<String>>>,
 }
@@ -61,6 +63,7 @@ impl BrokerOnly {
         };
         Ok(BrokerOnly {
             allowed: Some(allowed),
+            extra: Vec::new(),
             helper: None,
             denied: Arc::default(),
         })
@@ -70,6 +73,7 @@ impl BrokerOnly {
     pub fn deny_all() -> Self {
         BrokerOnly {
             allowed: None,
+            extra: Vec::new(),
             helper: None,
             denied: Arc::default(),
         }
@@ -80,9 +84,23 @@ impl BrokerOnly {
         let allowed = origin(&RUNTIME_ACCESS_URL.parse().expect("valid URL"));
         BrokerOnly {
             allowed,
+            extra: Vec::new(),
             helper: Some(socket.into()),
             denied: Arc::default(),
         }
+    }
+
+    /// Also allow the origin of `url` (over TCP), for a component that needs
+    /// one more service, such as a composed Key Vault consumer.
+    pub fn also_allow(&mut self, url: &str) -> Result<()> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        let Some(extra) = origin(&uri) else {
+            bail!("{url:?} needs an http(s) scheme and a host");
+        };
+        self.extra.push(extra);
+        Ok(())
     }
 
     /// The denied requests' `scheme://authority`, shared with the sandbox.
@@ -99,7 +117,9 @@ impl WasiHttpHooks for BrokerOnly {
         fut: Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
     ) -> ResponseFuture {
         let target = origin(request.uri());
-        if target.is_none() || target != self.allowed {
+        let to_broker = target.is_some() && target == self.allowed;
+        let to_extra = target.as_ref().is_some_and(|t| self.extra.contains(t));
+        if !to_broker && !to_extra {
             let shown = match (request.uri().scheme_str(), request.uri().authority()) {
                 (Some(s), Some(a)) => format!("{s}://{a}"),
                 _ => request.uri().to_string(),
@@ -108,7 +128,7 @@ impl WasiHttpHooks for BrokerOnly {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         drop(fut);
-        if let Some(socket) = self.helper.clone() {
+        if let (true, Some(socket)) = (to_broker, self.helper.clone()) {
             return Box::new(send_over_unix_socket(socket, request));
         }
         Box::new(async move {

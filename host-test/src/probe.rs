@@ -4,7 +4,6 @@
 use anyhow::Result;
 use wasmtime::Engine;
 use wasmtime::Store;
-use wasmtime::component::Linker;
 
 use crate::sandbox::State;
 
@@ -27,11 +26,8 @@ impl ProbePre {
     /// Load the probe into `engine`, linked like the credential.
     pub fn load(engine: &Engine) -> Result<Self> {
         let (component, _) = crate::precompiled::load(engine, std::path::Path::new(PROBE_WASM))?;
-        let mut linker = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Ok(ProbePre(bindings::SandboxProbePre::new(
-            linker.instantiate_pre(&component)?,
+            crate::sandbox::link(engine, &component)?,
         )?))
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
-use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
+use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceAny, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -46,6 +46,15 @@ impl WasiHttpView for State {
             hooks: &mut self.hooks,
         }
     }
+}
+
+/// Link WASI p2 (filesystem, clocks, environment, stdio) and wasi:http for
+/// `component`: what every sandbox offers, before its per-instance policy.
+pub fn link(engine: &Engine, component: &Component) -> Result<InstancePre<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker.instantiate_pre(component)?)
 }
 
 /// How a [`Host`] is set up.
@@ -117,10 +126,7 @@ impl Host {
 
     /// Link an already compiled component.
     pub fn from_component(engine: Engine, component: Component, source: Source) -> Result<Host> {
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        let pre = CredBrokerPre::new(linker.instantiate_pre(&component)?)?;
+        let pre = CredBrokerPre::new(link(&engine, &component)?)?;
         Ok(Host {
             engine,
             pre,
@@ -162,6 +168,7 @@ impl Host {
             preopen: None,
             broker: None,
             runtime_access: None,
+            also_allow: Vec::new(),
             clock: None,
         }
     }
@@ -174,6 +181,7 @@ pub struct SandboxBuilder<'h> {
     preopen: Option<(PathBuf, String)>,
     broker: Option<String>,
     runtime_access: Option<PathBuf>,
+    also_allow: Vec<String>,
     clock: Option<TestClock>,
 }
 
@@ -217,6 +225,13 @@ impl SandboxBuilder<'_> {
         )
     }
 
+    /// Also allow HTTP to the origin of `url`: for a composed component that
+    /// calls one more service (the Key Vault example). Use sparingly.
+    pub fn also_allow(mut self, url: impl Into<String>) -> Self {
+        self.also_allow.push(url.into());
+        self
+    }
+
     /// The component's wall clock; the real clock when unset.
     pub fn clock(mut self, clock: TestClock) -> Self {
         self.clock = Some(clock);
@@ -257,6 +272,14 @@ impl SandboxBuilder<'_> {
         Ok(crate::probe::Probe::new(store, instance))
     }
 
+    /// Instantiate any component linked with [`link`] in this sandbox; for
+    /// worlds other than the credential's (a composed consumer, say).
+    pub async fn instantiate(self, pre: &InstancePre<State>) -> Result<(Store<State>, Instance)> {
+        let (mut store, ..) = self.store()?;
+        let instance = pre.instantiate_async(&mut store).await?;
+        Ok((store, instance))
+    }
+
     /// A fresh store holding the sandbox's WASI context and HTTP policy.
     #[allow(clippy::type_complexity)]
     fn store(
@@ -290,6 +313,10 @@ impl SandboxBuilder<'_> {
             (None, Some(url)) => BrokerOnly::for_url(url)?,
             (None, None) => BrokerOnly::deny_all(),
         };
+        let mut hooks = hooks;
+        for url in &self.also_allow {
+            hooks.also_allow(url)?;
+        }
         let denied = hooks.denied();
         let state = State {
             wasi: wasi.build(),

@@ -2,6 +2,7 @@
 //! the loopback mock broker. One test binary, so the component is compiled
 //! once ([`Host::shared`]) and shared by every test.
 
+mod composition;
 mod errors;
 mod hostile;
 mod lifetime;
