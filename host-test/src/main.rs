@@ -14,7 +14,11 @@ usage:
                                   through the runtime-access helper when its socket exists
                                   (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock),
                                   else VD_CREDENTIAL_BROKER_URL and VD_CREDENTIAL_FILE (and
-                                  VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)";
+                                  VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)
+  host-test mock-broker           run the loopback mock broker for another runtime's tests: prints
+                                  its URL, then reads commands from stdin, one per line:
+                                  \"push <status> <body>\" scripts the next answer, \"requests\"
+                                  prints every request received as one JSON line; exits at EOF";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -28,6 +32,7 @@ async fn main() -> ExitCode {
             .await
         }
         Some("get-token") if args.len() > 1 => get_token(&args[1..]).await,
+        Some("mock-broker") => mock_broker(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -133,4 +138,37 @@ async fn get_token(scopes: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The mock broker as a process, driven over stdin (used by the jco run).
+fn mock_broker() -> Result<ExitCode> {
+    use std::io::BufRead;
+    let broker = MockBroker::start()?;
+    println!("{}", broker.url());
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("push", rest) => {
+                let (status, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                broker.push(host_test::Reply::json(status.parse()?, body));
+            }
+            ("requests", _) => {
+                let requests: Vec<_> = broker
+                    .requests()
+                    .into_iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "method": r.method,
+                            "path": r.path,
+                            "headers": r.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                            "body": String::from_utf8_lossy(&r.body),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::from(requests));
+            }
+            (other, _) => eprintln!("mock-broker: unknown command {other:?}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
