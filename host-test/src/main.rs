@@ -9,7 +9,8 @@ use host_test::{Host, MockBroker};
 
 const USAGE: &str = "\
 usage:
-  host-test demo [scope]          mint a token through the component against a loopback mock broker
+  host-test demo [scope] [--component <file.wasm>]
+                                  mint a token through the component against a loopback mock broker
   host-test get-token <scope>...  mint a real token, prints {\"token\",\"expires_on\"} as JSON:
                                   through the runtime-access helper when its socket exists
                                   (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock),
@@ -25,11 +26,15 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => {
-            demo(
-                args.get(1)
-                    .map_or("https://vault.azure.net/.default", String::as_str),
-            )
-            .await
+            let mut rest = args[1..].iter().map(String::as_str);
+            let (mut scope, mut component) = ("https://vault.azure.net/.default", None);
+            while let Some(arg) = rest.next() {
+                match arg {
+                    "--component" => component = rest.next(),
+                    _ => scope = arg,
+                }
+            }
+            demo(scope, component).await
         }
         Some("get-token") if args.len() > 1 => get_token(&args[1..]).await,
         Some("mock-broker") => mock_broker(),
@@ -44,7 +49,7 @@ async fn main() -> ExitCode {
     })
 }
 
-async fn demo(scope: &str) -> Result<ExitCode> {
+async fn demo(scope: &str, component: Option<&str>) -> Result<ExitCode> {
     let broker = MockBroker::start()?;
     let dir = tempfile::tempdir()?;
     let bearer = format!("vd_iat_demo_{}", std::process::id());
@@ -56,14 +61,21 @@ async fn demo(scope: &str) -> Result<ExitCode> {
     );
 
     let started = Instant::now();
-    let host = Host::shared();
+    let loaded;
+    let host = match component {
+        Some(path) => {
+            loaded = Host::load(path)?;
+            &loaded
+        }
+        None => Host::shared(),
+    };
     let how = match host.source() {
         host_test::precompiled::Source::Compiled => "compiled and cached",
         host_test::precompiled::Source::Cached => "loaded precompiled",
     };
     println!(
         "component        {} ({how} in {:.0?})",
-        host_test::COMPONENT_WASM,
+        component.unwrap_or(host_test::COMPONENT_WASM),
         started.elapsed()
     );
 
