@@ -357,7 +357,7 @@ impl Sandbox {
 
     /// The free function `get-token`: a credential from the environment, one call.
     pub async fn get_token(&mut self, scopes: &[&str]) -> Result<TokenResult> {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let scopes = owned(scopes);
         let iface = self.iface().clone();
         let result = iface.call_get_token(&mut self.store, &scopes).await?;
         Ok(result.map_err(Into::into))
@@ -382,7 +382,7 @@ impl Sandbox {
         credential: ResourceAny,
         scopes: &[&str],
     ) -> Result<TokenResult> {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let scopes = owned(scopes);
         let iface = self.iface().clone();
         let result = iface
             .credential()
@@ -397,7 +397,7 @@ impl Sandbox {
         scopes: &[&str],
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let scopes = owned(scopes);
         let iface = self.iface().clone();
         let result = iface
             .call_get_token_info(&mut self.store, &scopes, options)
@@ -412,7 +412,7 @@ impl Sandbox {
         scopes: &[&str],
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let scopes = owned(scopes);
         let iface = self.iface().clone();
         let result = iface
             .credential()
@@ -449,6 +449,10 @@ impl Sandbox {
     pub fn denied_requests(&self) -> Vec<String> {
         self.denied.lock().unwrap().clone()
     }
+}
+
+fn owned(scopes: &[&str]) -> Vec<String> {
+    scopes.iter().map(|s| s.to_string()).collect()
 }
 
 /// Options with everything unset: all from the environment.

@@ -188,6 +188,17 @@ impl Helper {
         }
     }
 
+    /// `get-token` in a fresh sandbox built the way `host-test get-token` builds it.
+    async fn get_token(&self, scopes: &[&str]) -> host_test::TokenResult {
+        self.builder()
+            .build()
+            .await
+            .unwrap()
+            .get_token(scopes)
+            .await
+            .unwrap()
+    }
+
     fn builder(&self) -> host_test::SandboxBuilder<'static> {
         let env = self.env.clone();
         sandbox_from_env(Host::shared(), move |k| env.get(k).cloned())
@@ -252,29 +263,13 @@ async fn helper_refusals_map_to_error_cases() {
         .with_header("x-runtime-access-error", code)
     };
     h.mock.push(refusal(403, "intent_out_of_scope"));
-    let err = h
-        .builder()
-        .build()
-        .await
-        .unwrap()
-        .get_token(&[VAULT])
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = h.get_token(&[VAULT]).await.unwrap_err();
     assert!(
         matches!(err, E::BrokerRejected { status: 403, ref detail } if detail.contains("intent_out_of_scope: said no")),
         "{err}"
     );
     h.mock.push(refusal(409, "configuration_stale"));
-    let err = h
-        .builder()
-        .build()
-        .await
-        .unwrap()
-        .get_token(&[VAULT])
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = h.get_token(&[VAULT]).await.unwrap_err();
     assert!(
         matches!(err, E::BrokerFailed { status: 409, ref detail } if detail.contains("configuration_stale: said no")),
         "{err}"
@@ -289,15 +284,7 @@ async fn helper_answers_over_1_mib_are_refused() {
         "x".repeat(1024 * 1024)
     );
     h.mock.push(Reply::json(200, big));
-    let err = h
-        .builder()
-        .build()
-        .await
-        .unwrap()
-        .get_token(&[VAULT])
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = h.get_token(&[VAULT]).await.unwrap_err();
     assert!(
         matches!(err, E::InvalidResponse(ref m) if m.contains("larger than 1048576")),
         "{err}"
