@@ -34,11 +34,9 @@ impl Platform for Wasi {
     }
 
     fn random_unit(&mut self) -> f64 {
-        // Jitter only: the monotonic clock's nanoseconds, mixed (splitmix64).
-        let mut x = wasi::clocks::monotonic_clock::now().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (x ^ (x >> 31)) as f64 / (u64::MAX as f64 + 1.0)
+        // Jitter only: the monotonic clock's nanoseconds, mixed.
+        let x = crate::retry::splitmix64(wasi::clocks::monotonic_clock::now());
+        x as f64 / (u64::MAX as f64 + 1.0)
     }
 }
 

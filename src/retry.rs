@@ -18,6 +18,15 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Statuses worth another attempt.
 pub const RETRYABLE_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
+/// The splitmix64 mixer: spreads a counter or clock reading over 64 bits.
+/// For backoff jitter (and test scripts), not for anything secret.
+pub fn splitmix64(seed: u64) -> u64 {
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Is this HTTP status transient?
 pub fn is_retryable_status(status: u16) -> bool {
     RETRYABLE_STATUSES.contains(&status)

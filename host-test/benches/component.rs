@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use host_test::native::NativePlatform;
 use host_test::precompiled::Source;
+use host_test::rss_kib;
 use host_test::{
     COMPONENT_WASM, CredentialOptions, Host, HostOptions, MockBroker, Sandbox, default_options,
 };
@@ -43,15 +44,6 @@ fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
             t.elapsed()
         })
         .collect()
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 struct Env {

@@ -357,13 +357,9 @@ async fn answer(
             });
         }
         while let Some(Reply::OneOf(choices)) = reply {
-            // splitmix64 of the request number: varied, and repeatable per run.
-            let mut x = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
-            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            reply = choices
-                .get((x ^ (x >> 31)) as usize % choices.len().max(1))
-                .cloned();
+            // The request number, mixed: varied, and repeatable per run.
+            let x = vd_cred_broker::retry::splitmix64(n as u64);
+            reply = choices.get(x as usize % choices.len().max(1)).cloned();
         }
         match reply {
             None | Some(Reply::Mint) => Reply::json(200, mint_body(n)),

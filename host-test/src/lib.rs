@@ -52,3 +52,14 @@ pub use sandbox::{
 
 /// Path of the release component built by this crate's build script.
 pub const COMPONENT_WASM: &str = env!("VD_CRED_BROKER_WASM");
+
+/// This process's resident set size in KiB (Linux `/proc/self/status`; 0
+/// elsewhere): for the soak test and the memory benchmark.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use host_test::{Reply, Sandbox};
+use host_test::{Reply, Sandbox, rss_kib};
 use vd_cred_broker::CredentialError as E;
 
 use crate::{Fixture, VAULT, options};
@@ -16,15 +16,6 @@ const CALLS_PER_INSTANCE: usize = 42; // 8 * 6 * 42 = 2016 calls
 const TIMEOUT_MS: u32 = 250;
 /// Scheduling slack on a loaded 2-core machine, on top of the deadline.
 const SLACK: Duration = Duration::from_millis(400);
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 #[derive(Default, Debug)]
 struct Tally {
