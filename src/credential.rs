@@ -140,23 +140,21 @@ impl Credential {
             ));
         }
         let audience = self.settings.audiences.audience_for(scopes)?;
-        let url = self.settings.token_url();
-        let (request, digest) = match &self.settings.mode {
+        // Broker modes read the bearer on every call, hit or miss; lane and
+        // revision are checked before anything is read or sent. The helper
+        // holds the bearer, so its tokens are cached by audience alone.
+        let broker = match &self.settings.mode {
             Mode::Broker {
                 credential_file, ..
             } => {
-                // Lane and revision are checked before anything is read or sent.
                 let protocol = self.settings.protocol()?;
-                let bearer = platform.read_bearer(credential_file)?;
-                let digest = BearerDigest::of(&bearer);
-                (
-                    BrokerRequest::mint(url, bearer, audience, &protocol),
-                    digest,
-                )
+                Some((protocol, platform.read_bearer(credential_file)?))
             }
-            // The helper holds the bearer; its tokens are cached by audience alone.
-            Mode::Helper { .. } => (BrokerRequest::helper(url, audience), BearerDigest::HELPER),
+            Mode::Helper { .. } => None,
         };
+        let digest = broker
+            .as_ref()
+            .map_or(BearerDigest::HELPER, |(_, bearer)| BearerDigest::of(bearer));
         let lookup = match &self.cache {
             Some(cache) => cache.borrow().lookup(audience, digest, platform.now_unix()),
             None => Lookup::Miss,
@@ -164,6 +162,12 @@ impl Credential {
         if let Lookup::Fresh(info) = lookup {
             return Ok(info);
         }
+        // Only a miss or a due refresh pays for building the request.
+        let url = self.settings.token_url();
+        let request = match broker {
+            Some((protocol, bearer)) => BrokerRequest::mint(url, bearer, audience, &protocol),
+            None => BrokerRequest::helper(url, audience),
+        };
         match self.mint(&request, started, platform) {
             Ok(minted) => {
                 let info = TokenInfo::minted(
@@ -177,17 +181,18 @@ impl Credential {
                 }
                 Ok(info)
             }
-            Err(error) => match (lookup, &self.cache) {
-                (Lookup::Refresh(cached), Some(cache))
-                    if is_transient(&error) && cached.is_unexpired(platform.now_unix()) =>
-                {
-                    cache
-                        .borrow_mut()
-                        .refresh_failed(audience, platform.now_unix());
-                    Ok(cached)
+            Err(error) => {
+                let now = platform.now_unix();
+                match (lookup, &self.cache) {
+                    (Lookup::Refresh(cached), Some(cache))
+                        if is_transient(&error) && cached.is_unexpired(now) =>
+                    {
+                        cache.borrow_mut().refresh_failed(audience, now);
+                        Ok(cached)
+                    }
+                    _ => Err(error),
                 }
-                _ => Err(error),
-            },
+            }
         }
     }
 

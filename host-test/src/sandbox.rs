@@ -308,12 +308,11 @@ impl SandboxBuilder<'_> {
         if let Some(clock) = self.clock {
             wasi.wall_clock(clock);
         }
-        let hooks = match (&self.runtime_access, &self.broker) {
+        let mut hooks = match (&self.runtime_access, &self.broker) {
             (Some(socket), _) => BrokerOnly::runtime_access(socket),
             (None, Some(url)) => BrokerOnly::for_url(url)?,
             (None, None) => BrokerOnly::deny_all(),
         };
-        let mut hooks = hooks;
         for url in &self.also_allow {
             hooks.also_allow(url)?;
         }
