@@ -1,100 +1,53 @@
-//! Builds the guest component (the workspace root crate) and the sandbox probe
-//! for wasm32-wasip2 in release, and exposes their paths to the host as
-//! `VD_CRED_BROKER_WASM` and `VD_SANDBOX_PROBE_WASM`, the way wasmtime's
-//! `test-programs` does. The guest gets its own target directory
-//! (`target/guest`) so the nested cargo never waits on the outer one's lock,
-//! and so debug, test, clippy and release host builds share one guest build.
+//! Builds the test and example guests (the sandbox probe and the Key Vault
+//! reader) for wasm32-wasip2 in release, composes the reader with the
+//! credential component that `vd-cred-host` built (its path arrives as
+//! `DEP_VD_CRED_BROKER_WASM_PATH`), and exposes the paths to this crate as
+//! `VD_SANDBOX_PROBE_WASM` and `VD_KEYVAULT_COMPOSED_WASM`.
+
+#[path = "../host/build/guest.rs"]
+mod guest;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn main() {
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf();
-    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
-    let target = out_dir
-        .ancestors()
-        .nth(4)
-        .expect("target dir")
-        .to_path_buf();
-    let guest_target = target.join("guest");
-
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args([
-            "build",
-            "--package",
-            "vd-cred-broker",
-            "--package",
-            "sandbox-probe",
-            "--package",
-            "keyvault-reader",
-            "--lib",
-            "--target",
-            "wasm32-wasip2",
-            "--release",
-        ])
-        .env("CARGO_TARGET_DIR", &guest_target);
-    // Settings meant for the outer (host) build must not leak into the guest's.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_MAKEFLAGS",
-        "MAKEFLAGS",
-        "MFLAGS",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_LLVM_COV",
-        "LLVM_PROFILE_FILE",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd
-        .status()
-        .expect("run cargo to build the guest component");
-    assert!(
-        status.success(),
-        "building the guest component failed (cargo's output is above); if the target is \
-         missing, run: rustup target add wasm32-wasip2"
+    let credential = PathBuf::from(
+        std::env::var_os("DEP_VD_CRED_BROKER_WASM_PATH").expect("vd-cred-host's component path"),
     );
+    let guest_target = guest::guest_target_dir();
+    guest::build_guest(&root, &guest_target, &["sandbox-probe", "keyvault-reader"]);
 
     let release = guest_target.join("wasm32-wasip2/release");
     let composed = release.join("keyvault_composed.wasm");
     compose(
         &release.join("keyvault_reader.wasm"),
-        &release.join("vd_cred_broker.wasm"),
+        &credential,
         &composed,
     );
     println!(
         "cargo:rustc-env=VD_KEYVAULT_COMPOSED_WASM={}",
         composed.display()
     );
-    for (var, file) in [
-        ("VD_CRED_BROKER_WASM", "vd_cred_broker.wasm"),
-        ("VD_SANDBOX_PROBE_WASM", "sandbox_probe.wasm"),
-    ] {
-        let wasm = guest_target.join("wasm32-wasip2/release").join(file);
-        assert!(wasm.exists(), "guest build produced no {}", wasm.display());
-        println!("cargo:rustc-env={var}={}", wasm.display());
-    }
+    let probe = release.join("sandbox_probe.wasm");
+    assert!(
+        probe.exists(),
+        "guest build produced no {}",
+        probe.display()
+    );
+    println!("cargo:rustc-env=VD_SANDBOX_PROBE_WASM={}", probe.display());
+    println!("cargo:rerun-if-changed={}", credential.display());
     for path in [
-        "src",
-        "wit",
-        "Cargo.toml",
-        "Cargo.lock",
         "host-test/probe/src",
         "host-test/probe/wit",
         "host-test/probe/Cargo.toml",
         "examples/keyvault-reader/src",
         "examples/keyvault-reader/wit",
         "examples/keyvault-reader/Cargo.toml",
+        "wit",
+        "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }

@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use host_test::native::NativePlatform;
-use host_test::precompiled::Source;
-use host_test::rss_kib;
-use host_test::{
-    COMPONENT_WASM, CredentialOptions, Host, HostOptions, MockBroker, Sandbox, default_options,
-};
+use host_test::{MockBroker, rss_kib};
 use vd_cred_broker::{Credential, Options};
+use vd_cred_host::precompiled::Source;
+use vd_cred_host::{
+    COMPONENT_WASM, CredentialOptions, Host, HostOptions, Sandbox, default_options,
+};
 
 const VAULT: &str = "https://vault.azure.net/.default";
 
@@ -105,7 +105,7 @@ fn main() {
         source
     };
     cold(HostOptions::default()); // write the precompiled cache
-    let compiled = time(5, || assert_eq!(cold(no_cache), Source::Compiled));
+    let compiled = time(5, || assert_eq!(cold(no_cache.clone()), Source::Compiled));
     let cached = time(20, || {
         assert_eq!(cold(HostOptions::default()), Source::Cached)
     });

@@ -214,7 +214,7 @@ impl MockBroker {
     pub fn url(&self) -> String {
         match self.addr {
             Some(addr) => format!("http://{addr}{BASE_PATH}"),
-            None => crate::policy::RUNTIME_ACCESS_URL.to_string(),
+            None => vd_cred_host::RUNTIME_ACCESS_URL.to_string(),
         }
     }
 

@@ -7,8 +7,7 @@ use anyhow::Result;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
-use crate::sandbox::{State, link};
-use crate::{Host, SandboxBuilder};
+use vd_cred_host::{Host, SandboxBuilder, State, link};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -23,7 +22,7 @@ pub const COMPOSED_WASM: &str = env!("VD_KEYVAULT_COMPOSED_WASM");
 
 /// The composed component, compiled and linked (WASI only) for a host's engine.
 pub fn load(host: &Host) -> Result<(Component, InstancePre<State>)> {
-    let (component, _) = crate::precompiled::load(host.engine(), Path::new(COMPOSED_WASM))?;
+    let (component, _) = vd_cred_host::precompiled::load(host.engine(), Path::new(COMPOSED_WASM))?;
     let pre = link(host.engine(), &component)?;
     Ok((component, pre))
 }

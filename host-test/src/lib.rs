@@ -1,14 +1,18 @@
-//! A wasmtime host for the `vd-cred-broker` component, and a loopback mock broker.
+//! What the tests, the demo and the benchmarks need around the host library
+//! ([`vd_cred_host`]): nothing here is for production.
 //!
-//! - [`Host`] compiles the component once; [`Host::sandbox`] builds a tightly
-//!   sandboxed instance ([`Sandbox`]) per agent or per test.
-//! - [`MockBroker`] is a real HTTP/1.1 server on 127.0.0.1 that records every
-//!   request and answers from a script.
-//! - [`TestClock`] is a wall clock the host controls.
+//! - [`MockBroker`] is a real HTTP/1.1 server on 127.0.0.1 (or a Unix socket,
+//!   as the runtime-access helper) that records every request and answers
+//!   from a script.
+//! - [`TestClock`] is a wall clock the test controls.
+//! - [`probe`] runs a test component in the credential's exact sandbox.
+//! - [`keyvault`] is the composed Key Vault example; [`native`] the same core
+//!   without wasm, the benchmarks' floor.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use host_test::{Host, MockBroker};
+//! use host_test::MockBroker;
+//! use vd_cred_host::Host;
 //! let broker = MockBroker::start()?;
 //! let dir = tempfile::tempdir()?;
 //! std::fs::write(dir.path().join("credential"), "vd_iat_example\n")?;
@@ -26,32 +30,12 @@
 
 pub mod broker;
 pub mod clock;
-pub mod from_env;
 pub mod keyvault;
 pub mod native;
-pub mod policy;
-pub mod precompiled;
 pub mod probe;
-pub mod sandbox;
-
-/// Host bindings for the `cred-broker` world.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        world: "cred-broker",
-        path: "../wit",
-        exports: { default: async },
-    });
-}
 
 pub use broker::{MockBroker, Recorded, Reply};
 pub use clock::TestClock;
-pub use sandbox::{
-    AccessToken, AccessTokenInfo, CredentialOptions, Host, HostOptions, Sandbox, SandboxBuilder,
-    TokenInfoResult, TokenRequestOptions, TokenResult, default_options,
-};
-
-/// Path of the release component built by this crate's build script.
-pub const COMPONENT_WASM: &str = env!("VD_CRED_BROKER_WASM");
 
 /// This process's resident set size in KiB (Linux `/proc/self/status`; 0
 /// elsewhere): for the soak test and the memory benchmark.

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use host_test::{Host, MockBroker};
+use host_test::MockBroker;
+use vd_cred_host::Host;
 
 const USAGE: &str = "\
 usage:
@@ -16,10 +17,16 @@ usage:
                                   (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock),
                                   else VD_CREDENTIAL_BROKER_URL and VD_CREDENTIAL_FILE (and
                                   VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)
-  host-test mock-broker           run the loopback mock broker for another runtime's tests: prints
-                                  its URL, then reads commands from stdin, one per line:
-                                  \"push <status> <body>\" scripts the next answer, \"requests\"
-                                  prints every request received as one JSON line; exits at EOF";
+  host-test mock-broker [--unix <socket>]
+                                  run the loopback mock broker (or, with --unix, a mock
+                                  runtime-access helper on that socket) for another runtime's
+                                  tests: prints its URL, then reads commands from stdin, one per
+                                  line: \"push <status> <body>\" scripts the next answer;
+                                  \"reply <json>\" scripts one from {\"status\", \"body\",
+                                  \"headers\": [[name, value]], \"delay_ms\", \"drop\": true};
+                                  \"default <json>\" answers every unscripted request so;
+                                  \"requests\" prints every request received as one JSON line
+                                  (and so confirms the commands before it); exits at EOF";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -37,7 +44,14 @@ async fn main() -> ExitCode {
             demo(scope, component).await
         }
         Some("get-token") if args.len() > 1 => get_token(&args[1..]).await,
-        Some("mock-broker") => mock_broker(),
+        Some("mock-broker") => match args.get(1..) {
+            Some([]) => mock_broker(None),
+            Some([flag, socket]) if flag == "--unix" => mock_broker(Some(socket)),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -70,12 +84,12 @@ async fn demo(scope: &str, component: Option<&str>) -> Result<ExitCode> {
         None => Host::shared(),
     };
     let how = match host.source() {
-        host_test::precompiled::Source::Compiled => "compiled and cached",
-        host_test::precompiled::Source::Cached => "loaded precompiled",
+        vd_cred_host::precompiled::Source::Compiled => "compiled and cached",
+        vd_cred_host::precompiled::Source::Cached => "loaded precompiled",
     };
     println!(
         "component        {} ({how} in {:.0?})",
-        component.unwrap_or(host_test::COMPONENT_WASM),
+        component.unwrap_or(vd_cred_host::COMPONENT_WASM),
         started.elapsed()
     );
 
@@ -135,7 +149,7 @@ async fn demo(scope: &str, component: Option<&str>) -> Result<ExitCode> {
 
 async fn get_token(scopes: &[String]) -> Result<ExitCode> {
     let env = |name: &str| std::env::var(name).ok();
-    let mut sandbox = host_test::from_env::sandbox_from_env(Host::shared(), env)
+    let mut sandbox = vd_cred_host::from_env::sandbox_from_env(Host::shared(), env)
         .build()
         .await?;
     let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
@@ -152,10 +166,32 @@ async fn get_token(scopes: &[String]) -> Result<ExitCode> {
     }
 }
 
-/// The mock broker as a process, driven over stdin (used by the jco run).
-fn mock_broker() -> Result<ExitCode> {
+/// A scripted reply from its JSON form (see the usage).
+fn reply_from_json(spec: &str) -> Result<host_test::Reply> {
+    let spec: serde_json::Value = serde_json::from_str(spec)?;
+    let delay = std::time::Duration::from_millis(spec["delay_ms"].as_u64().unwrap_or(0));
+    if spec["drop"].as_bool() == Some(true) {
+        return Ok(host_test::Reply::Drop { delay });
+    }
+    let status = spec["status"].as_u64().unwrap_or(200).try_into()?;
+    let mut reply =
+        host_test::Reply::json(status, spec["body"].as_str().unwrap_or("")).after(delay);
+    for pair in spec["headers"].as_array().into_iter().flatten() {
+        if let (Some(name), Some(value)) = (pair[0].as_str(), pair[1].as_str()) {
+            reply = reply.with_header(name, value);
+        }
+    }
+    Ok(reply)
+}
+
+/// The mock broker as a process, driven over stdin (used by the jco run and
+/// the Python tests).
+fn mock_broker(socket: Option<&str>) -> Result<ExitCode> {
     use std::io::BufRead;
-    let broker = MockBroker::start()?;
+    let broker = match socket {
+        Some(path) => MockBroker::start_unix(path)?,
+        None => MockBroker::start()?,
+    };
     println!("{}", broker.url());
     for line in std::io::stdin().lock().lines() {
         let line = line?;
@@ -164,6 +200,10 @@ fn mock_broker() -> Result<ExitCode> {
                 let (status, body) = rest.split_once(' ').unwrap_or((rest, ""));
                 broker.push(host_test::Reply::json(status.parse()?, body));
             }
+            ("reply", spec) => {
+                broker.push(reply_from_json(spec)?);
+            }
+            ("default", spec) => broker.set_default(reply_from_json(spec)?),
             ("requests", _) => {
                 let requests: Vec<_> = broker
                     .requests()

@@ -1,11 +1,11 @@
 //! The sandbox probe: a test component (`host-test/probe`) instantiated in the
 //! same sandbox the credential gets, to show from the inside what it allows.
 
-use anyhow::Result;
-use wasmtime::Engine;
-use wasmtime::Store;
+use std::sync::Mutex;
 
-use crate::sandbox::State;
+use anyhow::Result;
+use vd_cred_host::{SandboxBuilder, State, link};
+use wasmtime::{Engine, Store};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -18,25 +18,40 @@ mod bindings {
 /// Path of the probe component built by this crate's build script.
 pub const PROBE_WASM: &str = env!("VD_SANDBOX_PROBE_WASM");
 
-/// The probe, compiled and linked for an engine.
+/// The probe, compiled and linked for one engine.
 #[derive(Clone)]
-pub struct ProbePre(bindings::SandboxProbePre<State>);
+struct ProbePre {
+    engine: Engine,
+    pre: bindings::SandboxProbePre<State>,
+}
 
 impl ProbePre {
-    /// Load the probe into `engine`, linked like the credential.
-    pub fn load(engine: &Engine) -> Result<Self> {
-        let (component, _) = crate::precompiled::load(engine, std::path::Path::new(PROBE_WASM))?;
-        Ok(ProbePre(bindings::SandboxProbePre::new(
-            crate::sandbox::link(engine, &component)?,
-        )?))
+    /// The probe linked for `engine`, loaded on first use and kept.
+    fn for_engine(engine: &Engine) -> Result<Self> {
+        static LOADED: Mutex<Vec<ProbePre>> = Mutex::new(Vec::new());
+        let mut loaded = LOADED.lock().unwrap();
+        if let Some(pre) = loaded.iter().find(|p| Engine::same(&p.engine, engine)) {
+            return Ok(pre.clone());
+        }
+        let (component, _) =
+            vd_cred_host::precompiled::load(engine, std::path::Path::new(PROBE_WASM))?;
+        let pre = ProbePre {
+            engine: engine.clone(),
+            pre: bindings::SandboxProbePre::new(link(engine, &component)?)?,
+        };
+        loaded.push(pre.clone());
+        Ok(pre)
     }
+}
 
-    pub(crate) async fn instantiate_async(
-        &self,
-        store: &mut Store<State>,
-    ) -> Result<bindings::SandboxProbe> {
-        Ok(self.0.instantiate_async(store).await?)
-    }
+/// Instantiate the probe (a test component that tries reading, writing,
+/// listing the environment and reaching the network) in exactly the sandbox
+/// `builder` would give the credential.
+pub async fn build_probe(builder: SandboxBuilder<'_>) -> Result<Probe> {
+    let pre = ProbePre::for_engine(builder.host().engine())?;
+    let (mut store, instance) = builder.instantiate(pre.pre.instance_pre()).await?;
+    let instance = bindings::SandboxProbe::new(&mut store, &instance)?;
+    Ok(Probe { store, instance })
 }
 
 /// One probe instance in its sandbox.
@@ -46,10 +61,6 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub(crate) fn new(store: Store<State>, instance: bindings::SandboxProbe) -> Self {
-        Probe { store, instance }
-    }
-
     fn iface(&self) -> bindings::exports::vibedata::sandbox_probe::probe::Guest {
         self.instance.vibedata_sandbox_probe_probe().clone()
     }

@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use host_test::keyvault::{self, KeyVaultReader};
-use host_test::sandbox::State;
-use host_test::{Host, MockBroker, Reply};
+use host_test::{MockBroker, Reply};
+use vd_cred_host::{Host, State};
 use wasmtime::component::{Component, InstancePre};
 
 use crate::Fixture;

@@ -2,8 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use host_test::{Host, Reply};
+use host_test::Reply;
 use vd_cred_broker::CredentialError as E;
+use vd_cred_host::Host;
 
 use crate::{Fixture, GUEST_DIR, GUEST_FILE, VAULT, options};
 

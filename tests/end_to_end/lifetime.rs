@@ -1,8 +1,9 @@
 //! Token lifetime through the component: the cache, refresh-on, fallback on a
 //! failed refresh, get-token-info. Time moves only on the host's clock.
 
-use host_test::{Reply, Sandbox, TokenRequestOptions};
+use host_test::Reply;
 use vd_cred_broker::CredentialError as E;
+use vd_cred_host::{Sandbox, TokenRequestOptions};
 use wasmtime::component::ResourceAny;
 
 use crate::{Fixture, T0, VAULT, options};

@@ -14,11 +14,11 @@ mod sandbox;
 mod secrets;
 mod soak;
 
-use host_test::{
-    CredentialOptions, Host, MockBroker, Sandbox, SandboxBuilder, TestClock, TokenResult,
-    default_options,
-};
+use host_test::{MockBroker, TestClock};
 use tempfile::TempDir;
+use vd_cred_host::{
+    CredentialOptions, Host, Sandbox, SandboxBuilder, TokenResult, default_options,
+};
 
 /// Where the bearer directory appears inside the sandbox.
 pub const GUEST_DIR: &str = "/run/vd";

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use host_test::{Host, MockBroker, Reply, from_env::sandbox_from_env};
+use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError as E;
+use vd_cred_host::{Host, from_env::sandbox_from_env};
 
 use crate::{Fixture, VAULT, options};
 
@@ -189,7 +190,7 @@ impl Helper {
     }
 
     /// `get-token` in a fresh sandbox built the way `host-test get-token` builds it.
-    async fn get_token(&self, scopes: &[&str]) -> host_test::TokenResult {
+    async fn get_token(&self, scopes: &[&str]) -> vd_cred_host::TokenResult {
         self.builder()
             .build()
             .await
@@ -199,7 +200,7 @@ impl Helper {
             .unwrap()
     }
 
-    fn builder(&self) -> host_test::SandboxBuilder<'static> {
+    fn builder(&self) -> vd_cred_host::SandboxBuilder<'static> {
         let env = self.env.clone();
         sandbox_from_env(Host::shared(), move |k| env.get(k).cloned())
     }
@@ -323,7 +324,7 @@ async fn a_missing_helper_socket_is_unavailable() {
 #[tokio::test]
 async fn in_helper_mode_the_sandbox_has_no_preopen_and_no_bearer_path() {
     let h = Helper::new();
-    let mut probe = h.builder().build_probe().await.unwrap();
+    let mut probe = host_test::probe::build_probe(h.builder()).await.unwrap();
     assert!(probe.preopens().await.unwrap().is_empty());
     let env = probe.environment().await.unwrap();
     assert_eq!(

@@ -57,7 +57,7 @@ async fn requests_to_any_other_origin_are_denied() {
 #[tokio::test]
 async fn without_a_broker_origin_all_http_is_denied() {
     let f = Fixture::new();
-    let mut sandbox = host_test::Host::shared()
+    let mut sandbox = vd_cred_host::Host::shared()
         .sandbox()
         .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
         .env("VD_CREDENTIAL_FILE", crate::GUEST_FILE)
@@ -81,7 +81,7 @@ async fn the_probe_can_read_only_the_bearer_directory_and_write_nothing() {
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret");
     std::fs::write(&secret, "host secret").unwrap();
-    let mut probe = f.builder().build_probe().await.unwrap();
+    let mut probe = host_test::probe::build_probe(f.builder()).await.unwrap();
 
     assert_eq!(probe.preopens().await.unwrap(), [crate::GUEST_DIR]);
     assert_eq!(
@@ -124,7 +124,7 @@ async fn the_probe_sees_only_the_environment_it_was_given() {
     let f = Fixture::new();
     let builder = f.builder();
     let given = builder.env_vars().to_vec();
-    let mut probe = builder.build_probe().await.unwrap();
+    let mut probe = host_test::probe::build_probe(builder).await.unwrap();
     let mut seen = probe.environment().await.unwrap();
     seen.sort();
     let mut want = given;
@@ -143,10 +143,7 @@ async fn the_probe_reaches_only_the_brokers_origin() {
     let other = host_test::MockBroker::start().unwrap();
     // Configure the broker by name, so the IP literals of the same host are other origins.
     let by_name = format!("http://localhost:{port}/api/v1/credential-broker");
-    let mut probe = f
-        .builder()
-        .broker_url(&by_name)
-        .build_probe()
+    let mut probe = host_test::probe::build_probe(f.builder().broker_url(&by_name))
         .await
         .unwrap();
     assert_eq!(

@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use host_test::{Reply, Sandbox, rss_kib};
+use host_test::{Reply, rss_kib};
 use vd_cred_broker::CredentialError as E;
+use vd_cred_host::Sandbox;
 
 use crate::{Fixture, VAULT, options};
 

@@ -1,166 +1,29 @@
-//! The wasmtime host: one compiled component shared by many sandboxes, each
-//! with its own store, environment, preopen, clock and HTTP policy.
+//! Sandboxes: one instance of the credential per agent or per test, each with
+//! its own store, environment, preopen, clock and HTTP policy.
 //!
 //! A sandbox is tight by default: no inherited environment, no preopened
 //! directory but the bearer's (read-only), no sockets, and outgoing HTTP only
-//! to the broker's scheme and authority. Everything else is denied in
-//! [`WasiHttpHooks::send_request`] and recorded.
+//! to the broker's scheme and authority (or the runtime-access helper).
+//! Everything else is denied in `WasiHttpHooks::send_request` and recorded.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceAny, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre, ResourceAny, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi::{FsPerms, HostWallClock, WasiCtx};
+use wasmtime_wasi_http::WasiHttpCtx;
 
+use crate::bindings::CredBroker;
 use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
-use crate::bindings::{CredBroker, CredBrokerPre};
-use crate::precompiled::{self, Source};
-use crate::{TestClock, policy::BrokerOnly};
-
-/// The per-instance state: WASI, wasi:http, and the broker-only HTTP policy.
-pub struct State {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: BrokerOnly,
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for State {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
-    }
-}
-
-/// Link WASI p2 (filesystem, clocks, environment, stdio) and wasi:http for
-/// `component`: what every sandbox offers, before its per-instance policy.
-pub fn link(engine: &Engine, component: &Component) -> Result<InstancePre<State>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    Ok(linker.instantiate_pre(component)?)
-}
-
-/// How a [`Host`] is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostOptions {
-    /// Use wasmtime's pooling allocator, sized for this many live instances
-    /// (for a runtime hosting many agents). `None`: on-demand allocation.
-    pub pooling: Option<u32>,
-    /// Load from (and write) the precompiled cache next to the `.wasm`.
-    pub precompiled_cache: bool,
-}
-
-impl Default for HostOptions {
-    fn default() -> Self {
-        HostOptions {
-            pooling: None,
-            precompiled_cache: true,
-        }
-    }
-}
-
-/// The engine configuration a [`Host`] uses.
-pub fn engine_config(pooling: Option<u32>) -> Config {
-    let mut config = Config::new();
-    if let Some(instances) = pooling {
-        let mut pool = PoolingAllocationConfig::default();
-        // A component instance of this crate holds a few core instances, one
-        // or two memories and tables; room for all of them per instance.
-        pool.total_component_instances(instances)
-            .total_core_instances(instances * 8)
-            .total_memories(instances * 2)
-            .total_tables(instances * 4)
-            .total_stacks(instances)
-            .max_memory_size(64 << 20);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    }
-    config
-}
-
-/// An engine and the component, compiled and linked once; sandboxes are cheap.
-pub struct Host {
-    engine: Engine,
-    pre: CredBrokerPre<State>,
-    source: Source,
-    probe: OnceLock<crate::probe::ProbePre>,
-}
+use crate::host::Host;
+use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL};
+use crate::state::State;
 
 impl Host {
-    /// Load the component at `wasm` (from the precompiled cache when it
-    /// matches) and link WASI p2 and wasi:http.
-    pub fn load(wasm: impl AsRef<Path>) -> Result<Host> {
-        Host::load_with(wasm, HostOptions::default())
-    }
-
-    /// [`Host::load`] with explicit options.
-    pub fn load_with(wasm: impl AsRef<Path>, options: HostOptions) -> Result<Host> {
-        let wasm = wasm.as_ref();
-        let engine = Engine::new(&engine_config(options.pooling))?;
-        let (component, source) = if options.precompiled_cache {
-            precompiled::load(&engine, wasm)?
-        } else {
-            let component = Component::from_file(&engine, wasm).map_err(|e| {
-                anyhow::Error::from(e).context(format!("compiling {}", wasm.display()))
-            })?;
-            (component, Source::Compiled)
-        };
-        Host::from_component(engine, component, source)
-    }
-
-    /// Link an already compiled component.
-    pub fn from_component(engine: Engine, component: Component, source: Source) -> Result<Host> {
-        let pre = CredBrokerPre::new(link(&engine, &component)?)?;
-        Ok(Host {
-            engine,
-            pre,
-            source,
-            probe: OnceLock::new(),
-        })
-    }
-
-    /// The component this crate's build script built, loaded once per process.
-    pub fn shared() -> &'static Host {
-        static HOST: OnceLock<Host> = OnceLock::new();
-        HOST.get_or_init(|| Host::load(crate::COMPONENT_WASM).expect("load the built component"))
-    }
-
-    /// The sandbox probe, loaded on first use into this host's engine.
-    fn probe_pre(&self) -> Result<&crate::probe::ProbePre> {
-        if let Some(pre) = self.probe.get() {
-            return Ok(pre);
-        }
-        let pre = crate::probe::ProbePre::load(&self.engine)?;
-        Ok(self.probe.get_or_init(|| pre))
-    }
-
-    /// Whether the component was compiled or loaded precompiled.
-    pub fn source(&self) -> Source {
-        self.source
-    }
-
-    /// The engine (for precompiling, benchmarks).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// Start configuring a sandbox.
+    /// Start configuring a sandbox: nothing is granted unless asked for.
     pub fn sandbox(&self) -> SandboxBuilder<'_> {
         SandboxBuilder {
             host: self,
@@ -182,7 +45,7 @@ pub struct SandboxBuilder<'h> {
     broker: Option<String>,
     runtime_access: Option<PathBuf>,
     also_allow: Vec<String>,
-    clock: Option<TestClock>,
+    clock: Option<Box<dyn HostWallClock>>,
 }
 
 impl SandboxBuilder<'_> {
@@ -212,17 +75,14 @@ impl SandboxBuilder<'_> {
         self
     }
 
-    /// Helper mode: route [`crate::policy::RUNTIME_ACCESS_URL`] to the
+    /// Helper mode: route [`RUNTIME_ACCESS_URL`] to the
     /// runtime-access helper's Unix `socket` and tell the component so
     /// (`VD_RUNTIME_ACCESS_URL`). This replaces any broker origin; combine it
     /// with no `bearer_dir`, so the bearer never enters the sandbox.
     pub fn runtime_access(mut self, socket: impl Into<PathBuf>) -> Self {
         self.runtime_access = Some(socket.into());
         self.broker = None;
-        self.env(
-            vd_cred_broker::ENV_RUNTIME_ACCESS_URL,
-            crate::policy::RUNTIME_ACCESS_URL,
-        )
+        self.env(vd_cred_broker::ENV_RUNTIME_ACCESS_URL, RUNTIME_ACCESS_URL)
     }
 
     /// Also allow HTTP to the origin of `url`: for a composed component that
@@ -232,10 +92,16 @@ impl SandboxBuilder<'_> {
         self
     }
 
-    /// The component's wall clock; the real clock when unset.
-    pub fn clock(mut self, clock: TestClock) -> Self {
-        self.clock = Some(clock);
+    /// The component's wall clock (a test's settable clock, say); the real
+    /// clock when unset.
+    pub fn clock(mut self, clock: impl HostWallClock + 'static) -> Self {
+        self.clock = Some(Box::new(clock));
         self
+    }
+
+    /// The host this sandbox is instantiated from.
+    pub fn host(&self) -> &Host {
+        self.host
     }
 
     /// The environment the component will see, in order.
@@ -262,18 +128,9 @@ impl SandboxBuilder<'_> {
         })
     }
 
-    /// Instantiate the sandbox probe (a test component that tries reading,
-    /// writing, listing the environment and reaching the network) in exactly
-    /// the sandbox [`SandboxBuilder::build`] would give the credential.
-    pub async fn build_probe(self) -> Result<crate::probe::Probe> {
-        let pre = self.host.probe_pre()?.clone();
-        let (mut store, ..) = self.store()?;
-        let instance = pre.instantiate_async(&mut store).await?;
-        Ok(crate::probe::Probe::new(store, instance))
-    }
-
-    /// Instantiate any component linked with [`link`] in this sandbox; for
-    /// worlds other than the credential's (a composed consumer, say).
+    /// Instantiate any component linked with [`crate::link`] in this sandbox;
+    /// for worlds other than the credential's (a composed consumer, a test
+    /// probe).
     pub async fn instantiate(self, pre: &InstancePre<State>) -> Result<(Store<State>, Instance)> {
         let (mut store, ..) = self.store()?;
         let instance = pre.instantiate_async(&mut store).await?;
@@ -306,7 +163,7 @@ impl SandboxBuilder<'_> {
                 })?;
         }
         if let Some(clock) = self.clock {
-            wasi.wall_clock(clock);
+            wasi.wall_clock(Clock(clock));
         }
         let mut hooks = match (&self.runtime_access, &self.broker) {
             (Some(socket), _) => BrokerOnly::runtime_access(socket),
@@ -450,6 +307,19 @@ impl Sandbox {
     }
 }
 
+/// A boxed wall clock, as wasmtime-wasi takes one.
+struct Clock(Box<dyn HostWallClock>);
+
+impl HostWallClock for Clock {
+    fn resolution(&self) -> std::time::Duration {
+        self.0.resolution()
+    }
+
+    fn now(&self) -> std::time::Duration {
+        self.0.now()
+    }
+}
+
 fn owned(scopes: &[&str]) -> Vec<String> {
     scopes.iter().map(|s| s.to_string()).collect()
 }
@@ -466,60 +336,5 @@ pub fn default_options() -> CredentialOptions {
         lane: None,
         configuration_revision: None,
         runtime_access_url: None,
-    }
-}
-
-impl From<wit::CredentialError> for vd_cred_broker::CredentialError {
-    fn from(e: wit::CredentialError) -> Self {
-        use vd_cred_broker::CredentialError as E;
-        use wit::CredentialError as W;
-        match e {
-            W::Configuration(m) => E::Configuration(m),
-            W::InvalidScopes(m) => E::InvalidScopes(m),
-            W::ScopeNotAllowed(s) => E::ScopeNotAllowed {
-                scope: s.scope,
-                known_resources: s.known_resources,
-            },
-            W::BearerUnavailable(m) => E::BearerUnavailable(m),
-            W::BrokerUnreachable(m) => E::BrokerUnreachable(m),
-            W::BrokerRejected(f) => E::BrokerRejected {
-                status: f.status,
-                detail: f.detail,
-            },
-            W::BrokerFailed(f) => E::BrokerFailed {
-                status: f.status,
-                detail: f.detail,
-            },
-            W::InvalidResponse(m) => E::InvalidResponse(m),
-            W::Unsupported(m) => E::Unsupported(m),
-        }
-    }
-}
-
-impl From<vd_cred_broker::CredentialError> for wit::CredentialError {
-    fn from(e: vd_cred_broker::CredentialError) -> Self {
-        use vd_cred_broker::CredentialError as E;
-        use wit::CredentialError as W;
-        match e {
-            E::Configuration(m) => W::Configuration(m),
-            E::InvalidScopes(m) => W::InvalidScopes(m),
-            E::ScopeNotAllowed {
-                scope,
-                known_resources,
-            } => W::ScopeNotAllowed(wit::ScopeNotAllowed {
-                scope,
-                known_resources,
-            }),
-            E::BearerUnavailable(m) => W::BearerUnavailable(m),
-            E::BrokerUnreachable(m) => W::BrokerUnreachable(m),
-            E::BrokerRejected { status, detail } => {
-                W::BrokerRejected(wit::BrokerFailure { status, detail })
-            }
-            E::BrokerFailed { status, detail } => {
-                W::BrokerFailed(wit::BrokerFailure { status, detail })
-            }
-            E::InvalidResponse(m) => W::InvalidResponse(m),
-            E::Unsupported(m) => W::Unsupported(m),
-        }
     }
 }

@@ -1,4 +1,6 @@
-//! The sandbox's HTTP policy: only the broker's scheme and authority.
+//! The sandbox's HTTP egress policy: only the broker's scheme and authority,
+//! or the runtime-access helper's fixed origin (routed to its Unix socket by
+//! `helper.rs`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -6,20 +8,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use http_body_util::BodyExt;
 use hyper::Uri;
-use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-type ResponseFuture = Box<
-    dyn Future<
-            Output = std::result::Result<
-                (
-                    hyper::Response<WasiBody>,
-                    Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
-                ),
-                Error,
-            >,
-        > + Send,
->;
+use crate::helper::{Sent, send_over_unix_socket};
+
+type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
 
 /// Lets requests through to exactly one `scheme://host:port`; denies and
 /// records everything else (another port, another name for the same host, an
@@ -139,46 +132,6 @@ impl WasiHttpHooks for BrokerOnly {
             ))
         })
     }
-}
-
-/// Send `request` over a fresh connection to the Unix socket at `path`.
-async fn send_over_unix_socket(
-    path: PathBuf,
-    mut request: hyper::Request<WasiBody>,
-) -> std::result::Result<
-    (
-        hyper::Response<WasiBody>,
-        Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
-    ),
-    Error,
-> {
-    let stream = tokio::net::UnixStream::connect(&path)
-        .await
-        .map_err(Error::Connect)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // Origin-form on the wire, as for TCP.
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    *request.uri_mut() = path_and_query
-        .parse()
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
-    let driver = tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
-    let io = async move {
-        match driver.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::from(e)),
-            Err(_) => Err(Error::ConnectionTerminated),
-        }
-    };
-    Ok((
-        response.map(|body| body.map_err(Error::from).boxed_unsync()),
-        Box::new(io) as Box<dyn Future<Output = _> + Send>,
-    ))
 }
 
 #[cfg(test)]

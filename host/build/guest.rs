@@ -1,0 +1,76 @@
+//! Building guest components from a build script, shared by `host/build.rs`
+//! (the credential) and `host-test/build.rs` (the test and example guests).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `<target>/guest`, from OUT_DIR (`<target>/[<triple>/]<profile>/build/<pkg>-<hash>/out`).
+pub fn guest_target_dir() -> PathBuf {
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let target = out_dir
+        .ancestors()
+        .skip(4)
+        .find(|dir| dir.join("CACHEDIR.TAG").exists())
+        .unwrap_or_else(|| out_dir.ancestors().nth(4).expect("target dir"));
+    target.join("guest")
+}
+
+/// `cargo build --release --target wasm32-wasip2 --lib -p <packages>` into `guest_target`.
+pub fn build_guest(root: &Path, guest_target: &Path, packages: &[&str]) {
+    require_wasm_target();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--lib", "--target", "wasm32-wasip2", "--release"])
+        .env("CARGO_TARGET_DIR", guest_target);
+    for package in packages {
+        cmd.args(["--package", package]);
+    }
+    // Settings meant for the outer (host) build must not leak into the guest's.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .expect("run cargo to build the guest component");
+    assert!(
+        status.success(),
+        "building the guest component failed (cargo's output is above). If it says the \
+         wasm32-wasip2 target is missing, run: rustup target add wasm32-wasip2"
+    );
+}
+
+/// Stop with the command to run when the toolchain lacks wasm32-wasip2
+/// (`rust-toolchain.toml` asks rustup to install it; a toolchain not managed
+/// by rustup, or rustup with auto-install off, may still lack it).
+fn require_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(sysroot) = sysroot
+        && !sysroot.join("lib/rustlib/wasm32-wasip2").exists()
+    {
+        panic!(
+            "the wasm32-wasip2 target is not installed for the toolchain at {}: \
+             run `rustup target add wasm32-wasip2`, then build again",
+            sysroot.display()
+        );
+    }
+}

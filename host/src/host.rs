@@ -1,0 +1,137 @@
+//! [`Host`]: one engine and the credential component, compiled and linked
+//! once, from which every sandbox is instantiated.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::Result;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::CredBrokerPre;
+use crate::precompiled::{self, Source};
+use crate::state::{State, link};
+
+/// The release credential component this crate was built with.
+pub static COMPONENT: &[u8] = include_bytes!(env!("VD_CRED_BROKER_WASM"));
+
+/// Where the build script put [`COMPONENT`] (for tools that want the file).
+pub const COMPONENT_WASM: &str = env!("VD_CRED_BROKER_WASM");
+
+/// How a [`Host`] is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Use wasmtime's pooling allocator, sized for this many live instances
+    /// (for a runtime hosting many agents). `None`: on-demand allocation.
+    pub pooling: Option<u32>,
+    /// Load from (and write) a precompiled cache: next to the `.wasm` for
+    /// [`Host::load_with`], in [`HostOptions::cache_dir`] for
+    /// [`Host::embedded_with`].
+    pub precompiled_cache: bool,
+    /// The cache directory for the embedded component; `None`:
+    /// [`precompiled::user_cache_dir`].
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            pooling: None,
+            precompiled_cache: true,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The engine configuration a [`Host`] uses.
+pub fn engine_config(pooling: Option<u32>) -> Config {
+    let mut config = Config::new();
+    if let Some(instances) = pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        // A component instance of this crate holds a few core instances, one
+        // or two memories and tables; room for all of them per instance.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size(64 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// An engine and the component, compiled and linked once; sandboxes are cheap.
+pub struct Host {
+    pub(crate) engine: Engine,
+    pub(crate) pre: CredBrokerPre<State>,
+    source: Source,
+}
+
+impl Host {
+    /// The embedded component ([`COMPONENT`]), loaded once per process with
+    /// default options: the host most embedders want.
+    pub fn shared() -> &'static Host {
+        static HOST: OnceLock<Host> = OnceLock::new();
+        HOST.get_or_init(|| Host::embedded().expect("load the embedded credential component"))
+    }
+
+    /// Load the embedded component ([`COMPONENT`]), from the per-user
+    /// precompiled cache when it holds a match.
+    pub fn embedded() -> Result<Host> {
+        Host::embedded_with(HostOptions::default())
+    }
+
+    /// [`Host::embedded`] with explicit options.
+    pub fn embedded_with(options: HostOptions) -> Result<Host> {
+        let engine = Engine::new(&engine_config(options.pooling))?;
+        let cache_dir = match options.precompiled_cache {
+            true => options.cache_dir.or_else(precompiled::user_cache_dir),
+            false => None,
+        };
+        let (component, source) =
+            precompiled::load_bytes(&engine, "vd_cred_broker", COMPONENT, cache_dir.as_deref())?;
+        Host::from_component(engine, component, source)
+    }
+
+    /// Load the component at `wasm` (from the precompiled cache next to it
+    /// when it matches) and link WASI p2 and wasi:http.
+    pub fn load(wasm: impl AsRef<Path>) -> Result<Host> {
+        Host::load_with(wasm, HostOptions::default())
+    }
+
+    /// [`Host::load`] with explicit options.
+    pub fn load_with(wasm: impl AsRef<Path>, options: HostOptions) -> Result<Host> {
+        let wasm = wasm.as_ref();
+        let engine = Engine::new(&engine_config(options.pooling))?;
+        let (component, source) = if options.precompiled_cache {
+            precompiled::load(&engine, wasm)?
+        } else {
+            let component = Component::from_file(&engine, wasm).map_err(|e| {
+                anyhow::Error::from(e).context(format!("compiling {}", wasm.display()))
+            })?;
+            (component, Source::Compiled)
+        };
+        Host::from_component(engine, component, source)
+    }
+
+    /// Link an already compiled component.
+    pub fn from_component(engine: Engine, component: Component, source: Source) -> Result<Host> {
+        let pre = CredBrokerPre::new(link(&engine, &component)?)?;
+        Ok(Host {
+            engine,
+            pre,
+            source,
+        })
+    }
+
+    /// Whether the component was compiled or loaded precompiled.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// The engine (for loading other components into it, precompiling, benchmarks).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}

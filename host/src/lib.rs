@@ -1,0 +1,56 @@
+//! Embed the `vd-cred-broker` credential component in a wasmtime host.
+//!
+//! The credential is a WebAssembly component; this crate is how a Rust
+//! runtime runs it, tightly sandboxed, once per agent:
+//!
+//! - [`Host`] holds one engine and the component, compiled once (the
+//!   component is embedded in this crate, [`COMPONENT`]; its machine code is
+//!   cached per user, so a new process skips Cranelift) and linked once;
+//! - [`Host::sandbox`] builds a [`Sandbox`]: a fresh store with only the
+//!   environment you pass, only the bearer's directory preopened read-only,
+//!   and outgoing HTTP only to the broker's origin ([`policy`]), or only to
+//!   the runtime-access helper over its Unix socket;
+//! - [`from_env::Setup`] finds the inputs in a process's environment the way
+//!   the original Python credential does (the CLI and the Python package use
+//!   it).
+//!
+//! ```no_run
+//! # async fn demo(broker_url: String) -> anyhow::Result<()> {
+//! use vd_cred_host::Host;
+//! let mut sandbox = Host::shared()
+//!     .sandbox()                                      // nothing granted by default
+//!     .env("VD_CREDENTIAL_BROKER_URL", &broker_url)   // env is explicit, never inherited
+//!     .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
+//!     .bearer_dir("/run/vd", "/run/vd")               // the only preopen, read-only
+//!     .broker_url(&broker_url)                        // HTTP only to this origin
+//!     .build()
+//!     .await?;
+//! let token = sandbox.get_token(&["https://vault.azure.net/.default"]).await??;
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod from_env;
+mod helper;
+mod host;
+pub mod policy;
+pub mod precompiled;
+mod sandbox;
+mod state;
+
+/// Host bindings for the `cred-broker` world.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "cred-broker",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+pub use host::{COMPONENT, COMPONENT_WASM, Host, HostOptions, engine_config};
+pub use policy::RUNTIME_ACCESS_URL;
+pub use sandbox::{
+    AccessToken, AccessTokenInfo, CredentialOptions, Sandbox, SandboxBuilder, TokenInfoResult,
+    TokenRequestOptions, TokenResult, default_options,
+};
+pub use state::{State, link};
