@@ -4,6 +4,8 @@
 //! - [`MockBroker`] is a real HTTP/1.1 server on 127.0.0.1 (or a Unix socket,
 //!   as the runtime-access helper) that records every request and answers
 //!   from a script.
+//! - [`fast_broker::FastBroker`] is a minimal loopback broker for benchmarks
+//!   (one write per answer, TCP_NODELAY, keep-alive).
 //! - [`TestClock`] is a wall clock the test controls.
 //! - [`probe`] runs a test component in the credential's exact sandbox.
 //! - [`keyvault`] is the composed Key Vault example; [`native`] the same core
@@ -30,6 +32,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod fast_broker;
 pub mod keyvault;
 pub mod native;
 pub mod probe;

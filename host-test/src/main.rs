@@ -17,6 +17,9 @@ usage:
                                   (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock),
                                   else VD_CREDENTIAL_BROKER_URL and VD_CREDENTIAL_FILE (and
                                   VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)
+  host-test fast-broker           run a minimal loopback broker for benchmarks (one write per
+                                  answer, TCP_NODELAY, keep-alive; always the same token): prints
+                                  its URL, serves until stdin closes
   host-test mock-broker [--unix <socket>]
                                   run the loopback mock broker (or, with --unix, a mock
                                   runtime-access helper on that socket) for another runtime's
@@ -44,6 +47,7 @@ async fn main() -> ExitCode {
             demo(scope, component).await
         }
         Some("get-token") if args.len() > 1 => get_token(&args[1..]).await,
+        Some("fast-broker") => fast_broker(),
         Some("mock-broker") => match args.get(1..) {
             Some([]) => mock_broker(None),
             Some([flag, socket]) if flag == "--unix" => mock_broker(Some(socket)),
@@ -164,6 +168,14 @@ async fn get_token(scopes: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The benchmark broker as a process: serves until stdin closes.
+fn fast_broker() -> Result<ExitCode> {
+    let broker = host_test::fast_broker::FastBroker::start()?;
+    println!("{}", broker.url());
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A scripted reply from its JSON form (see the usage).

@@ -53,24 +53,40 @@ pub fn build_guest(root: &Path, guest_target: &Path, packages: &[&str]) {
     );
 }
 
-/// Stop with the command to run when the toolchain lacks wasm32-wasip2
-/// (`rust-toolchain.toml` asks rustup to install it; a toolchain not managed
-/// by rustup, or rustup with auto-install off, may still lack it).
+/// Make sure the toolchain has wasm32-wasip2. `rust-toolchain.toml` declares
+/// it, but rustup's proxies install declared targets only along with a
+/// missing toolchain; so under rustup (with auto-install on) this adds it,
+/// as `rustup toolchain install` would, and otherwise stops with the command
+/// to run.
 fn require_wasm_target() {
+    if has_wasm_target() {
+        return;
+    }
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let auto_install = std::env::var("RUSTUP_AUTO_INSTALL").map_or(true, |v| v != "0");
+    if let (Some(toolchain), true) = (toolchain, auto_install) {
+        println!(
+            "cargo:warning=installing the wasm32-wasip2 target for {toolchain} (rust-toolchain.toml)"
+        );
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2", "--toolchain", &toolchain])
+            .status();
+    }
+    assert!(
+        has_wasm_target(),
+        "the wasm32-wasip2 target is not installed for this toolchain: run \
+         `rustup target add wasm32-wasip2`, then build again"
+    );
+}
+
+/// Whether the sysroot of the compiler building us has the wasm32-wasip2 std.
+fn has_wasm_target() -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(rustc)
+    Command::new(rustc)
         .args(["--print", "sysroot"])
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if let Some(sysroot) = sysroot
-        && !sysroot.join("lib/rustlib/wasm32-wasip2").exists()
-    {
-        panic!(
-            "the wasm32-wasip2 target is not installed for the toolchain at {}: \
-             run `rustup target add wasm32-wasip2`, then build again",
-            sysroot.display()
-        );
-    }
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_none_or(|sysroot| sysroot.join("lib/rustlib/wasm32-wasip2").exists())
 }

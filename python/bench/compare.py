@@ -1,0 +1,174 @@
+"""Side by side, in one run, against one fast loopback broker: the original
+``vibedata-studio-azure-cred-broker`` 0.2.0 and this package.
+
+    python python/bench/compare.py --broker target/debug/host-test [--wheel target/wheels/x.whl]
+
+(``scripts/bench-python.sh`` builds the release wheel and runs this.) The broker
+is ``host-test fast-broker``: one write per answer, TCP_NODELAY; its own round
+trip is measured first, so the rows show the clients, not the broker. Prints a
+Markdown table of medians (p90 in brackets).
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+VAULT = "https://vault.azure.net/.default"
+
+
+def stats(samples):
+    samples = sorted(samples)
+    p90 = samples[int((len(samples) - 1) * 0.9)]
+    return f"{show(statistics.median(samples))} ({show(p90)} p90, n={len(samples)})"
+
+
+def show(seconds):
+    if seconds >= 0.01:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def timed(n, f):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def broker_round_trips(url, n):
+    """Raw-socket POSTs: on one kept-alive connection, and on a new connection each."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    body = b'{"audience":"vault"}'
+    request = (
+        b"POST /api/v1/credential-broker/token HTTP/1.1\r\nhost: x\r\n"
+        b"content-type: application/json\r\ncontent-length: 20\r\n\r\n" + body
+    )
+
+    def exchange(sock):
+        sock.sendall(request)
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += sock.recv(4096)
+
+    kept = socket.create_connection((host, int(port)))
+    kept.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for _ in range(100):
+        exchange(kept)
+    alive = timed(n, lambda: exchange(kept))
+    kept.close()
+
+    def fresh():
+        with socket.create_connection((host, int(port))) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            exchange(s)
+
+    return alive, timed(n, fresh)
+
+
+FIRST_TOKEN = """
+import sys, time
+t = time.perf_counter()
+if sys.argv[1] == "original":
+    from vibedata_studio_azure_cred_broker import StudioAzureCredBroker
+else:
+    from vd_cred_broker import StudioAzureCredBroker
+StudioAzureCredBroker().get_token(sys.argv[2])
+print(time.perf_counter() - t)
+"""
+
+
+def new_process(which, n):
+    """Wall time of a whole process, and its time from `import` to the first token."""
+    walls, inside = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_TOKEN, which, VAULT], capture_output=True, text=True, check=True
+        )
+        walls.append(time.perf_counter() - t)
+        inside.append(float(out.stdout))
+    return walls, inside
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--broker", required=True, help="the host-test binary (fast-broker)")
+    parser.add_argument("--wheel", help="the wheel to report the size of")
+    parser.add_argument("--rounds", type=int, default=2000)
+    args = parser.parse_args()
+
+    broker = subprocess.Popen([args.broker, "fast-broker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    url = broker.stdout.readline().strip()
+    bearer_dir = tempfile.mkdtemp()
+    bearer = os.path.join(bearer_dir, "credential")
+    with open(bearer, "w") as f:
+        f.write("vd_iat_bench\n")
+    os.environ.update({
+        "VD_CREDENTIAL_BROKER_URL": url,
+        "VD_CREDENTIAL_FILE": bearer,
+        # The original 0.2.0 always speaks protocol 0.2, so both do here.
+        "VD_CREDENTIAL_LANE": "user",
+        "VD_CREDENTIAL_CONFIGURATION_REVISION": "1",
+        "VD_RUNTIME_ACCESS_SOCKET": os.path.join(bearer_dir, "no-helper.sock"),
+    })
+
+    from vibedata_studio_azure_cred_broker import StudioAzureCredBroker as Original
+    from vd_cred_broker import StudioAzureCredBroker
+
+    n = args.rounds
+    rows = []
+    alive, fresh = broker_round_trips(url, n)
+    rows.append(("broker round trip, raw socket, kept-alive connection", stats(alive), ""))
+    rows.append(("broker round trip, raw socket, new connection each", stats(fresh), "what both clients pay per mint"))
+
+    original = Original()
+    uncached = StudioAzureCredBroker(cache=False)
+    cached = StudioAzureCredBroker()
+    for cred in (original, uncached, cached):
+        for _ in range(50):
+            cred.get_token(VAULT)
+    # Interleave the two uncached runs in blocks, so drift hits both alike.
+    o, u = [], []
+    for _ in range(10):
+        o += timed(n // 10, lambda: original.get_token(VAULT))
+        u += timed(n // 10, lambda: uncached.get_token(VAULT))
+    c = timed(n * 5, lambda: cached.get_token(VAULT))
+    rows.append(("get_token, original 0.2.0 (no cache: every call mints)", stats(o), "requests, new connection per call"))
+    rows.append(("get_token, uncached (cache=False), this package", stats(u), "sandboxed component, new connection per call"))
+    rows.append(("get_token, cached, this package", stats(c), "bearer re-read + cache lookup in the sandbox"))
+    om, um, cm = statistics.median(o), statistics.median(u), statistics.median(c)
+    rows.append(("uncached: this package / original", f"{um / om:.2f}x", "target: at most 1x"))
+    rows.append(("cached vs the original's call", f"{om / cm:.0f}x faster", "target: at least 20x"))
+
+    ow, oi, pw, pi = [], [], [], []
+    for _ in range(10):  # interleaved
+        w, i = new_process("original", 1)
+        ow += w
+        oi += i
+        w, i = new_process("ours", 1)
+        pw += w
+        pi += i
+    rows.append(("new process: import to first token, original", stats(oi), ""))
+    rows.append(("new process: import to first token, this package", stats(pi), "precompiled component from the user cache"))
+    rows.append(("new process: whole process, original", stats(ow), "python -c, interpreter start included"))
+    rows.append(("new process: whole process, this package", stats(pw), ""))
+    if args.wheel:
+        rows.append(("wheel size", f"{os.path.getsize(args.wheel):,} bytes", os.path.basename(args.wheel)))
+
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; broker {url}\n")
+    print("| measure | result | note |\n| --- | --- | --- |")
+    for name, result, note in rows:
+        print(f"| {name} | {result} | {note} |")
+    broker.stdin.close()
+    broker.wait()
+
+
+if __name__ == "__main__":
+    main()

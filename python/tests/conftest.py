@@ -1,0 +1,118 @@
+"""Fixtures: the Rust mock broker (``host-test mock-broker``, a real HTTP/1.1
+server that records every request), a mock runtime-access helper on a Unix
+socket (the same binary), a bearer file, and an environment pointing at them.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def host_test_bin() -> str:
+    path = os.environ.get("VD_HOST_TEST_BIN") or str(REPO / "target" / "debug" / "host-test")
+    if not os.path.exists(path):
+        pytest.exit(
+            f"the mock broker binary {path} does not exist: run `cargo build -p host-test` "
+            "(scripts/test.sh does), or set VD_HOST_TEST_BIN",
+            returncode=2,
+        )
+    return path
+
+
+class MockBroker:
+    """``host-test mock-broker``, driven over its stdin."""
+
+    def __init__(self, unix_socket=None):
+        args = [host_test_bin(), "mock-broker"]
+        if unix_socket is not None:
+            args += ["--unix", str(unix_socket)]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.url = self.proc.stdout.readline().strip()
+        self.socket = unix_socket
+
+    def _send(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def reply(self, status=200, body="", headers=(), delay_ms=0, drop=False):
+        """Script the next answer; returns once the broker has it."""
+        spec = {"status": status, "body": body, "headers": [list(h) for h in headers],
+                "delay_ms": delay_ms, "drop": drop}
+        self._send("reply " + json.dumps(spec))
+        self.requests()
+        return self
+
+    def token(self, token, expires_in=3600, **extra):
+        return self.reply(200, json.dumps({"access_token": token, "expires_in": expires_in, **extra}))
+
+    def default(self, status=200, body="", delay_ms=0):
+        self._send("default " + json.dumps({"status": status, "body": body, "delay_ms": delay_ms}))
+        self.requests()
+
+    def requests(self):
+        """Every request received so far: method, path, headers (lower-case), body."""
+        self._send("requests")
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def broker():
+    b = MockBroker()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def bearer(tmp_path):
+    """A bearer file; ``bearer.write(text)`` rotates it."""
+
+    class Bearer:
+        path = tmp_path / "vd" / "credential"
+        value = "vd_iat_" + os.urandom(12).hex()
+
+        def write(self, text):
+            self.path.write_text(text)
+
+    b = Bearer()
+    b.path.parent.mkdir()
+    b.write(b.value + "\n")
+    return b
+
+
+@pytest.fixture
+def env(monkeypatch, broker, bearer, tmp_path):
+    """Broker mode from the environment, as Studio sets it; no helper socket."""
+    for var in ("VD_CREDENTIAL_LANE", "VD_CREDENTIAL_CONFIGURATION_REVISION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VD_CREDENTIAL_BROKER_URL", broker.url)
+    monkeypatch.setenv("VD_CREDENTIAL_FILE", str(bearer.path))
+    monkeypatch.setenv("VD_RUNTIME_ACCESS_SOCKET", str(tmp_path / "no-helper.sock"))
+    return monkeypatch
+
+
+@pytest.fixture
+def helper(monkeypatch, tmp_path):
+    """A mock runtime-access helper on a Unix socket, and no broker settings."""
+    sock = tmp_path / "program.sock"
+    h = MockBroker(unix_socket=sock)
+    for var in ("VD_CREDENTIAL_BROKER_URL", "VD_CREDENTIAL_FILE", "VD_CREDENTIAL_LANE",
+                "VD_CREDENTIAL_CONFIGURATION_REVISION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VD_RUNTIME_ACCESS_SOCKET", str(sock))
+    yield h
+    h.close()
+
+
+def token_body(token, expires_in=3600, **extra):
+    return json.dumps({"access_token": token, "expires_in": expires_in, **extra})

@@ -1,0 +1,42 @@
+"""VibeData Studio's Azure ``TokenCredential``, run as a sandboxed WebAssembly component.
+
+A drop-in for ``vibedata_studio_azure_cred_broker``::
+
+    from vd_cred_broker import StudioAzureCredBroker
+    credential = StudioAzureCredBroker()       # VD_CREDENTIAL_BROKER_URL, VD_CREDENTIAL_FILE
+    token = credential.get_token("https://vault.azure.net/.default")
+
+``vd_cred_broker.aio.StudioAzureCredBroker`` is the asyncio twin.
+"""
+
+from ._credential import StudioAzureCredBroker
+from .errors import (
+    BearerUnavailableError,
+    BrokerFailedError,
+    BrokerRejectedError,
+    BrokerUnreachableError,
+    ConfigurationError,
+    CredentialError,
+    HostError,
+    InvalidResponseError,
+    InvalidScopesError,
+    ScopeNotAllowedError,
+    UnsupportedOptionError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "StudioAzureCredBroker",
+    "CredentialError",
+    "ConfigurationError",
+    "InvalidScopesError",
+    "ScopeNotAllowedError",
+    "UnsupportedOptionError",
+    "BearerUnavailableError",
+    "BrokerUnreachableError",
+    "BrokerRejectedError",
+    "BrokerFailedError",
+    "InvalidResponseError",
+    "HostError",
+]

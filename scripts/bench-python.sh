@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The Python side-by-side benchmark: builds the wheel as users get it (the
+# bench profile, as `pip install ./python` does: an optimized wasmtime build,
+# about 10 minutes the first time on 2 cores), installs it
+# with the original credential in target/venv-bench, and runs
+# python/bench/compare.py against host-test's fast loopback broker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/venv-bench
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
+cargo build --package host-test
+rm -rf target/wheels-release
+"$venv/bin/maturin" build --quiet --manifest-path python/Cargo.toml --out target/wheels-release \
+    --interpreter "$venv/bin/python"
+wheel=$(ls target/wheels-release/*.whl)
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+"$venv/bin/python" python/bench/compare.py --broker target/debug/host-test --wheel "$wheel" "$@"

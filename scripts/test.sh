@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, Rust and Python: the README's test command, and what
+# .ci/run runs after its lints.
+#
+# Rust: unit tests, end-to-end tests through the component in the wasmtime
+# sandbox, property tests, doctests. Python: the package built as a wheel over
+# the same host library, installed in its own virtualenv (target/venv) with
+# the pinned test dependencies (python/requirements-test.txt), tested against
+# the Rust mock broker with dbt-fabricspark, dlt, azure-keyvault-secrets and
+# azure-core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace --exclude vd-cred-python
+
+venv=target/venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
+cargo build --package host-test # the mock broker the Python tests drive
+rm -rf target/wheels
+"$venv/bin/maturin" build --quiet --profile dev --manifest-path python/Cargo.toml --out target/wheels \
+    --interpreter "$venv/bin/python"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+    target/wheels/*.whl
+VD_HOST_TEST_BIN="$PWD/target/debug/host-test" "$venv/bin/pytest" python/tests
