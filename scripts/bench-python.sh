@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Python side-by-side benchmark: builds the wheel as users get it (the
-# bench profile, as `pip install ./python` does: an optimized wasmtime build,
+# `wheel` profile, as `pip install ./python` does: an optimized wasmtime build,
 # about 10 minutes the first time on 2 cores), installs it
 # with the original credential in target/venv-bench, and runs
 # python/bench/compare.py against host-test's fast loopback broker.

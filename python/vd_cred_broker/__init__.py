@@ -9,34 +9,10 @@ A drop-in for ``vibedata_studio_azure_cred_broker``::
 ``vd_cred_broker.aio.StudioAzureCredBroker`` is the asyncio twin.
 """
 
+from . import errors
 from ._credential import StudioAzureCredBroker
-from .errors import (
-    BearerUnavailableError,
-    BrokerFailedError,
-    BrokerRejectedError,
-    BrokerUnreachableError,
-    ConfigurationError,
-    CredentialError,
-    HostError,
-    InvalidResponseError,
-    InvalidScopesError,
-    ScopeNotAllowedError,
-    UnsupportedOptionError,
-)
+from .errors import *  # noqa: F403 (the exception types, listed in errors.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "StudioAzureCredBroker",
-    "CredentialError",
-    "ConfigurationError",
-    "InvalidScopesError",
-    "ScopeNotAllowedError",
-    "UnsupportedOptionError",
-    "BearerUnavailableError",
-    "BrokerUnreachableError",
-    "BrokerRejectedError",
-    "BrokerFailedError",
-    "InvalidResponseError",
-    "HostError",
-]
+__all__ = ["StudioAzureCredBroker", *errors.__all__]
