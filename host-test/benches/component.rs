@@ -208,7 +208,7 @@ fn main() {
 
     // Host memory with live instances.
     for (name, h) in [("default", &host), ("pooling", &pooled)] {
-        let base = rss_kib();
+        let base = rss_kib().expect("RSS is read from /proc/self/status (Linux)");
         let mut live = Vec::new();
         for target in [1usize, 100, 1000] {
             while live.len() < target {
@@ -218,7 +218,7 @@ fn main() {
                     .unwrap_err();
                 live.push(s);
             }
-            let grown = rss_kib().saturating_sub(base);
+            let grown = rss_kib().unwrap_or(base).saturating_sub(base);
             rows.push(Row(
                 format!("host RSS growth, {target} live instances ({name})"),
                 format!("{:.1} MiB", grown as f64 / 1024.0),

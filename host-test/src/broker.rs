@@ -132,6 +132,9 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// When the whole request had arrived.
     pub received_at: std::time::Instant,
+    /// What the mock answered (a [`Reply::OneOf`] or [`Reply::Authorized`]
+    /// resolved to the reply it chose; a mint as [`Reply::Mint`]), once chosen.
+    pub answered: Option<Reply>,
 }
 
 impl Recorded {
@@ -149,6 +152,8 @@ struct Inner {
     script: VecDeque<Reply>,
     default: Option<Reply>,
     requests: Vec<Recorded>,
+    /// Requests received since the start, forgotten ones included.
+    served: usize,
 }
 
 /// Where the mock listens.
@@ -242,6 +247,12 @@ impl MockBroker {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// Every request received so far, forgetting them (the next request is
+    /// still numbered after them).
+    pub fn take_requests(&self) -> Vec<Recorded> {
+        std::mem::take(&mut self.inner.lock().unwrap().requests)
     }
 
     /// How many requests were received.
@@ -341,9 +352,12 @@ async fn answer(
             headers,
             body,
             received_at: std::time::Instant::now(),
+            answered: None,
         });
-        let n = inner.requests.len();
-        let authorization = inner.requests[n - 1]
+        inner.served += 1;
+        let n = inner.served;
+        let last = inner.requests.len() - 1;
+        let authorization = inner.requests[last]
             .header("authorization")
             .map(str::to_string);
         let mut reply = inner.script.pop_front().or_else(|| inner.default.clone());
@@ -361,6 +375,7 @@ async fn answer(
             let x = vd_cred_broker::retry::splitmix64(n as u64);
             reply = choices.get(x as usize % choices.len().max(1)).cloned();
         }
+        inner.requests[last].answered = Some(reply.clone().unwrap_or(Reply::Mint));
         match reply {
             None | Some(Reply::Mint) => Reply::json(200, mint_body(n)),
             Some(reply) => reply,

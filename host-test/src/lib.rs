@@ -40,13 +40,12 @@ pub mod probe;
 pub use broker::{MockBroker, Recorded, Reply};
 pub use clock::TestClock;
 
-/// This process's resident set size in KiB (Linux `/proc/self/status`; 0
-/// elsewhere): for the soak test and the memory benchmark.
-pub fn rss_kib() -> u64 {
+/// This process's resident set size in KiB, from Linux's `/proc/self/status`;
+/// `None` where that does not exist: for the soak test and the memory benchmark.
+pub fn rss_kib() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
