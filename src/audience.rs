@@ -142,7 +142,17 @@ mod tests {
     #[test]
     fn every_default_audience_with_each_spelling() {
         let map = AudienceMap::default();
-        for (resource, audience) in DEFAULT_AUDIENCES {
+        // Written out, not taken from the table under test.
+        let expected = [
+            ("https://database.windows.net", "sql"),
+            ("https://storage.azure.com", "storage"),
+            ("https://vault.azure.net", "vault"),
+            ("https://api.fabric.microsoft.com", "fabric_api"),
+            ("https://analysis.windows.net/powerbi/api", "fabric_cli"),
+            ("https://management.azure.com", "arm"),
+        ];
+        assert_eq!(DEFAULT_AUDIENCES.len(), expected.len());
+        for (resource, audience) in expected {
             for scope in [
                 resource.to_string(),
                 format!("{resource}/"),

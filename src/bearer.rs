@@ -7,6 +7,10 @@ use std::io::{ErrorKind, Read};
 
 use crate::{CredentialError, Secret};
 
+/// `EPERM`, which a WASI host returns for a path that leaves every preopened
+/// directory (wasi-libc's number for it; Linux's natively).
+const EPERM: i32 = if cfg!(target_os = "wasi") { 63 } else { 1 };
+
 /// Larger bearer files are refused unread.
 pub const MAX_BEARER_BYTES: u64 = 64 * 1024;
 
@@ -25,6 +29,12 @@ pub fn read_bearer(path: &str) -> Result<Secret, CredentialError> {
         ErrorKind::NotFound => unavailable(
             "does not exist, or is outside the directories the host shares with the component: \
              is the Studio intent session active, and is its directory preopened?"
+                .into(),
+        ),
+        ErrorKind::PermissionDenied if e.raw_os_error() == Some(EPERM) => unavailable(
+            "leads outside the directories the host shares with the component (a `..` or a \
+             symbolic link out of the preopened directory), so the sandbox refused it: point \
+             VD_CREDENTIAL_FILE at the bearer file inside the preopened directory"
                 .into(),
         ),
         ErrorKind::PermissionDenied => unavailable(format!(

@@ -7,7 +7,8 @@
 
 use serde_json::Value;
 
-/// At most this many characters of a body are quoted.
+/// At most this many characters of a body are quoted, the `...` that marks a
+/// cut included.
 pub const EXCERPT_CHARS: usize = 200;
 
 const REDACTED: &str = "[redacted]";
@@ -70,7 +71,11 @@ pub fn excerpt(body: &[u8], secrets: &[&str]) -> String {
     }
     let out = out.trim_end();
     match out.char_indices().nth(EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}...", &out[..cut]),
+        // Longer than the bound: cut to leave room for the marker.
+        Some(_) => {
+            let (cut, _) = out.char_indices().nth(EXCERPT_CHARS - 3).expect("longer");
+            format!("{}...", &out[..cut])
+        }
         None => out.to_string(),
     }
 }
@@ -227,8 +232,14 @@ mod tests {
         let e = excerpt(&body, &[]);
         assert!(!e.chars().any(char::is_control), "{e:?}");
         assert!(e.starts_with("line1 line2"), "{e}");
-        assert!(e.chars().count() <= EXCERPT_CHARS + 3);
+        assert_eq!(e.chars().count(), EXCERPT_CHARS);
         assert!(e.ends_with("..."));
+        let exactly = "x".repeat(EXCERPT_CHARS);
+        assert_eq!(
+            excerpt(exactly.as_bytes(), &[]),
+            exactly,
+            "not cut at the bound"
+        );
         assert_eq!(excerpt(b"", &[]), "");
     }
 }

@@ -270,10 +270,13 @@ pub fn validate_broker_url(
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("contains whitespace or control characters"));
     }
+    if !raw.contains("://") {
+        return Err(bad("is not absolute (no http:// or https://)"));
+    }
     let uri: http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
-    let scheme = uri
-        .scheme_str()
-        .ok_or_else(|| bad("is not absolute (no http:// or https://)"))?;
+    // With "://" present, a URL without a scheme once parsed had nothing
+    // after it ("https://" trims to "https:").
+    let scheme = uri.scheme_str().ok_or_else(|| bad("has no host"))?;
     let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
     if authority.as_str().contains('@') {
         return Err(bad(

@@ -2,9 +2,11 @@
 //! round-trip does.
 
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use serde_json::Value;
 use vd_cred_broker::{
-    AudienceMap, CredentialError, EXCERPT_CHARS, MAX_EXPIRES_IN, excerpt, normalize_scope,
-    parse_answer, parse_bearer, validate_broker_url,
+    AudienceMap, CredentialError, EXCERPT_CHARS, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, excerpt,
+    normalize_scope, parse_answer, parse_bearer, validate_broker_url,
 };
 
 proptest! {
@@ -43,6 +45,61 @@ proptest! {
         let _ = parse_answer(status, &body, &["vd_iat_secret"]);
     }
 
+    /// Structured answers: a JSON object whose `access_token`, `expires_in` and
+    /// `refresh_in` are each drawn from a known kind (valid or one specific
+    /// flaw), with random extra members, sometimes truncated, under a random
+    /// status. The generator's kinds say what the parser must decide.
+    #[test]
+    fn structured_answers_are_decided_by_their_members(
+        token in token_member(),
+        expires in seconds_member(),
+        refresh in seconds_member(),
+        extra in proptest::collection::vec(("[a-z_]{1,12}", json_value()), 0..4),
+        status in prop_oneof![4 => 200u16..300, 1 => 100u16..600],
+        cut in proptest::option::weighted(0.2, any::<prop::sample::Index>()),
+    ) {
+        let mut answer = serde_json::Map::new();
+        for (name, value) in extra {
+            if !["access_token", "expires_in", "refresh_in"].contains(&name.as_str()) {
+                answer.insert(name, value);
+            }
+        }
+        for (name, member) in [("access_token", &token.1), ("expires_in", &expires.1), ("refresh_in", &refresh.1)] {
+            if let Some(value) = member {
+                answer.insert(name.into(), value.clone());
+            }
+        }
+        let mut body = serde_json::to_vec(&Value::Object(answer)).unwrap();
+        let truncated = cut.map(|i| body.truncate(i.index(body.len())));
+        let result = parse_answer(status, &body, &[]);
+        match result {
+            _ if !(200..300).contains(&status) => {
+                let rejected = matches!(result, Err(CredentialError::BrokerRejected { status: s, .. }) if s == status);
+                let failed = matches!(result, Err(CredentialError::BrokerFailed { status: s, .. }) if s == status);
+                prop_assert!(if matches!(status, 401 | 403) { rejected } else { failed }, "{result:?}");
+            }
+            Err(CredentialError::InvalidResponse(ref m)) if truncated.is_some() => {
+                prop_assert!(m.contains("is not JSON"), "{m}");
+            }
+            Ok(minted) => {
+                prop_assert!(truncated.is_none());
+                let Token::Valid(t) = &token.0 else { return Err(TestCaseError::fail(format!("accepted {token:?}"))) };
+                prop_assert_eq!(minted.token.expose(), t.as_str());
+                prop_assert_eq!(Some(minted.expires_in), expires.0.accepted().unwrap_or(None).or(Some(3600)));
+                prop_assert_eq!(Ok(minted.refresh_in), refresh.0.accepted());
+            }
+            Err(CredentialError::InvalidResponse(m)) => {
+                let token_ok = matches!(token.0, Token::Valid(_));
+                let seconds_ok = expires.0.accepted().is_ok() && refresh.0.accepted().is_ok();
+                prop_assert!(!(token_ok && seconds_ok), "refused a good answer: {m}");
+                // The message names the first member at fault, in the parser's order.
+                let named = if !token_ok { "access_token" } else if expires.0.accepted().is_err() { "expires_in" } else { "refresh_in" };
+                prop_assert!(m.contains(named), "{named}: {m}");
+            }
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+
     #[test]
     fn answers_round_trip(token in "[A-Za-z0-9._~+/=-]{1,200}", expires in 1..=MAX_EXPIRES_IN, as_string in any::<bool>(), status in 200u16..300) {
         let expires_json = if as_string { format!("\"{expires}\"") } else { expires.to_string() };
@@ -70,7 +127,7 @@ proptest! {
         body.extend_from_slice(secret.as_bytes());
         body.extend_from_slice(suffix.as_bytes());
         let e = excerpt(&body, &[&secret]);
-        prop_assert!(e.chars().count() <= EXCERPT_CHARS + 3);
+        prop_assert!(e.chars().count() <= EXCERPT_CHARS);
         prop_assert!(!e.chars().any(char::is_control));
         prop_assert!(!e.contains(&secret), "{}", e);
         let _ = excerpt(&prefix, &[]);
@@ -85,4 +142,83 @@ proptest! {
             prop_assert!(!b.chars().any(|c| c.is_control() && c != '\t'));
         }
     }
+}
+
+/// How an `access_token` member was made.
+#[derive(Debug, Clone)]
+enum Token {
+    Valid(String),
+    Flawed(&'static str),
+}
+
+fn token_member() -> impl Strategy<Value = (Token, Option<Value>)> {
+    prop_oneof![
+        6 => "[A-Za-z0-9._~+/=-]{1,300}".prop_map(|t| (Token::Valid(t.clone()), Some(Value::from(t)))),
+        1 => Just((Token::Flawed("absent"), None)),
+        1 => Just((Token::Flawed("null"), Some(Value::Null))),
+        1 => Just((Token::Flawed("empty"), Some(Value::from("")))),
+        1 => "[a-z]{1,8} [a-z]{1,8}".prop_map(|t| (Token::Flawed("space"), Some(Value::from(t)))),
+        1 => "[a-z]{1,8}[\\x00-\\x1f\\x7f\u{e9}\u{2028}][a-z]{0,8}".prop_map(|t| (Token::Flawed("control or non-ASCII"), Some(Value::from(t)))),
+        1 => Just((Token::Flawed("too long"), Some(Value::from("a".repeat(MAX_TOKEN_BYTES + 1))))),
+        1 => json_value().prop_filter("not a string or null", |v| !v.is_string() && !v.is_null())
+            .prop_map(|v| (Token::Flawed("not a string"), Some(v))),
+    ]
+}
+
+/// How a lifetime member (`expires_in`, `refresh_in`) was made.
+#[derive(Debug, Clone, PartialEq)]
+enum Seconds {
+    Absent,
+    Valid(u64),
+    Flawed(&'static str),
+}
+
+impl Seconds {
+    /// What the parser must make of it: `Ok(None)` absent, `Ok(Some(n))`, or refused.
+    fn accepted(&self) -> Result<Option<u64>, ()> {
+        match self {
+            Seconds::Absent => Ok(None),
+            Seconds::Valid(n) => Ok(Some(*n)),
+            Seconds::Flawed(_) => Err(()),
+        }
+    }
+}
+
+fn seconds_member() -> impl Strategy<Value = (Seconds, Option<Value>)> {
+    prop_oneof![
+        2 => Just((Seconds::Absent, None)),
+        1 => Just((Seconds::Absent, Some(Value::Null))),
+        3 => (1..=MAX_EXPIRES_IN).prop_map(|n| (Seconds::Valid(n), Some(Value::from(n)))),
+        2 => (1..=MAX_EXPIRES_IN).prop_map(|n| (Seconds::Valid(n), Some(Value::from(n.to_string())))),
+        1 => (1..=MAX_EXPIRES_IN).prop_map(|n| (Seconds::Valid(n), Some(Value::from(n as f64)))),
+        1 => Just((Seconds::Flawed("zero"), Some(Value::from(0)))),
+        1 => Just((Seconds::Flawed("zero string"), Some(Value::from("0")))),
+        1 => (MAX_EXPIRES_IN + 1..u64::MAX).prop_map(|n| (Seconds::Flawed("too large"), Some(Value::from(n)))),
+        1 => (i64::MIN..0).prop_map(|n| (Seconds::Flawed("negative"), Some(Value::from(n)))),
+        1 => (1.0e-3f64..1.0e6).prop_filter("fractional", |f| f.fract() != 0.0)
+            .prop_map(|f| (Seconds::Flawed("fractional"), Some(Value::from(f)))),
+        1 => "[0-9]{0,3}[^0-9][0-9a-z ]{0,4}".prop_map(|s| (Seconds::Flawed("not digits"), Some(Value::from(s)))),
+        1 => prop_oneof![Just(Value::from(true)), Just(Value::Array(vec![])), Just(serde_json::json!({"s": 1}))]
+            .prop_map(|v| (Seconds::Flawed("not a number"), Some(v))),
+    ]
+}
+
+/// Any JSON value, a few levels deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
 }

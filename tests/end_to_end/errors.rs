@@ -251,5 +251,45 @@ async fn describe_error_renders_in_the_component() {
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(sandbox.describe_error(&err).await.unwrap(), err.to_string());
+    // Expected sentences written out, not rendered by the same Display code.
+    let cases = [
+        (
+            err,
+            "scope \"https://nope\" is not allowed: it maps to no known resource; known resources: \
+             https://analysis.windows.net/powerbi/api, https://api.fabric.microsoft.com, \
+             https://database.windows.net, https://management.azure.com, https://storage.azure.com, \
+             https://vault.azure.net. Request one of these (optionally with /.default), or add the \
+             resource with the audience-map option",
+        ),
+        (
+            E::BrokerRejected {
+                status: 401,
+                detail: "revoked".into(),
+            },
+            "the credential broker rejected the request (HTTP 401): the intent access token may be \
+             expired, revoked, or out of scope; start a new Studio intent session. Broker said: revoked",
+        ),
+        (
+            E::BrokerFailed {
+                status: 503,
+                detail: String::new(),
+            },
+            "the credential broker failed with HTTP 503; check the broker's logs or retry later",
+        ),
+        (
+            E::Configuration("timeout-ms must be more than 0".into()),
+            "credential configuration error: timeout-ms must be more than 0",
+        ),
+        (
+            E::BearerUnavailable("the bearer file \"/run/vd/credential\" is empty".into()),
+            "intent bearer unavailable: the bearer file \"/run/vd/credential\" is empty",
+        ),
+        (
+            E::Unsupported("claims".into()),
+            "unsupported request: claims",
+        ),
+    ];
+    for (error, expected) in cases {
+        assert_eq!(sandbox.describe_error(&error).await.unwrap(), expected);
+    }
 }

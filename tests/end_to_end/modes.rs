@@ -342,11 +342,13 @@ async fn in_helper_mode_the_sandbox_has_no_preopen_and_no_bearer_path() {
             .unwrap(),
         Ok(200)
     );
-    assert!(
-        probe
-            .http_get("http://127.0.0.1:1/")
-            .await
-            .unwrap()
-            .is_err()
-    );
+    // Any other origin is refused by the host's policy (were it let through,
+    // 127.0.0.1:1 would answer ConnectionRefused instead).
+    for url in ["http://127.0.0.1:1/", "http://localhost/v1/credentials"] {
+        assert_eq!(
+            probe.http_get(url).await.unwrap(),
+            Err("ErrorCode::HttpRequestDenied".to_string()),
+            "{url}"
+        );
+    }
 }

@@ -27,17 +27,36 @@ async fn each_retryable_status_is_retried() {
 async fn final_answers_are_not_retried() {
     let f = Fixture::new();
     f.broker.set_default(Reply::Mint);
-    for reply in [
-        Reply::json(400, "bad"),
-        Reply::json(401, "no"),
-        Reply::json(403, "no"),
-        Reply::json(404, "where"),
-        Reply::json(200, "not json"),
-        Reply::json(200, r#"{"expires_in":5}"#),
+    let rejected = |status, detail: &str| E::BrokerRejected {
+        status,
+        detail: detail.into(),
+    };
+    let failed = |status, detail: &str| E::BrokerFailed {
+        status,
+        detail: detail.into(),
+    };
+    for (reply, expected) in [
+        (Reply::json(400, "bad"), failed(400, "bad")),
+        (Reply::json(401, "no"), rejected(401, "no")),
+        (Reply::json(403, "no"), rejected(403, "no")),
+        (Reply::json(404, "where"), failed(404, "where")),
+        (
+            Reply::json(200, "not json"),
+            E::InvalidResponse(
+                "HTTP 200 answer is not JSON: is VD_CREDENTIAL_BROKER_URL the Studio credential \
+                 broker's base URL?"
+                    .into(),
+            ),
+        ),
+        (
+            Reply::json(200, r#"{"expires_in":5}"#),
+            E::InvalidResponse("HTTP 200 answer is missing access_token".into()),
+        ),
     ] {
         let before = f.broker.request_count();
         f.broker.push(reply.clone());
-        assert!(f.get_token(&[VAULT]).await.is_err(), "{reply:?}");
+        // One attempt: the error carries no "after N attempts".
+        assert_eq!(f.get_token(&[VAULT]).await.unwrap_err(), expected);
         assert_eq!(f.broker.request_count() - before, 1, "{reply:?}");
     }
 }
@@ -78,43 +97,54 @@ async fn retry_after_beyond_the_deadline_ends_the_call() {
 }
 
 #[tokio::test]
-async fn a_broker_that_keeps_failing_ends_within_the_deadline() {
+async fn a_broker_that_keeps_failing_ends_when_the_next_wait_would_pass_the_deadline() {
+    // Retry-After makes each wait exactly 1 s: attempts at 0, 1 and 2 s; a
+    // third wait would end at 3 s, past the 2.5 s deadline, so the call ends
+    // after three attempts (a longer deadline would allow the fourth).
     let f = Fixture::new();
-    f.broker.set_default(Reply::json(500, "still down"));
+    f.broker
+        .set_default(Reply::json(503, "still down").with_header("retry-after", "1"));
+    let mut o = options();
+    o.timeout_ms = Some(2_500);
+    let started = Instant::now();
+    let err = f.get_token_with(o, &[VAULT]).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(
+        err.to_string(),
+        "the credential broker failed with HTTP 503; check the broker's logs or retry later. \
+         Broker said: still down (after 3 attempts)"
+    );
+    assert_eq!(f.broker.request_count(), 3);
+    assert!(
+        (Duration::from_secs(2)..Duration::from_millis(2_500)).contains(&took),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_that_answers_too_slowly_ends_at_the_deadline() {
+    // Each answer takes 700 ms: the first attempt fails at 0.7 s, the second
+    // starts within 0.1 s after and has under 0.3 s left, so it times out at
+    // the 1 s deadline. Without the deadline, four attempts would take 2.8 s.
+    let f = Fixture::new();
+    f.broker
+        .set_default(Reply::json(503, "slow").after(Duration::from_millis(700)));
     let mut o = options();
     o.timeout_ms = Some(1_000);
     let started = Instant::now();
     let err = f.get_token_with(o, &[VAULT]).await.unwrap_err();
     let took = started.elapsed();
-    let text = err.to_string();
-    assert!(
-        text.contains("HTTP 500") && text.contains("attempts") && text.contains("still down"),
-        "{text}"
+    let url = format!("{}/token", f.broker.url());
+    assert_eq!(
+        err,
+        E::BrokerUnreachable(format!(
+            "no answer from {url} within 1000 ms (timeout-ms): is Studio running? Raise \
+             timeout-ms if the broker is just slow (after 2 attempts)"
+        ))
     );
-    // Generous slack for a loaded CI machine; four attempts is the real bound here.
+    assert_eq!(f.broker.request_count(), 2);
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_millis(1_300),
         "took {took:?} with a 1 s deadline"
-    );
-    assert!((2..=4).contains(&f.broker.request_count()));
-
-    // A broker that answers too slowly every time also ends at the deadline:
-    // without it, four 700 ms attempts would take over 2.8 s.
-    let g = Fixture::new();
-    g.broker
-        .set_default(Reply::json(503, "slow").after(Duration::from_millis(700)));
-    let mut o = options();
-    o.timeout_ms = Some(1_000);
-    let started = Instant::now();
-    assert!(g.get_token_with(o, &[VAULT]).await.is_err());
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "took {took:?} with a 1 s deadline"
-    );
-    assert!(
-        g.broker.request_count() <= 2,
-        "{} attempts fit no 1 s deadline",
-        g.broker.request_count()
     );
 }
