@@ -88,6 +88,24 @@ impl Probe {
         Ok(self.iface().call_preopens(&mut self.store).await?)
     }
 
+    /// A TCP connection to `address` from inside the sandbox.
+    pub async fn tcp_connect(&mut self, address: &str) -> Result<Result<(), String>> {
+        Ok(self
+            .iface()
+            .call_tcp_connect(&mut self.store, address)
+            .await?)
+    }
+
+    /// A UDP datagram to `address` from inside the sandbox.
+    pub async fn udp_send(&mut self, address: &str) -> Result<Result<(), String>> {
+        Ok(self.iface().call_udp_send(&mut self.store, address).await?)
+    }
+
+    /// A name lookup from inside the sandbox.
+    pub async fn resolve(&mut self, name: &str) -> Result<Result<Vec<String>, String>> {
+        Ok(self.iface().call_resolve(&mut self.store, name).await?)
+    }
+
     /// `GET url` from inside the sandbox: the status, or the wasi:http error code.
     pub async fn http_get(&mut self, url: &str) -> Result<Result<u16, String>> {
         Ok(self.iface().call_http_get(&mut self.store, url).await?)

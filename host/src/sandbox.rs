@@ -153,6 +153,11 @@ impl SandboxBuilder<'_> {
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .envs(&self.env)
+            // No raw sockets or name lookups (wasmtime's defaults, stated):
+            // the only way out is wasi:http, through the egress policy.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             // Filesystem calls are tiny: run them on this thread rather than
             // tokio's blocking pool (several times faster per call).
             .allow_blocking_current_thread(true);

@@ -179,3 +179,38 @@ async fn the_probe_reaches_only_the_brokers_origin() {
     assert_eq!(f.broker.request_count(), 1);
     assert_eq!(other.request_count(), 0);
 }
+
+/// From inside: wasi:sockets is linked, but no raw socket or name lookup gets
+/// anywhere, not even to the broker's own address: the only way out is
+/// wasi:http through the host's policy.
+#[tokio::test]
+async fn the_probe_opens_no_raw_socket_and_resolves_no_name() {
+    let f = Fixture::new();
+    let broker = f.broker.addr().to_string();
+    let listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_target = listener.local_addr().unwrap().to_string();
+    let mut probe = host_test::probe::build_probe(f.builder()).await.unwrap();
+    for address in [broker.as_str(), "127.0.0.1:1", "[::1]:443", "10.0.0.1:80"] {
+        assert_eq!(
+            probe.tcp_connect(address).await.unwrap(),
+            Err("Permission denied (os error 2)".to_string()),
+            "tcp {address}"
+        );
+    }
+    assert_eq!(
+        probe.udp_send(&udp_target).await.unwrap(),
+        Err("Permission denied (os error 2)".to_string()),
+        "udp {udp_target}"
+    );
+    // wasi:sockets/ip-name-lookup is refused; std reports it as a lookup failure.
+    assert_eq!(
+        probe.resolve("localhost").await.unwrap(),
+        Err("failed to lookup address information: Non-recoverable error".to_string()),
+    );
+    assert_eq!(f.broker.request_count(), 0);
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.recv(&mut [0u8; 16]).is_err(),
+        "no datagram arrived"
+    );
+}

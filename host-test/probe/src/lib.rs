@@ -24,6 +24,28 @@ mod guest {
             std::env::vars().collect()
         }
 
+        fn tcp_connect(address: String) -> Result<(), String> {
+            std::net::TcpStream::connect(address)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+
+        fn udp_send(address: String) -> Result<(), String> {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            socket
+                .send_to(b"probe", address)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+
+        fn resolve(name: String) -> Result<Vec<String>, String> {
+            use std::net::ToSocketAddrs;
+            (name.as_str(), 80)
+                .to_socket_addrs()
+                .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
+                .map_err(|e| e.to_string())
+        }
+
         fn preopens() -> Vec<String> {
             wasi::filesystem::preopens::get_directories()
                 .into_iter()
