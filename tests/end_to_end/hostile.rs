@@ -95,6 +95,26 @@ async fn hostile_broker_answers() {
             Reply::json(200, r#"{"access_token":"t","expires_in":"0x10"}"#),
             "expires_in",
         ),
+        (
+            Reply::json(200, r#"{"access_token":null}"#),
+            "is missing access_token",
+        ),
+        (
+            Reply::json(200, r#"{"access_token":"two words"}"#),
+            "has an access_token with spaces, control or non-ASCII characters",
+        ),
+        (
+            Reply::json(200, r#"{"access_token":"t","expires_in":0}"#),
+            "has expires_in 0: a token must live a positive number of seconds",
+        ),
+        (
+            Reply::json(200, r#"{"access_token":"t","expires_in":3599.5}"#),
+            "has a expires_in that is not a positive whole number of seconds",
+        ),
+        (
+            Reply::json(200, r#"{"access_token":"t","expires_in":604801}"#),
+            "has expires_in 604801, above the 604800 seconds accepted",
+        ),
         (Reply::json(200, "null"), "not an object"),
         (Reply::json(200, ""), "not JSON"),
         (Reply::json(200, r#"{"access_token":"t""#), "not JSON"),
@@ -145,6 +165,47 @@ async fn error_excerpts_are_bounded_single_line_and_scrubbed() {
 }
 
 #[tokio::test]
+async fn secret_like_members_are_scrubbed_from_error_excerpts() {
+    let f = Fixture::new();
+    let values = [
+        "sess-cookie-value-1",
+        "hunter2-password-value",
+        "assertion-value-eyQ",
+        "Basic dXNlcjpwYXNz",
+        "a-session-token-value",
+    ];
+    let body = format!(
+        r#"{{"error":"denied","cookie":"{}","password":"{}","client_assertion":"{}","Authorization":"{}","nested":{{"session_token":"{}"}}}}"#,
+        values[0], values[1], values[2], values[3], values[4]
+    );
+    f.broker.push(Reply::json(403, body));
+    let err = f.get_token(&[VAULT]).await.unwrap_err();
+    let E::BrokerRejected {
+        status: 403,
+        detail,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    for value in values {
+        assert!(!detail.contains(value), "{value} in {detail}");
+    }
+    for name in [
+        "cookie",
+        "password",
+        "client_assertion",
+        "Authorization",
+        "session_token",
+    ] {
+        assert!(
+            detail.contains(&format!(r#""{name}":"[redacted]""#)),
+            "{name}: {detail}"
+        );
+    }
+    assert!(detail.contains(r#""error":"denied""#), "{detail}");
+}
+
+#[tokio::test]
 async fn insecure_or_malformed_broker_urls_are_refused() {
     let f = Fixture::new();
     let mut sandbox = f.sandbox().await;
@@ -187,4 +248,72 @@ async fn insecure_or_malformed_broker_urls_are_refused() {
         sandbox.open(&o).await.unwrap().is_ok(),
         "allow-insecure-http opts in"
     );
+}
+
+/// A broker that sends an endless 200 (announced as 1 GiB, or chunked without
+/// end): the component stops reading past the 1 MiB cap, so the server can
+/// push little more than the cap plus the kernel's socket buffers.
+#[tokio::test]
+async fn an_endless_answer_is_never_buffered_beyond_the_cap() {
+    use std::io::{Read, Write};
+    for chunked in [false, true] {
+        let f = Fixture::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // A reader that stopped: writes block, then time out.
+            stream
+                .set_write_timeout(Some(std::time::Duration::from_millis(300)))
+                .unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).unwrap();
+            let head = match chunked {
+                false => {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n"
+                }
+                true => {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                }
+            };
+            stream.write_all(head.as_bytes()).unwrap();
+            let block = vec![b' '; 64 * 1024];
+            let framed = [
+                format!("{:x}\r\n", block.len()).into_bytes(),
+                block.clone(),
+                b"\r\n".to_vec(),
+            ]
+            .concat();
+            let mut sent = 0usize;
+            while sent < 1 << 30 {
+                let chunk = if chunked { &framed } else { &block };
+                if stream.write_all(chunk).is_err() {
+                    break;
+                }
+                sent += block.len();
+            }
+            sent
+        });
+        let mut sandbox = f
+            .builder()
+            .env("VD_CREDENTIAL_BROKER_URL", &url)
+            .broker_url(&url)
+            .build()
+            .await
+            .unwrap();
+        let err = sandbox.get_token(&[VAULT]).await.unwrap().unwrap_err();
+        assert_eq!(
+            err,
+            E::InvalidResponse(format!(
+                "the answer from {url}/token is larger than 1048576 bytes; it was not read further"
+            )),
+            "chunked: {chunked}"
+        );
+        drop(sandbox);
+        let sent = server.join().unwrap();
+        assert!(
+            sent < 32 << 20,
+            "chunked: {chunked}: the server pushed {sent} bytes before the component stopped reading"
+        );
+    }
 }

@@ -183,6 +183,56 @@ async fn a_failed_refresh_serves_the_cached_token_and_backs_off_30_s() {
 }
 
 #[tokio::test]
+async fn every_transient_refresh_failure_serves_the_cached_token() {
+    for (name, failure) in [
+        ("408", Reply::json(408, "timeout")),
+        ("429", Reply::json(429, "slow down")),
+        ("500", Reply::json(500, "boom")),
+        ("502", Reply::json(502, "bad gateway")),
+        ("504", Reply::json(504, "gateway timeout")),
+        (
+            "dropped connection",
+            Reply::Drop {
+                delay: std::time::Duration::ZERO,
+            },
+        ),
+    ] {
+        let f = Fixture::new();
+        f.broker.push(Reply::json(
+            200,
+            r#"{"access_token":"a","expires_in":3600,"refresh_in":600}"#,
+        ));
+        let (mut s, c) = open(&f).await;
+        assert_eq!(token(&mut s, c).await, "a");
+        f.broker.set_default(failure);
+        f.clock.set_unix(T0 + 600);
+        assert_eq!(
+            token(&mut s, c).await,
+            "a",
+            "{name}: the unexpired token is served"
+        );
+        assert!(f.broker.request_count() > 1, "{name}: a refresh was tried");
+    }
+}
+
+#[tokio::test]
+async fn the_cache_is_bound_to_the_bearer_not_to_the_file() {
+    let f = Fixture::new();
+    let (mut s, c) = open(&f).await;
+    assert_eq!(token(&mut s, c).await, "mock-token-1");
+    // The same bearer written again, with other surrounding whitespace: a hit.
+    f.write_bearer(&format!("  {}\r\n\n", f.bearer));
+    assert_eq!(token(&mut s, c).await, "mock-token-1");
+    // Another bearer: a new mint; and the first one back: minted again, as
+    // the entry now belongs to the other bearer.
+    f.write_bearer("vd_iat_other");
+    assert_eq!(token(&mut s, c).await, "mock-token-2");
+    f.write_bearer(&f.bearer);
+    assert_eq!(token(&mut s, c).await, "mock-token-3");
+    assert_eq!(f.broker.request_count(), 3);
+}
+
+#[tokio::test]
 async fn a_failure_after_expiry_is_an_error() {
     let f = Fixture::new();
     let (mut s, c) = open(&f).await;
