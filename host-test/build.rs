@@ -1,8 +1,8 @@
-//! Builds the test and example guests (the sandbox probe and the Key Vault
-//! reader) for wasm32-wasip2 in release, composes the reader with the
+//! Builds the test and example guests (the sandbox probe, the test agent and
+//! the Key Vault reader) for wasm32-wasip2 in release, composes the reader with the
 //! credential component that `vd-cred-host` built (its path arrives as
 //! `DEP_VD_CRED_BROKER_WASM_PATH`), and exposes the paths to this crate as
-//! `VD_SANDBOX_PROBE_WASM` and `VD_KEYVAULT_COMPOSED_WASM`.
+//! `VD_SANDBOX_PROBE_WASM`, `VD_TEST_AGENT_WASM` and `VD_KEYVAULT_COMPOSED_WASM`.
 
 #[path = "../host/build/guest.rs"]
 mod guest;
@@ -18,7 +18,11 @@ fn main() {
         std::env::var_os("DEP_VD_CRED_BROKER_WASM_PATH").expect("vd-cred-host's component path"),
     );
     let guest_target = guest::guest_target_dir();
-    guest::build_guest(&root, &guest_target, &["sandbox-probe", "keyvault-reader"]);
+    guest::build_guest(
+        &root,
+        &guest_target,
+        &["sandbox-probe", "test-agent", "keyvault-reader"],
+    );
 
     let release = guest_target.join("wasm32-wasip2/release");
     let composed = release.join("keyvault_composed.wasm");
@@ -31,18 +35,22 @@ fn main() {
         "cargo:rustc-env=VD_KEYVAULT_COMPOSED_WASM={}",
         composed.display()
     );
-    let probe = release.join("sandbox_probe.wasm");
-    assert!(
-        probe.exists(),
-        "guest build produced no {}",
-        probe.display()
-    );
-    println!("cargo:rustc-env=VD_SANDBOX_PROBE_WASM={}", probe.display());
+    for (var, file) in [
+        ("VD_SANDBOX_PROBE_WASM", "sandbox_probe.wasm"),
+        ("VD_TEST_AGENT_WASM", "test_agent.wasm"),
+    ] {
+        let wasm = release.join(file);
+        assert!(wasm.exists(), "guest build produced no {}", wasm.display());
+        println!("cargo:rustc-env={var}={}", wasm.display());
+    }
     println!("cargo:rerun-if-changed={}", credential.display());
     for path in [
         "host-test/probe/src",
         "host-test/probe/wit",
         "host-test/probe/Cargo.toml",
+        "host-test/agent/src",
+        "host-test/agent/wit",
+        "host-test/agent/Cargo.toml",
         "examples/keyvault-reader/src",
         "examples/keyvault-reader/wit",
         "examples/keyvault-reader/Cargo.toml",

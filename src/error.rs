@@ -16,10 +16,12 @@ pub enum CredentialError {
     #[error("invalid scopes: {0}")]
     InvalidScopes(String),
 
-    /// A scope that maps to no known resource.
+    /// A scope that maps to no resource this credential serves (for a
+    /// host-linked agent: none its policy allows).
     #[error(
-        "scope {scope:?} is not allowed: it maps to no known resource; known resources: {}. \
-         Request one of these (optionally with /.default), or add the resource with the audience-map option",
+        "scope {scope:?} is not allowed: it maps to none of the resources this credential serves: \
+         {}. Request one of these (optionally with /.default); to serve another resource, add it \
+         with the audience-map option (for a host-linked agent, the host's policy decides)",
         known_resources.join(", ")
     )]
     ScopeNotAllowed {

@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod broker;
 pub mod clock;
 pub mod fast_broker;

@@ -17,6 +17,16 @@ usage:
                                   (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock),
                                   else VD_CREDENTIAL_BROKER_URL and VD_CREDENTIAL_FILE (and
                                   VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)
+  host-test run-agent <agent.wasm> --invoke '<fn>(<args>)' [--allow <resource-or-audience>,...]
+                  [--dir <host-dir>::<guest-dir>] [--env <KEY>=<VALUE>]
+                                  run an agent component whose token-credential import the host
+                                  links to the credential in a sandbox of its own (set up as
+                                  get-token sets it up); the agent gets only --dir, --env and HTTP
+                                  to anything but the broker or the helper. Calls <fn> (a root
+                                  export or one in an exported interface) with WAVE-encoded
+                                  arguments, prints the result in WAVE, and prints an audit line
+                                  for each token handed to the agent (default --allow: the six
+                                  default resources)
   host-test fast-broker           run a minimal loopback broker for benchmarks (one write per
                                   answer, TCP_NODELAY, keep-alive; always the same token): prints
                                   its URL, serves until stdin closes
@@ -48,6 +58,7 @@ async fn main() -> ExitCode {
         }
         Some("get-token") if args.len() > 1 => get_token(&args[1..]).await,
         Some("fast-broker") => fast_broker(),
+        Some("run-agent") if args.len() > 1 => run_agent(&args[1..]).await,
         Some("mock-broker") => match args.get(1..) {
             Some([]) => mock_broker(None),
             Some([flag, socket]) if flag == "--unix" => mock_broker(Some(socket)),
@@ -130,7 +141,9 @@ async fn demo(scope: &str, component: Option<&str>) -> Result<ExitCode> {
         token.expires_on,
         token.expires_on.saturating_sub(now)
     );
-    for request in broker.requests() {
+    let requests = broker.requests();
+    agent_demo(&broker, dir.path(), host).await?;
+    for request in requests {
         println!(
             "broker received  {} {} {}",
             request.method, request.path, request.version
@@ -151,6 +164,57 @@ async fn demo(scope: &str, component: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo's second part: an agent component whose credential import the
+/// host links to a credential in a sandbox of its own, allowed only Key Vault.
+async fn agent_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &Host) -> Result<()> {
+    use host_test::agent::test_agent::{self, TestAgent};
+    use vd_cred_host::linked::{AgentPolicy, LinkedCredential, TokenSource};
+
+    let sandbox = host
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", broker.url())
+        .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
+        .bearer_dir(bearer_dir, "/run/vd")
+        .broker_url(broker.url())
+        .build()
+        .await?;
+    let linked = LinkedCredential::new(sandbox, AgentPolicy::new("demo-agent").allow(["vault"]))
+        .on_token(|e| {
+            let source = match e.source {
+                TokenSource::Minted => "minted",
+                TokenSource::Cached => "cached",
+            };
+            println!(
+                "audit            agent {} got a {} token expiring at {} ({source})",
+                e.agent_id, e.audience, e.expires_on
+            );
+        });
+    let pre = test_agent::load(host.engine())?;
+    let builder = host_test::agent::AgentBuilder::default().deny(broker.url());
+    let mut agent = TestAgent::new(builder, host.engine(), &pre, linked).await?;
+    println!(
+        "agent            test_agent.wasm, linked to the credential by the host, allowed: vault"
+    );
+    let options = test_agent::no_options();
+    agent
+        .token(&options, &["https://vault.azure.net/.default"], 2)
+        .await??;
+    let refused = agent
+        .token(&options, &["https://storage.azure.com/.default"], 1)
+        .await?;
+    if let Err(e) = refused {
+        println!(
+            "agent asked      storage: {}",
+            vd_cred_broker::CredentialError::from(e)
+        );
+    }
+    let bearer = agent.read_file("/run/vd/credential").await?;
+    println!("agent read       /run/vd/credential: {bearer:?}");
+    let broker_get = agent.http_get(&format!("{}/token", broker.url())).await?;
+    println!("agent GET        the broker: {broker_get:?}");
+    Ok(())
+}
+
 async fn get_token(scopes: &[String]) -> Result<ExitCode> {
     let env = |name: &str| std::env::var(name).ok();
     let mut sandbox = vd_cred_host::from_env::sandbox_from_env(Host::shared(), env)
@@ -168,6 +232,92 @@ async fn get_token(scopes: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `run-agent`: the agent in its own store, its credential import linked by
+/// the host to the credential in the sandbox `get-token` would build.
+async fn run_agent(args: &[String]) -> Result<ExitCode> {
+    use host_test::agent::{self, AgentBuilder};
+    use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+    use wasmtime::component::wasm_wave::{self, untyped::UntypedFuncCall};
+
+    let wasm = &args[0];
+    let id = std::path::Path::new(wasm)
+        .file_stem()
+        .map_or(wasm.clone(), |s| s.to_string_lossy().into_owned());
+    let (mut invoke, mut policy, mut builder) =
+        (None, AgentPolicy::new(id), AgentBuilder::default());
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let value = rest
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--invoke" => invoke = Some(value.clone()),
+            "--allow" => policy = policy.allow(value.split(',')),
+            "--dir" => {
+                let (host, guest) = value.split_once("::").unwrap_or((value, value));
+                builder = builder.dir(host, guest);
+            }
+            "--env" => {
+                let (k, v) = value.split_once('=').unwrap_or((value, ""));
+                builder = builder.env(k, v);
+            }
+            other => anyhow::bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    let invoke = invoke.ok_or_else(|| anyhow::anyhow!("--invoke is required\n{USAGE}"))?;
+    let call = UntypedFuncCall::parse(&invoke).map_err(|e| anyhow::anyhow!("--invoke: {e}"))?;
+
+    let host = Host::shared();
+    let setup = vd_cred_host::from_env::Setup::from_env(|name| std::env::var(name).ok());
+    if let Some(url) = &setup.broker_url {
+        builder = builder.deny(url);
+    }
+    let sandbox = setup.sandbox(host).build().await?;
+    let linked = LinkedCredential::new(sandbox, policy).on_token(|e| {
+        eprintln!(
+            "audit: agent {} got a {} token expiring at {} ({})",
+            e.agent_id,
+            e.audience,
+            e.expires_on,
+            match e.source {
+                vd_cred_host::linked::TokenSource::Minted => "minted",
+                vd_cred_host::linked::TokenSource::Cached => "cached",
+            }
+        )
+    });
+    let component = wasmtime::component::Component::from_file(host.engine(), wasm)
+        .map_err(|e| anyhow::anyhow!("loading {wasm}: {e}"))?;
+    let pre = agent::link(host.engine(), &component)?;
+    let (mut store, instance) = builder.instantiate(host.engine(), &pre, linked).await?;
+
+    // The function: a root export, or one inside an exported interface.
+    let name = call.name().to_string();
+    let mut index = instance.get_export_index(&mut store, None, &name);
+    for (export, item) in component.component_type().exports(host.engine()) {
+        if index.is_some() {
+            break;
+        }
+        if let wasmtime::component::types::ComponentItem::ComponentInstance(_) = item.ty {
+            let parent = instance.get_export_index(&mut store, None, export);
+            index = instance.get_export_index(&mut store, parent.as_ref(), &name);
+        }
+    }
+    let func = index
+        .and_then(|i| instance.get_func(&mut store, i))
+        .ok_or_else(|| anyhow::anyhow!("the agent exports no function {name:?}"))?;
+    let ty = func.ty(&store);
+    let param_types: Vec<_> = ty.params().map(|(_, t)| t).collect();
+    let params = call
+        .to_wasm_params(param_types.iter())
+        .map_err(|e| anyhow::anyhow!("--invoke arguments: {e}"))?;
+    let mut results = vec![wasmtime::component::Val::Bool(false); ty.results().len()];
+    func.call_async(&mut store, &params, &mut results).await?;
+    for result in &results {
+        println!("{}", wasm_wave::to_string(result)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The benchmark broker as a process: serves until stdin closes.

@@ -33,6 +33,7 @@ mod error;
 pub mod from_env;
 mod helper;
 mod host;
+pub mod linked;
 pub mod policy;
 pub mod precompiled;
 mod sandbox;

@@ -113,25 +113,89 @@ impl WasiHttpHooks for BrokerOnly {
         let to_broker = target.is_some() && target == self.allowed;
         let to_extra = target.as_ref().is_some_and(|t| self.extra.contains(t));
         if !to_broker && !to_extra {
-            let shown = match (request.uri().scheme_str(), request.uri().authority()) {
-                (Some(s), Some(a)) => format!("{s}://{a}"),
-                _ => request.uri().to_string(),
-            };
-            self.denied.lock().unwrap().push(shown);
+            self.denied.lock().unwrap().push(shown(request.uri()));
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         drop(fut);
         if let (true, Some(socket)) = (to_broker, self.helper.clone()) {
             return Box::new(send_over_unix_socket(socket, request));
         }
-        Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+        Box::new(default_send(request, options))
+    }
+}
+
+/// An agent's egress next to a linked credential: everything but the
+/// credential's origins (the broker's, the helper's), which are denied and
+/// recorded. An agent runtime with its own egress rules applies them on top.
+pub struct AllButCredential {
+    denied_origins: Vec<(String, String)>,
+    denied: Arc<Mutex<Vec<String>>>,
+}
+
+impl AllButCredential {
+    /// Deny the origins of `urls` (the broker URL; the helper's
+    /// [`RUNTIME_ACCESS_URL`] is always denied).
+    pub fn new<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> Result<Self> {
+        let mut denied_origins =
+            vec![origin(&RUNTIME_ACCESS_URL.parse().expect("valid URL")).expect("an origin")];
+        for url in urls {
+            let url = url.as_ref();
+            let uri: Uri = url
+                .parse()
+                .with_context(|| format!("{url:?} is not a URL"))?;
+            let Some(o) = origin(&uri) else {
+                bail!("{url:?} needs an http(s) scheme and a host");
+            };
+            denied_origins.push(o);
+        }
+        Ok(AllButCredential {
+            denied_origins,
+            denied: Arc::default(),
         })
     }
+
+    /// The denied requests' `scheme://authority`.
+    pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
+        self.denied.clone()
+    }
+}
+
+impl WasiHttpHooks for AllButCredential {
+    fn send_request(
+        &mut self,
+        request: hyper::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
+    ) -> ResponseFuture {
+        let target = origin(request.uri());
+        if target.is_none_or(|t| self.denied_origins.contains(&t)) {
+            self.denied.lock().unwrap().push(shown(request.uri()));
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        drop(fut);
+        Box::new(default_send(request, options))
+    }
+}
+
+/// `scheme://authority` of a request, for the record of denied ones.
+fn shown(uri: &Uri) -> String {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(s), Some(a)) => format!("{s}://{a}"),
+        _ => uri.to_string(),
+    }
+}
+
+/// wasmtime-wasi-http's own client: a new connection per request, public web
+/// roots for TLS.
+async fn default_send(
+    request: hyper::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> std::result::Result<Sent, Error> {
+    let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+    Ok((
+        response.map(BodyExt::boxed_unsync),
+        Box::new(io) as Box<dyn Future<Output = _> + Send>,
+    ))
 }
 
 #[cfg(test)]

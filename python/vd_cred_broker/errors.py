@@ -54,7 +54,7 @@ class InvalidScopesError(CredentialError, ValueError):
 
 
 class ScopeNotAllowedError(CredentialError, ValueError):
-    """A scope that maps to no known resource (the original's type)."""
+    """A scope that maps to no resource the credential serves (the original's type)."""
 
     kind = "scope-not-allowed"
 

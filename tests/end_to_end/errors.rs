@@ -258,11 +258,12 @@ async fn describe_error_renders_in_the_component() {
     let cases = [
         (
             err,
-            "scope \"https://nope\" is not allowed: it maps to no known resource; known resources: \
-             https://analysis.windows.net/powerbi/api, https://api.fabric.microsoft.com, \
-             https://database.windows.net, https://management.azure.com, https://storage.azure.com, \
-             https://vault.azure.net. Request one of these (optionally with /.default), or add the \
-             resource with the audience-map option",
+            "scope \"https://nope\" is not allowed: it maps to none of the resources this \
+             credential serves: https://analysis.windows.net/powerbi/api, \
+             https://api.fabric.microsoft.com, https://database.windows.net, \
+             https://management.azure.com, https://storage.azure.com, https://vault.azure.net. \
+             Request one of these (optionally with /.default); to serve another resource, add it \
+             with the audience-map option (for a host-linked agent, the host's policy decides)",
         ),
         (
             E::BrokerRejected {

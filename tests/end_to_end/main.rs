@@ -6,6 +6,7 @@ mod composition;
 mod errors;
 mod hostile;
 mod lifetime;
+mod linked;
 mod modes;
 mod protocol;
 mod retries;

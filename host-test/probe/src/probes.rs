@@ -1,0 +1,77 @@
+//! What a probe tries from inside its sandbox: reading and writing files,
+//! the environment, the preopens, HTTP through wasi:http, raw sockets and name
+//! lookups. Shared by the sandbox probe and the test agent (`#[path]`).
+
+use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
+
+pub fn read_file(path: String) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+pub fn write_file(path: String, contents: String) -> Result<(), String> {
+    std::fs::write(path, contents).map_err(|e| e.to_string())
+}
+
+pub fn environment() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+pub fn tcp_connect(address: String) -> Result<(), String> {
+    std::net::TcpStream::connect(address)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+pub fn udp_send(address: String) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket
+        .send_to(b"probe", address)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+pub fn resolve(name: String) -> Result<Vec<String>, String> {
+    use std::net::ToSocketAddrs;
+    (name.as_str(), 80)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
+        .map_err(|e| e.to_string())
+}
+
+pub fn preopens() -> Vec<String> {
+    wasi::filesystem::preopens::get_directories()
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect()
+}
+
+pub fn http_get(url: String) -> Result<u16, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("not absolute")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_method(&Method::Get).map_err(|()| "method")?;
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "authority")?;
+    request
+        .set_path_with_query(Some(&path))
+        .map_err(|()| "path")?;
+    let body = request.body().map_err(|()| "body")?;
+    let pending =
+        wasi::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    wasi::http::types::OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    match pending.get() {
+        Some(Ok(Ok(response))) => Ok(response.status()),
+        Some(Ok(Err(code))) => Err(format!("{code:?}")),
+        _ => Err("no response".into()),
+    }
+}

@@ -1,0 +1,246 @@
+//! Agent components linked to the credential by the host: each agent runs in
+//! a store of its own, whose `token-credential` import is met by a
+//! [`LinkedCredential`] (the credential in its own sandbox). The agent's
+//! store gets only what [`AgentBuilder`] grants: no `VD_*` variable, no
+//! preopen unless asked for, HTTP to anywhere but the credential's origins.
+//!
+//! This is the shape a runtime author would write around `vd-cred-host`;
+//! here it serves the tests, the demo and `host-test run-agent`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use vd_cred_host::linked::{self, LinkedCredential};
+use vd_cred_host::policy::AllButCredential;
+use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// An agent's store: its own WASI and wasi:http, its egress policy, and the
+/// credential its import is linked to.
+pub struct AgentState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: AllButCredential,
+    /// The linked credential (its sandbox, policy and audit hook).
+    pub linked: LinkedCredential,
+}
+
+impl WasiView for AgentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for AgentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// WASI p2, wasi:http and the linked `token-credential`, for `component`.
+pub fn link(engine: &Engine, component: &Component) -> Result<InstancePre<AgentState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    linked::add_to_linker(&mut linker, |state: &mut AgentState| &mut state.linked)?;
+    Ok(linker.instantiate_pre(component)?)
+}
+
+/// How one agent's own store is set up.
+#[derive(Default)]
+pub struct AgentBuilder {
+    env: Vec<(String, String)>,
+    dirs: Vec<(PathBuf, String)>,
+    deny: Vec<String>,
+}
+
+impl AgentBuilder {
+    /// An environment variable for the agent (nothing is inherited).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Preopen `host_dir` read-write at `guest_path` for the agent (its
+    /// workspace, say).
+    pub fn dir(mut self, host_dir: impl Into<PathBuf>, guest_path: impl Into<String>) -> Self {
+        self.dirs.push((host_dir.into(), guest_path.into()));
+        self
+    }
+
+    /// Deny the agent HTTP to the origin of `url` (the broker's); the
+    /// helper's origin is always denied.
+    pub fn deny(mut self, url: impl Into<String>) -> Self {
+        self.deny.push(url.into());
+        self
+    }
+
+    /// The agent's store, holding `linked`.
+    pub fn store(self, engine: &Engine, linked: LinkedCredential) -> Result<Store<AgentState>> {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env);
+        for (dir, guest) in &self.dirs {
+            wasi.preopened_dir(dir, guest, FsPerms::ReadWrite)?;
+        }
+        let state = AgentState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: AllButCredential::new(&self.deny)?,
+            linked,
+        };
+        Ok(Store::new(engine, state))
+    }
+
+    /// Instantiate `pre` in the agent's store.
+    pub async fn instantiate(
+        self,
+        engine: &Engine,
+        pre: &InstancePre<AgentState>,
+        linked: LinkedCredential,
+    ) -> Result<(Store<AgentState>, Instance)> {
+        let mut store = self.store(engine, linked)?;
+        let instance = pre.instantiate_async(&mut store).await?;
+        Ok((store, instance))
+    }
+}
+
+/// The test agent (`host-test/agent`), for the tests and the demo.
+pub mod test_agent {
+    use super::*;
+
+    mod bindings {
+        wasmtime::component::bindgen!({
+            world: "vibedata:test-agent/test-agent",
+            path: ["../wit", "agent/wit"],
+            exports: { default: async },
+            with: {
+                "vibedata:cred-broker/token-credential": vd_cred_host::linked::bindings::vibedata::cred_broker::token_credential,
+            },
+        });
+    }
+
+    pub use vd_cred_host::linked::bindings::vibedata::cred_broker::token_credential::{
+        AccessToken, AccessTokenInfo, CredentialError, CredentialOptions, TokenRequestOptions,
+    };
+
+    /// Path of the test agent built by this crate's build script.
+    pub const TEST_AGENT_WASM: &str = env!("VD_TEST_AGENT_WASM");
+
+    /// The test agent, compiled and linked for `engine`.
+    pub fn load(engine: &Engine) -> Result<InstancePre<AgentState>> {
+        let (component, _) =
+            vd_cred_host::precompiled::load(engine, std::path::Path::new(TEST_AGENT_WASM))?;
+        link(engine, &component)
+    }
+
+    /// Options with nothing set: what an agent passes to use the host's settings.
+    pub fn no_options() -> CredentialOptions {
+        CredentialOptions {
+            broker_url: None,
+            credential_file: None,
+            timeout_ms: None,
+            audience_map: Vec::new(),
+            allow_insecure_http: false,
+            disable_cache: false,
+            lane: None,
+            configuration_revision: None,
+            runtime_access_url: None,
+        }
+    }
+
+    /// One test agent in its store.
+    pub struct TestAgent {
+        /// The agent's store (its state holds the linked credential).
+        pub store: Store<AgentState>,
+        instance: bindings::TestAgent,
+    }
+
+    impl TestAgent {
+        /// Instantiate the test agent from `pre` in the store `builder` describes.
+        pub async fn new(
+            builder: AgentBuilder,
+            engine: &Engine,
+            pre: &InstancePre<AgentState>,
+            linked: LinkedCredential,
+        ) -> Result<Self> {
+            let (mut store, instance) = builder.instantiate(engine, pre, linked).await?;
+            let instance = bindings::TestAgent::new(&mut store, &instance)?;
+            Ok(TestAgent { store, instance })
+        }
+
+        fn iface(&self) -> bindings::exports::vibedata::test_agent::agent::Guest {
+            self.instance.vibedata_test_agent_agent().clone()
+        }
+
+        /// `credential.open(options)`, then `get-token(scopes)` `calls` times.
+        pub async fn token(
+            &mut self,
+            options: &CredentialOptions,
+            scopes: &[&str],
+            calls: u32,
+        ) -> Result<Result<AccessToken, CredentialError>> {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            Ok(self
+                .iface()
+                .call_token(&mut self.store, options, &scopes, calls)
+                .await?)
+        }
+
+        /// `credential.open(options)`, then `get-token-info`.
+        pub async fn token_info(
+            &mut self,
+            options: &CredentialOptions,
+            scopes: &[&str],
+            request: &TokenRequestOptions,
+        ) -> Result<Result<AccessTokenInfo, CredentialError>> {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            Ok(self
+                .iface()
+                .call_token_info(&mut self.store, options, &scopes, request)
+                .await?)
+        }
+
+        /// The free `get-token`.
+        pub async fn free_token(
+            &mut self,
+            scopes: &[&str],
+        ) -> Result<Result<AccessToken, CredentialError>> {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            Ok(self
+                .iface()
+                .call_free_token(&mut self.store, &scopes)
+                .await?)
+        }
+
+        /// The imported `describe-error`, called by the agent.
+        pub async fn describe(&mut self, error: &CredentialError) -> Result<String> {
+            Ok(self.iface().call_describe(&mut self.store, error).await?)
+        }
+
+        /// Read a file from inside the agent.
+        pub async fn read_file(&mut self, path: &str) -> Result<Result<String, String>> {
+            Ok(self.iface().call_read_file(&mut self.store, path).await?)
+        }
+
+        /// The agent's environment.
+        pub async fn environment(&mut self) -> Result<Vec<(String, String)>> {
+            Ok(self.iface().call_environment(&mut self.store).await?)
+        }
+
+        /// `GET url` from inside the agent.
+        pub async fn http_get(&mut self, url: &str) -> Result<Result<u16, String>> {
+            Ok(self.iface().call_http_get(&mut self.store, url).await?)
+        }
+    }
+}
