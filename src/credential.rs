@@ -39,7 +39,9 @@ pub struct TokenRequestOptions {
 pub struct Answer {
     /// HTTP status.
     pub status: u16,
-    /// The body, as read (the transport caps it).
+    /// The body, as read: at most [`crate::MAX_ANSWER_BYTES`]. A non-2xx body
+    /// past the cap is cut there (status first); a 2xx one is
+    /// [`SendError::TooLarge`].
     pub body: Vec<u8>,
     /// The `Retry-After` header in seconds, if sent in that form.
     pub retry_after: Option<Duration>,
@@ -52,7 +54,7 @@ pub enum SendError {
     TimedOut,
     /// The host's HTTP policy refused the request.
     Denied,
-    /// The answer's body was larger than the transport accepts.
+    /// A 2xx answer's body was larger than the transport accepts.
     TooLarge(usize),
     /// Anything else: refused connection, DNS, reset, protocol error.
     Failed(String),
@@ -69,7 +71,9 @@ pub trait Platform {
         read_bearer(path)
     }
 
-    /// Send `request` and read the answer, giving up after `timeout`.
+    /// Send `request` and read the answer, giving up after `timeout`. A
+    /// non-2xx body is read up to [`crate::MAX_ANSWER_BYTES`] and cut there;
+    /// a 2xx body over it is [`SendError::TooLarge`].
     fn send(&mut self, request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendError>;
 
     /// Wait (between retries).

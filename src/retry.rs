@@ -59,13 +59,57 @@ pub fn backoff(attempts_made: u32, retry_after: Option<Duration>, unit: f64) -> 
     cap / 2 + cap.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
 }
 
-/// `Retry-After` in its delay-seconds form; an HTTP-date is not used.
-pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+/// `Retry-After` as a wait: its delay-seconds form, or an HTTP-date (the
+/// IMF-fixdate form, `Sun, 06 Nov 1994 08:49:37 GMT`) measured from
+/// `now_unix`; a date already past is no wait. Anything else is `None`.
+pub fn parse_retry_after(value: &[u8], now_unix: u64) -> Option<Duration> {
     let text = std::str::from_utf8(value).ok()?.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() {
         return None;
     }
-    Some(Duration::from_secs(text.parse().unwrap_or(u64::MAX)))
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(text.parse().unwrap_or(u64::MAX)));
+    }
+    let at = parse_imf_fixdate(text)?;
+    Some(Duration::from_secs(at.saturating_sub(now_unix)))
+}
+
+/// Unix seconds of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_imf_fixdate(text: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (_weekday, rest) = text.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    let number = |s: &str, len: usize| -> Option<u64> {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    let day = number(day, 2).filter(|d| (1..=31).contains(d))?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let year = number(year, 4).filter(|y| *y >= 1970)?;
+    let [h, m, sec] = time.split(':').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let (h, m, sec) = (
+        number(h, 2).filter(|h| *h < 24)?,
+        number(m, 2).filter(|m| *m < 60)?,
+        number(sec, 2).filter(|s| *s < 61)?,
+    );
+    // Days from the civil date (Howard Hinnant's algorithm), March-based years.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3_600 + m * 60 + sec)
 }
 
 #[cfg(test)]
@@ -98,11 +142,45 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
-        assert_eq!(parse_retry_after(b"3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(b" 0 "), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(parse_retry_after(b"-1"), None);
-        assert_eq!(parse_retry_after(b""), None);
-        assert_eq!(parse_retry_after(b"\xff"), None);
+        let now = 1_445_412_470; // Wed, 21 Oct 2015 07:27:50 GMT
+        assert_eq!(parse_retry_after(b"3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(b" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after(b"Sun, 06 Nov 1994 08:49:37 GMT", 784_111_777 - 2),
+            Some(Duration::from_secs(2)),
+            "RFC 9110's example date is 784111777"
+        );
+        assert_eq!(
+            parse_retry_after(b"Thu, 29 Feb 2024 00:00:00 GMT", 1_709_164_800 - 1),
+            Some(Duration::from_secs(1)),
+            "a leap day"
+        );
+        assert_eq!(
+            parse_retry_after(b"Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date already past: no wait"
+        );
+        for bad in [
+            &b"Wednesday, 21-Oct-15 07:28:00 GMT"[..],
+            b"Wed Oct 21 07:28:00 2015",
+            b"Wed, 21 Oct 2015 07:28:00 UTC",
+            b"Wed, 32 Oct 2015 07:28:00 GMT",
+            b"Wed, 21 Foo 2015 07:28:00 GMT",
+            b"Wed, 21 Oct 2015 24:28:00 GMT",
+            b"-1",
+            b"",
+            b"\xff",
+        ] {
+            assert_eq!(
+                parse_retry_after(bad, now),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -109,10 +109,8 @@ impl Settings {
                     ENV_RUNTIME_ACCESS_URL,
                     &env,
                 )?;
-                // The host routes this origin to the helper's socket; no bearer
-                // is sent, so plain http is fine whatever the host name.
                 Mode::Helper {
-                    helper_url: validate_broker_url(&url, true)?,
+                    helper_url: validate_helper_url(&url, options.allow_insecure_http)?,
                 }
             }
             None => {
@@ -254,10 +252,64 @@ pub fn validate_broker_url(
     raw: &str,
     allow_insecure_http: bool,
 ) -> Result<String, CredentialError> {
+    validate_url(
+        raw,
+        &UrlRules {
+            what: "the broker URL",
+            names: "VD_CREDENTIAL_BROKER_URL or broker-url",
+            example: "http://host.docker.internal:8080/api/v1/credential-broker",
+            exposes: "the bearer",
+            local_http: is_local_host,
+            allow_insecure_http,
+        },
+    )
+}
+
+/// Check a runtime-access helper URL and strip its trailing `/`: the origin
+/// the host routes to the helper's socket (`http://runtime-access`), a
+/// loopback `http` URL, or `https`; another plain `http` host only with
+/// `allow_insecure_http` (the minted token would come back in clear text).
+pub fn validate_helper_url(
+    raw: &str,
+    allow_insecure_http: bool,
+) -> Result<String, CredentialError> {
+    validate_url(
+        raw,
+        &UrlRules {
+            what: "the runtime-access helper URL",
+            names: "VD_RUNTIME_ACCESS_URL or runtime-access-url",
+            example: "http://runtime-access",
+            exposes: "the minted token",
+            local_http: |host| {
+                host.eq_ignore_ascii_case("runtime-access")
+                    || host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            },
+            allow_insecure_http,
+        },
+    )
+}
+
+/// What a URL setting is called, and where plain `http` may go.
+struct UrlRules {
+    what: &'static str,
+    names: &'static str,
+    example: &'static str,
+    /// What plain http would expose.
+    exposes: &'static str,
+    local_http: fn(&str) -> bool,
+    allow_insecure_http: bool,
+}
+
+fn validate_url(raw: &str, rules: &UrlRules) -> Result<String, CredentialError> {
     let bad = |why: &str| {
         CredentialError::Configuration(format!(
-            "the broker URL {raw:?} ({ENV_BROKER_URL} or broker-url) {why}; expected e.g. \
-             \"http://host.docker.internal:8080/api/v1/credential-broker\""
+            "{} {raw:?} ({}) {why}; expected e.g. \"{}\"",
+            rules.what, rules.names, rules.example
         ))
     };
     let url = raw.trim().trim_end_matches('/');
@@ -289,12 +341,13 @@ pub fn validate_broker_url(
     }
     match scheme.to_ascii_lowercase().as_str() {
         "https" => {}
-        "http" if allow_insecure_http || is_local_host(host) => {}
+        "http" if rules.allow_insecure_http || (rules.local_http)(host) => {}
         "http" => {
-            return Err(bad(
-                "uses plain http to a non-local host, so the bearer would cross the network in clear \
+            return Err(bad(&format!(
+                "uses plain http to a non-local host, so {} would cross the network in clear \
                  text; use https, or set allow-insecure-http if the network is trusted",
-            ));
+                rules.exposes
+            )));
         }
         _ => return Err(bad("must use http or https")),
     }
@@ -390,6 +443,41 @@ mod tests {
     }
 
     #[test]
+    fn helper_urls_are_the_routed_origin_loopback_or_https() {
+        for ok in [
+            "http://runtime-access",
+            "http://runtime-access/base/",
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000",
+            "http://localhost:9000",
+            "https://helper.example.com",
+        ] {
+            assert!(validate_helper_url(ok, false).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            validate_helper_url("http://10.0.0.5:8080", false),
+            Err(CredentialError::Configuration(
+                "the runtime-access helper URL \"http://10.0.0.5:8080\" (VD_RUNTIME_ACCESS_URL or \
+                 runtime-access-url) uses plain http to a non-local host, so the minted token would \
+                 cross the network in clear text; use https, or set allow-insecure-http if the \
+                 network is trusted; expected e.g. \"http://runtime-access\""
+                    .into()
+            ))
+        );
+        // host.docker.internal is local for the broker, not for the helper.
+        assert!(validate_helper_url("http://host.docker.internal:1", false).is_err());
+        assert!(validate_helper_url("http://10.0.0.5:8080", true).is_ok());
+        let e = env(&[(ENV_RUNTIME_ACCESS_URL, "http://helper.example.com")]);
+        let err = Settings::resolve(&Options::default(), &e).unwrap_err();
+        assert!(err.to_string().contains("VD_RUNTIME_ACCESS_URL"), "{err}");
+        let opted_in = Options {
+            allow_insecure_http: true,
+            ..Options::default()
+        };
+        assert!(Settings::resolve(&opted_in, &e).is_ok());
+    }
+
+    #[test]
     fn helper_mode_needs_nothing_else() {
         let s = Settings::resolve(
             &Options::default(),
@@ -404,7 +492,7 @@ mod tests {
         );
         assert_eq!(s.token_url(), "http://runtime-access/v1/credentials");
         let o = Options {
-            runtime_access_url: Some("http://helper".into()),
+            runtime_access_url: Some("https://helper.example.com".into()),
             ..Default::default()
         };
         let s = Settings::resolve(

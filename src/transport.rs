@@ -31,8 +31,10 @@ pub fn send(request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendEr
         .headers()
         .get("retry-after")
         .first()
-        .and_then(|v| crate::retry::parse_retry_after(v));
-    let body = read_body(&response, &deadline)?;
+        .and_then(|v| crate::retry::parse_retry_after(v, now_unix()));
+    // Status first: a failure's body is only quoted, so past the cap it is
+    // cut, not refused; only a 2xx body over the cap is an error.
+    let body = read_body(&response, &deadline, (200..300).contains(&status))?;
     Ok(Answer {
         status,
         body,
@@ -117,8 +119,13 @@ fn wait_for_response(
     }
 }
 
-/// Read the body up to the cap, or until the deadline.
-fn read_body(response: &IncomingResponse, deadline: &Pollable) -> Result<Vec<u8>, SendError> {
+/// Read the body up to the cap, or until the deadline. Past the cap it is
+/// [`SendError::TooLarge`] when `over_cap_is_error`, else the bytes so far.
+fn read_body(
+    response: &IncomingResponse,
+    deadline: &Pollable,
+    over_cap_is_error: bool,
+) -> Result<Vec<u8>, SendError> {
     let body = response
         .consume()
         .map_err(|()| failed("the response body was already taken"))?;
@@ -140,6 +147,10 @@ fn read_body(response: &IncomingResponse, deadline: &Pollable) -> Result<Vec<u8>
             Ok(chunk) => {
                 bytes.extend_from_slice(&chunk);
                 if bytes.len() > MAX_ANSWER_BYTES {
+                    if !over_cap_is_error {
+                        bytes.truncate(MAX_ANSWER_BYTES);
+                        break;
+                    }
                     return Err(SendError::TooLarge(MAX_ANSWER_BYTES));
                 }
             }
@@ -153,6 +164,13 @@ fn read_body(response: &IncomingResponse, deadline: &Pollable) -> Result<Vec<u8>
         }
     }
     Ok(bytes)
+}
+
+/// The component's wall clock (the host's), in Unix seconds.
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn failed(why: &str) -> SendError {

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use vd_cred_broker::{
     Answer, BrokerRequest, MAX_ANSWER_BYTES, Platform, SendError, retry::parse_retry_after,
@@ -80,21 +80,28 @@ async fn send(request: &BrokerRequest) -> Result<Answer, SendError> {
         .await
         .map_err(|e| failed(&e))?;
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| parse_retry_after(v.as_bytes()));
-    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map_err(
-            |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
-                Some(_) => SendError::TooLarge(MAX_ANSWER_BYTES),
-                None => failed(&e),
-            },
-        )?
-        .to_bytes()
-        .to_vec();
+    let retry_after = response.headers().get("retry-after").and_then(|v| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        parse_retry_after(v.as_bytes(), now)
+    });
+    // Frame by frame up to the cap: a 2xx body past it is refused, another
+    // status's body is cut there (status first), as in the component.
+    let mut incoming = response.into_body();
+    let mut body = Vec::new();
+    while let Some(frame) = incoming.frame().await {
+        if let Ok(data) = frame.map_err(|e| failed(&e))?.into_data() {
+            body.extend_from_slice(&data);
+        }
+        if body.len() > MAX_ANSWER_BYTES {
+            if (200..300).contains(&status) {
+                return Err(SendError::TooLarge(MAX_ANSWER_BYTES));
+            }
+            body.truncate(MAX_ANSWER_BYTES);
+            break;
+        }
+    }
     Ok(Answer {
         status,
         body,

@@ -164,6 +164,36 @@ async fn error_excerpts_are_bounded_single_line_and_scrubbed() {
     assert!(detail.starts_with("line one"), "{detail}");
 }
 
+/// Status first: a failure's body past the 1 MiB cap is cut, not refused, so
+/// the status decides (and a transient one is retried); only a 2xx body over
+/// the cap is `invalid-response`.
+#[tokio::test]
+async fn a_failure_with_a_body_over_the_cap_keeps_its_status() {
+    let f = Fixture::new();
+    let big = format!("{}{}", "down for maintenance ", "x".repeat(2 << 20));
+    f.broker.set_default(Reply::json(503, big.clone()));
+    let mut o = options();
+    o.timeout_ms = Some(5_000);
+    let err = f.get_token_with(o, &[VAULT]).await.unwrap_err();
+    let E::BrokerFailed {
+        status: 503,
+        detail,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(detail.starts_with("down for maintenance xxx"), "{detail}");
+    assert!(err.to_string().ends_with("(after 4 attempts)"), "{err}");
+    assert_eq!(f.broker.request_count(), 4, "a transient status is retried");
+    f.broker.set_default(Reply::json(401, big));
+    let err = f.get_token(&[VAULT]).await.unwrap_err();
+    assert!(
+        matches!(err, E::BrokerRejected { status: 401, .. }),
+        "{err}"
+    );
+    assert_eq!(f.broker.request_count(), 5, "a rejection is not retried");
+}
+
 #[tokio::test]
 async fn secret_like_members_are_scrubbed_from_error_excerpts() {
     let f = Fixture::new();

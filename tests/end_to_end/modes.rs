@@ -352,3 +352,39 @@ async fn in_helper_mode_the_sandbox_has_no_preopen_and_no_bearer_path() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_helper_url_must_not_send_the_token_back_in_clear() {
+    for (url, ok) in [
+        ("http://10.0.0.5:8080", false),
+        ("http://helper.example.com", false),
+        ("http://host.docker.internal:9", false),
+        ("https://helper.example.com", true),
+        ("http://127.0.0.1:9", true),
+    ] {
+        let mut sandbox = Host::shared()
+            .sandbox()
+            .env("VD_RUNTIME_ACCESS_URL", url)
+            .build()
+            .await
+            .unwrap();
+        let mut o = crate::options();
+        let refused = sandbox.open(&o).await.unwrap().err();
+        match ok {
+            true => assert_eq!(refused, None, "{url}"),
+            false => assert_eq!(
+                refused,
+                Some(vd_cred_broker::CredentialError::Configuration(format!(
+                    "the runtime-access helper URL {url:?} (VD_RUNTIME_ACCESS_URL or \
+                     runtime-access-url) uses plain http to a non-local host, so the minted token \
+                     would cross the network in clear text; use https, or set \
+                     allow-insecure-http if the network is trusted; expected e.g. \
+                     \"http://runtime-access\""
+                ))),
+                "{url}"
+            ),
+        }
+        o.allow_insecure_http = true;
+        assert!(sandbox.open(&o).await.unwrap().is_ok(), "{url}: opted in");
+    }
+}

@@ -83,6 +83,31 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    // The component's wall clock is the fixture's, at T0 = 1,700,000,000,
+    // which is Tue, 14 Nov 2023 22:13:20 GMT.
+    let f = Fixture::new();
+    f.broker
+        .push(Reply::json(503, "busy").with_header("retry-after", "Tue, 14 Nov 2023 22:13:21 GMT"));
+    f.get_token(&[VAULT]).await.unwrap();
+    let r = f.broker.requests();
+    let gap = r[1].received_at - r[0].received_at;
+    assert!(gap >= Duration::from_secs(1), "waited only {gap:?}");
+
+    // A date past the deadline ends the call at once, as the seconds form does.
+    let g = Fixture::new();
+    g.broker
+        .push(Reply::json(503, "busy").with_header("retry-after", "Tue, 14 Nov 2023 22:13:50 GMT"));
+    let mut o = options();
+    o.timeout_ms = Some(2_000);
+    let started = Instant::now();
+    let err = g.get_token_with(o, &[VAULT]).await.unwrap_err();
+    assert!(matches!(err, E::BrokerFailed { status: 503, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(g.broker.request_count(), 1);
+}
+
+#[tokio::test]
 async fn retry_after_beyond_the_deadline_ends_the_call() {
     let f = Fixture::new();
     f.broker
