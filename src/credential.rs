@@ -156,7 +156,7 @@ impl Credential {
             }
             Mode::Helper { .. } => None,
         };
-        let digest = broker
+        let mut digest = broker
             .as_ref()
             .map_or(BearerDigest::HELPER, |(_, bearer)| BearerDigest::of(bearer));
         let lookup = match &self.cache {
@@ -168,11 +168,32 @@ impl Credential {
         }
         // Only a miss or a due refresh pays for building the request.
         let url = self.settings.token_url();
-        let request = match broker {
-            Some((protocol, bearer)) => BrokerRequest::mint(url, bearer, audience, &protocol),
-            None => BrokerRequest::helper(url, audience),
+        let (request, protocol) = match broker {
+            Some((protocol, bearer)) => (
+                BrokerRequest::mint(url.clone(), bearer, audience, &protocol),
+                Some(protocol),
+            ),
+            None => (BrokerRequest::helper(url.clone(), audience), None),
         };
-        match self.mint(&request, started, platform) {
+        let mut result = self.mint(&request, started, platform);
+        // One retry across a rotation: rejected (401/403) while the file now
+        // holds another bearer, which the broker may accept. Once per call,
+        // inside the same deadline, never with the same bearer.
+        if let (
+            Err(CredentialError::BrokerRejected { .. }),
+            Some(protocol),
+            Mode::Broker {
+                credential_file, ..
+            },
+        ) = (&result, &protocol, &self.settings.mode)
+            && let Ok(fresh) = platform.read_bearer(credential_file)
+            && BearerDigest::of(&fresh) != digest
+        {
+            digest = BearerDigest::of(&fresh);
+            let request = BrokerRequest::mint(url, fresh, audience, protocol);
+            result = self.mint(&request, started, platform);
+        }
+        match result {
             Ok(minted) => {
                 let info = TokenInfo::minted(
                     minted.token,

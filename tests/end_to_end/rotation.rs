@@ -48,3 +48,85 @@ async fn a_bearer_removed_after_a_success_fails_the_next_call() {
     );
     assert_eq!(f.broker.request_count(), 1);
 }
+
+/// The rotation race: the call read the old bearer just before Studio
+/// rotated the file; the broker, which accepts only the new bearer, answers
+/// 401. The credential sees the file changed, reads the new bearer and tries
+/// once more, inside the same deadline.
+#[tokio::test]
+async fn a_rejection_after_a_rotation_is_retried_once_with_the_new_bearer() {
+    use host_test::Reply;
+    use std::time::Duration;
+
+    let f = Fixture::new();
+    let new = "vd_iat_rotated_in_flight";
+    f.broker.set_default(Reply::Authorized {
+        bearer: new.into(),
+        then: Box::new(Reply::Mint),
+    });
+    // The first answer (to the old bearer) comes after 400 ms; the file is
+    // rotated 100 ms into the wait.
+    f.broker
+        .push(Reply::json(401, r#"{"error":"bearer rotated"}"#).after(Duration::from_millis(400)));
+    let path = f.dir.path().join("credential");
+    let rotate = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(path, format!("{new}\n")).unwrap();
+    });
+    let token = f.get_token(&[VAULT]).await.unwrap();
+    rotate.join().unwrap();
+    assert_eq!(token.token, "mock-token-2");
+    let auth: Vec<String> = f
+        .broker
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        auth,
+        [format!("Bearer {}", f.bearer), format!("Bearer {new}")]
+    );
+}
+
+/// Never more than once, and never with the same bearer.
+#[tokio::test]
+async fn a_rejection_is_retried_only_for_a_changed_bearer_and_only_once() {
+    use host_test::Reply;
+    use std::time::Duration;
+
+    let f = Fixture::new();
+    f.broker
+        .set_default(Reply::json(401, r#"{"error":"revoked"}"#));
+    // Unchanged bearer: one request.
+    let err = f.get_token(&[VAULT]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            vd_cred_broker::CredentialError::BrokerRejected { status: 401, .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(f.broker.request_count(), 1);
+    // Rotated to a bearer the broker also rejects: one more, then the 401.
+    f.broker
+        .push(Reply::json(401, r#"{"error":"revoked"}"#).after(Duration::from_millis(300)));
+    let path = f.dir.path().join("credential");
+    let rotate = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(path, "vd_iat_also_revoked\n").unwrap();
+    });
+    let err = f.get_token(&[VAULT]).await.unwrap_err();
+    rotate.join().unwrap();
+    assert!(
+        matches!(
+            err,
+            vd_cred_broker::CredentialError::BrokerRejected { status: 401, .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        f.broker.request_count(),
+        3,
+        "the first call 1, the second 2"
+    );
+}
