@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use crate::cache::{BearerDigest, Lookup, TokenCache, TokenInfo};
-use crate::retry::{MAX_ATTEMPTS, backoff, is_retryable_send, is_retryable_status};
+use crate::retry::{MAX_ATTEMPTS, attempt_budget, backoff, is_retryable_send, is_retryable_status};
 use crate::{
     BrokerRequest, CredentialError, Minted, Mode, Options, Secret, Settings, bearer::read_bearer,
     parse_answer, parse_helper_answer,
@@ -239,7 +239,8 @@ impl Credential {
         loop {
             attempts += 1;
             let left = timeout.saturating_sub(started.elapsed());
-            let (error, retry_after) = match platform.send(request, left) {
+            let budget = attempt_budget(left, attempts);
+            let (error, retry_after) = match platform.send(request, budget) {
                 Ok(answer) if is_retryable_status(answer.status) => {
                     let error = parse(&answer).err();
                     (
@@ -398,8 +399,10 @@ mod tests {
         let (req, timeout) = &p.sent[0];
         assert_eq!(req.url, "http://127.0.0.1:9/api/token");
         assert_eq!(req.body, br#"{"audience":"vault"}"#);
+        // The first of up to four attempts gets half of the 5 s timeout.
         assert!(
-            *timeout <= Duration::from_millis(5_000) && *timeout > Duration::from_millis(4_000)
+            *timeout <= Duration::from_millis(2_500) && *timeout > Duration::from_millis(2_000),
+            "{timeout:?}"
         );
     }
 

@@ -59,6 +59,21 @@ pub fn backoff(attempts_made: u32, retry_after: Option<Duration>, unit: f64) -> 
     cap / 2 + cap.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
 }
 
+/// An attempt never gets less than this (or all that is left, if less), so a
+/// short `timeout-ms` is one attempt's whole budget, as before.
+pub const MIN_ATTEMPT_BUDGET: Duration = Duration::from_secs(1);
+
+/// How long attempt number `attempt` (from 1) may take when `left` remains of
+/// the call's deadline: half of what is left (at least
+/// [`MIN_ATTEMPT_BUDGET`]), so that a hung attempt is abandoned in time for
+/// another; the last attempt may take all that is left.
+pub fn attempt_budget(left: Duration, attempt: u32) -> Duration {
+    if attempt >= MAX_ATTEMPTS {
+        return left;
+    }
+    (left / 2).max(MIN_ATTEMPT_BUDGET).min(left)
+}
+
 /// `Retry-After` as a wait: its delay-seconds form, or an HTTP-date (the
 /// IMF-fixdate form, `Sun, 06 Nov 1994 08:49:37 GMT`) measured from
 /// `now_unix`; a date already past is no wait. Anything else is `None`.
@@ -138,6 +153,20 @@ mod tests {
         assert_eq!(lows[6], MAX_BACKOFF / 2);
         assert!(backoff(40, None, 1.0) <= MAX_BACKOFF);
         assert!(backoff(1, None, 0.5) > backoff(1, None, 0.1));
+    }
+
+    #[test]
+    fn attempt_budgets() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Default 10 s: halves, so a hung first attempt leaves 5 s for more.
+        assert_eq!(attempt_budget(s(10), 1), s(5));
+        assert_eq!(attempt_budget(s(4), 2), s(2));
+        // Never under a second, never over what is left.
+        assert_eq!(attempt_budget(ms(1_500), 2), s(1));
+        assert_eq!(attempt_budget(ms(250), 1), ms(250));
+        // The last attempt takes all that is left.
+        assert_eq!(attempt_budget(s(8), MAX_ATTEMPTS), s(8));
     }
 
     #[test]

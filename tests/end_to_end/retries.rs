@@ -173,3 +173,51 @@ async fn a_broker_that_answers_too_slowly_ends_at_the_deadline() {
         "took {took:?} with a 1 s deadline"
     );
 }
+
+/// A hung attempt is abandoned at half of what is left, in time for another:
+/// a broker that swallows the first request and answers the second gives a
+/// token within the default 10 s (at about 5 s).
+#[tokio::test]
+async fn a_hung_attempt_is_abandoned_in_time_for_another() {
+    let f = Fixture::new();
+    f.broker.push(Reply::Drop {
+        delay: Duration::from_secs(60),
+    });
+    let started = Instant::now();
+    let token = f.get_token(&[VAULT]).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(token.token, "mock-token-2");
+    assert_eq!(f.broker.request_count(), 2);
+    assert!(
+        (Duration::from_secs(5)..Duration::from_secs(7)).contains(&took),
+        "took {took:?}: the first attempt should end at 5 s"
+    );
+}
+
+/// A broker that hangs every time still fails by the deadline, saying how
+/// many attempts it made: 2 s, then 1 s, then all that is left of 4 s.
+#[tokio::test]
+async fn a_broker_that_always_hangs_fails_by_the_deadline() {
+    let f = Fixture::new();
+    f.broker.set_default(Reply::Drop {
+        delay: Duration::from_secs(60),
+    });
+    let mut o = options();
+    o.timeout_ms = Some(4_000);
+    let started = Instant::now();
+    let err = f.get_token_with(o, &[VAULT]).await.unwrap_err();
+    let took = started.elapsed();
+    let url = format!("{}/token", f.broker.url());
+    assert_eq!(
+        err,
+        E::BrokerUnreachable(format!(
+            "no answer from {url} within 4000 ms (timeout-ms): is Studio running? Raise \
+             timeout-ms if the broker is just slow (after 3 attempts)"
+        ))
+    );
+    assert_eq!(f.broker.request_count(), 3);
+    assert!(
+        (Duration::from_millis(3_900)..Duration::from_millis(4_400)).contains(&took),
+        "took {took:?} with a 4 s deadline"
+    );
+}
