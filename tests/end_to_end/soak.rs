@@ -178,11 +178,12 @@ async fn thousands_of_calls_against_a_faulty_broker() {
             slowest = slowest.max(s);
         }
         // Outcomes match what the broker answered this round: every hang ends
-        // its call as a timeout (it uses up the deadline); a token needs a
-        // prompt mint and a broker-rejected a 401 (never retried). A retried
-        // call can also run out of time with an answer on its way: such a
-        // mint or 401 then ends as a timeout too, rarely. Drops, 429s and 500s
-        // are retried, so they end a call only sometimes.
+        // its call as a timeout (250 ms is under the 1 s per-attempt floor,
+        // so an attempt has the whole deadline); a token needs a prompt mint
+        // and a broker-rejected a 401 (not retried: the bearer never changes
+        // here). A retried call can also run out of time with an answer on
+        // its way: such a mint or 401 then ends as a timeout too, rarely.
+        // Drops, 429s and 500s are retried, so they end a call only sometimes.
         let requests = f.broker.take_requests();
         let (mints, unauthorized, hangs, drops) = answered(&requests);
         let calls = TASKS * (KEPT_PER_TASK + FRESH_PER_TASK) * CALLS_PER_INSTANCE;
