@@ -159,14 +159,7 @@ async fn a_broker_that_answers_too_slowly_ends_at_the_deadline() {
     let started = Instant::now();
     let err = f.get_token_with(o, &[VAULT]).await.unwrap_err();
     let took = started.elapsed();
-    let url = format!("{}/token", f.broker.url());
-    assert_eq!(
-        err,
-        E::BrokerUnreachable(format!(
-            "no answer from {url} within 1000 ms (timeout-ms): is Studio running? Raise \
-             timeout-ms if the broker is just slow (after 2 attempts)"
-        ))
-    );
+    assert_eq!(err, no_answer(&f, 1_000, 2));
     assert_eq!(f.broker.request_count(), 2);
     assert!(
         took < Duration::from_millis(1_300),
@@ -207,17 +200,19 @@ async fn a_broker_that_always_hangs_fails_by_the_deadline() {
     let started = Instant::now();
     let err = f.get_token_with(o, &[VAULT]).await.unwrap_err();
     let took = started.elapsed();
-    let url = format!("{}/token", f.broker.url());
-    assert_eq!(
-        err,
-        E::BrokerUnreachable(format!(
-            "no answer from {url} within 4000 ms (timeout-ms): is Studio running? Raise \
-             timeout-ms if the broker is just slow (after 3 attempts)"
-        ))
-    );
+    assert_eq!(err, no_answer(&f, 4_000, 3));
     assert_eq!(f.broker.request_count(), 3);
     assert!(
         (Duration::from_millis(3_900)..Duration::from_millis(4_400)).contains(&took),
         "took {took:?} with a 4 s deadline"
     );
+}
+
+/// The error of a call whose last attempt got no answer before the deadline.
+fn no_answer(f: &Fixture, timeout_ms: u32, attempts: u32) -> E {
+    let url = format!("{}/token", f.broker.url());
+    E::BrokerUnreachable(format!(
+        "no answer from {url} within {timeout_ms} ms (timeout-ms): is Studio running? Raise \
+         timeout-ms if the broker is just slow (after {attempts} attempts)"
+    ))
 }
