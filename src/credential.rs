@@ -187,9 +187,10 @@ impl Credential {
             },
         ) = (&result, &protocol, &self.settings.mode)
             && let Ok(fresh) = platform.read_bearer(credential_file)
-            && BearerDigest::of(&fresh) != digest
+            && let fresh_digest = BearerDigest::of(&fresh)
+            && fresh_digest != digest
         {
-            digest = BearerDigest::of(&fresh);
+            digest = fresh_digest;
             let request = BrokerRequest::mint(url, fresh, audience, protocol);
             result = self.mint(&request, started, platform);
         }
