@@ -239,9 +239,11 @@ impl LinkedCredential {
             .ok_or_else(|| wasmtime::format_err!("unknown credential handle {}", handle.rep()))
     }
 
+    /// `credential`: the agent's handle and the credential it stands for;
+    /// `None` for the free functions.
     async fn token_info(
         &mut self,
-        rep: Option<u32>,
+        credential: Option<(u32, ResourceAny)>,
         scopes: Vec<String>,
         options: &crate::TokenRequestOptions,
     ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
@@ -250,15 +252,12 @@ impl LinkedCredential {
             Err(e) => return Ok(Err(e)),
         };
         let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-        let result = match rep {
-            Some(rep) => {
-                let credential = self.opened[&rep].credential;
-                let sandbox = &mut self.sandbox;
-                sandbox
-                    .credential_get_token_info(credential, &scopes, options)
-                    .await
-                    .map_err(trap)?
-            }
+        let result = match credential {
+            Some((_, credential)) => self
+                .sandbox
+                .credential_get_token_info(credential, &scopes, options)
+                .await
+                .map_err(trap)?,
             None => self
                 .sandbox
                 .get_token_info(&scopes, options)
@@ -266,6 +265,7 @@ impl LinkedCredential {
                 .map_err(trap)?,
         };
         if let Ok(info) = &result {
+            let rep = credential.map(|(rep, _)| rep);
             self.audit(rep, &audience, &info.token, info.expires_on);
         }
         Ok(result)
@@ -364,9 +364,13 @@ impl wit::HostCredential for LinkedCredential {
         handle: Resource<LinkedHandle>,
         scopes: Vec<String>,
     ) -> Answer<wit::AccessToken> {
-        self.opened(&handle)?;
+        let credential = self.opened(&handle)?;
         let result = self
-            .token_info(Some(handle.rep()), scopes, &no_request_options())
+            .token_info(
+                Some((handle.rep(), credential)),
+                scopes,
+                &no_request_options(),
+            )
             .await?;
         Ok(result.map(token).map_err(Into::into))
     }
@@ -377,9 +381,13 @@ impl wit::HostCredential for LinkedCredential {
         scopes: Vec<String>,
         options: wit::TokenRequestOptions,
     ) -> Answer<wit::AccessTokenInfo> {
-        self.opened(&handle)?;
+        let credential = self.opened(&handle)?;
         let result = self
-            .token_info(Some(handle.rep()), scopes, &request_options(options))
+            .token_info(
+                Some((handle.rep(), credential)),
+                scopes,
+                &request_options(options),
+            )
             .await?;
         Ok(result.map(token_info).map_err(Into::into))
     }
