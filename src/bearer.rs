@@ -34,7 +34,8 @@ pub fn read_bearer(path: &str) -> Result<Secret, CredentialError> {
         ErrorKind::PermissionDenied if e.raw_os_error() == Some(EPERM) => unavailable(
             "leads outside the directories the host shares with the component (a `..` or a \
              symbolic link out of the preopened directory), so the sandbox refused it: point \
-             VD_CREDENTIAL_FILE at the bearer file inside the preopened directory"
+             VD_CREDENTIAL_FILE at the link's target itself, or have the host share the \
+             target's directory"
                 .into(),
         ),
         ErrorKind::PermissionDenied => unavailable(format!(

@@ -56,6 +56,9 @@ pub enum SendError {
     Denied,
     /// A 2xx answer's body was larger than the transport accepts.
     TooLarge(usize),
+    /// The TLS handshake failed in a way another attempt would repeat (an
+    /// untrusted, expired or misnamed certificate): not retried.
+    Tls(String),
     /// Anything else: refused connection, DNS, reset, protocol error.
     Failed(String),
 }
@@ -268,13 +271,13 @@ impl Credential {
         let ms = self.settings.timeout.as_millis();
         if let (
             Mode::Helper { .. },
-            SendError::TimedOut | SendError::Failed(_) | SendError::Denied,
+            SendError::TimedOut | SendError::Failed(_) | SendError::Tls(_) | SendError::Denied,
         ) = (&self.settings.mode, &error)
         {
             let why = match error {
                 SendError::TimedOut => format!("no answer within {ms} ms"),
                 SendError::Denied => "the host has no route to it".to_string(),
-                SendError::Failed(why) => why,
+                SendError::Failed(why) | SendError::Tls(why) => why,
                 SendError::TooLarge(_) => unreachable!(),
             };
             return CredentialError::BrokerUnreachable(format!(
@@ -298,6 +301,10 @@ impl Credential {
             SendError::Failed(why) => CredentialError::BrokerUnreachable(format!(
                 "{url} failed: {why}: is Studio running, and is VD_CREDENTIAL_BROKER_URL right?"
             )),
+            // The reason names what to fix (trust the CA, the host name, renew).
+            SendError::Tls(why) => {
+                CredentialError::BrokerUnreachable(format!("{url} failed: {why}"))
+            }
         }
     }
 }

@@ -143,6 +143,7 @@ mod tests {
         assert!(is_retryable_send(&SendError::Failed("refused".into())));
         assert!(!is_retryable_send(&SendError::Denied));
         assert!(!is_retryable_send(&SendError::TooLarge(1)));
+        assert!(!is_retryable_send(&SendError::Tls("expired".into())));
     }
 
     #[test]

@@ -193,9 +193,32 @@ fn from_code(code: &ErrorCode) -> SendError {
         ErrorCode::ConnectionTerminated | ErrorCode::HttpProtocolError => {
             failed("the connection closed before a complete answer")
         }
-        ErrorCode::TlsProtocolError
-        | ErrorCode::TlsCertificateError
-        | ErrorCode::TlsAlertReceived(_) => failed("the TLS handshake with the broker failed"),
+        // A handshake that was refused fails the same way next time; one
+        // that broke off (a reset) is retried like any dropped connection.
+        ErrorCode::TlsCertificateError => SendError::Tls(
+            "TLS handshake failed: the host did not accept the broker's certificate \
+             (is its CA trusted by the host?)"
+                .to_string(),
+        ),
+        ErrorCode::TlsProtocolError => failed(
+            "TLS handshake failed (if the broker's certificate is from a private CA, \
+             the host must trust that CA)",
+        ),
+        ErrorCode::TlsAlertReceived(alert) => SendError::Tls(format!(
+            "TLS handshake failed: the broker sent the TLS alert {}",
+            alert
+                .alert_message
+                .clone()
+                .or(alert.alert_id.map(|id| id.to_string()))
+                .unwrap_or_default()
+        )),
+        // The host's own explanation: ours names a certificate problem this
+        // way (untrusted, another host name, expired), which wasi:http's
+        // payload-less `tls-certificate-error` cannot carry.
+        ErrorCode::InternalError(Some(why)) if why.starts_with("TLS handshake failed") => {
+            SendError::Tls(why.clone())
+        }
+        ErrorCode::InternalError(Some(why)) => failed(why),
         other => failed(&format!("{other:?}")),
     }
 }

@@ -154,17 +154,23 @@ struct Inner {
     requests: Vec<Recorded>,
     /// Requests received since the start, forgotten ones included.
     served: usize,
+    /// Connections accepted since the start.
+    connections: usize,
+    /// TLS handshakes that failed (the client refused the certificate).
+    failed_handshakes: usize,
 }
 
 /// Where the mock listens.
 enum Listener {
     Tcp(std::net::TcpListener),
+    Tls(std::net::TcpListener, tokio_rustls::TlsAcceptor),
     Unix(std::os::unix::net::UnixListener),
 }
 
 /// The running mock broker; stops when dropped.
 pub struct MockBroker {
     addr: Option<SocketAddr>,
+    https: bool,
     socket: Option<PathBuf>,
     inner: Arc<Mutex<Inner>>,
     stop: Option<oneshot::Sender<()>>,
@@ -180,6 +186,16 @@ impl MockBroker {
         MockBroker::spawn(Listener::Tcp(listener), Some(addr), None)
     }
 
+    /// Start on `127.0.0.1:0` speaking https with `config`'s certificate
+    /// (see [`crate::tls::TestCa`]); [`MockBroker::url`] names `localhost`.
+    pub fn start_tls(config: Arc<rustls::ServerConfig>) -> Result<MockBroker> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        MockBroker::spawn(Listener::Tls(listener, acceptor), Some(addr), None)
+    }
+
     /// Start on a Unix socket at `path`: a mock runtime-access helper.
     pub fn start_unix(path: impl Into<PathBuf>) -> Result<MockBroker> {
         let path = path.into();
@@ -193,6 +209,7 @@ impl MockBroker {
         addr: Option<SocketAddr>,
         socket: Option<PathBuf>,
     ) -> Result<MockBroker> {
+        let https = matches!(listener, Listener::Tls(..));
         let inner = Arc::new(Mutex::new(Inner::default()));
         let (stop, stopped) = oneshot::channel();
         let state = inner.clone();
@@ -207,6 +224,7 @@ impl MockBroker {
             })?;
         Ok(MockBroker {
             addr,
+            https,
             socket,
             inner,
             stop: Some(stop),
@@ -218,9 +236,16 @@ impl MockBroker {
     /// (for a Unix-socket mock, the helper origin the host routes to it).
     pub fn url(&self) -> String {
         match self.addr {
+            Some(_) if self.https => self.url_for_host("localhost"),
             Some(addr) => format!("http://{addr}{BASE_PATH}"),
             None => vd_cred_host::RUNTIME_ACCESS_URL.to_string(),
         }
+    }
+
+    /// The base URL naming the broker's host as `host` (its port, its scheme).
+    pub fn url_for_host(&self, host: &str) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{host}:{}{BASE_PATH}", self.addr().port())
     }
 
     /// The listening TCP address (panics for a Unix-socket mock).
@@ -259,6 +284,16 @@ impl MockBroker {
     pub fn request_count(&self) -> usize {
         self.inner.lock().unwrap().requests.len()
     }
+
+    /// How many connections were accepted since the start.
+    pub fn connection_count(&self) -> usize {
+        self.inner.lock().unwrap().connections
+    }
+
+    /// How many TLS handshakes failed since the start.
+    pub fn failed_handshakes(&self) -> usize {
+        self.inner.lock().unwrap().failed_handshakes
+    }
 }
 
 impl Drop for MockBroker {
@@ -274,13 +309,18 @@ impl Drop for MockBroker {
 
 async fn serve(listener: Listener, inner: Arc<Mutex<Inner>>, mut stopped: oneshot::Receiver<()>) {
     enum Accepting {
-        Tcp(tokio::net::TcpListener),
+        Tcp(tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>),
         Unix(tokio::net::UnixListener),
     }
     let listener = match listener {
-        Listener::Tcp(l) => {
-            Accepting::Tcp(tokio::net::TcpListener::from_std(l).expect("tokio listener"))
-        }
+        Listener::Tcp(l) => Accepting::Tcp(
+            tokio::net::TcpListener::from_std(l).expect("tokio listener"),
+            None,
+        ),
+        Listener::Tls(l, acceptor) => Accepting::Tcp(
+            tokio::net::TcpListener::from_std(l).expect("tokio listener"),
+            Some(acceptor),
+        ),
         Listener::Unix(l) => {
             Accepting::Unix(tokio::net::UnixListener::from_std(l).expect("tokio listener"))
         }
@@ -288,15 +328,25 @@ async fn serve(listener: Listener, inner: Arc<Mutex<Inner>>, mut stopped: onesho
     loop {
         let accepted = async {
             match &listener {
-                Accepting::Tcp(l) => l.accept().await.map(|(stream, _)| {
+                Accepting::Tcp(l, tls) => l.accept().await.map(|(stream, _)| {
+                    inner.lock().unwrap().connections += 1;
                     // One write per answer: no Nagle/delayed-ACK stalls on loopback.
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, inner.clone()));
+                    let inner = inner.clone();
+                    match tls.clone() {
+                        None => drop(tokio::spawn(serve_connection(stream, inner))),
+                        Some(acceptor) => drop(tokio::spawn(async move {
+                            match acceptor.accept(stream).await {
+                                Ok(stream) => serve_connection(stream, inner).await,
+                                Err(_) => inner.lock().unwrap().failed_handshakes += 1,
+                            }
+                        })),
+                    }
                 }),
-                Accepting::Unix(l) => l
-                    .accept()
-                    .await
-                    .map(|(stream, _)| drop(tokio::spawn(serve_connection(stream, inner.clone())))),
+                Accepting::Unix(l) => l.accept().await.map(|(stream, _)| {
+                    inner.lock().unwrap().connections += 1;
+                    drop(tokio::spawn(serve_connection(stream, inner.clone())))
+                }),
             }
         };
         tokio::select! {

@@ -7,6 +7,8 @@
 //! - [`fast_broker::FastBroker`] is a minimal loopback broker for benchmarks
 //!   (one write per answer, TCP_NODELAY, keep-alive).
 //! - [`TestClock`] is a wall clock the test controls.
+//! - [`tls::TestCa`] is a throw-away CA for the https mock broker
+//!   ([`MockBroker::start_tls`]).
 //! - [`probe`] runs a test component in the credential's exact sandbox.
 //! - [`keyvault`] is the composed Key Vault example; [`native`] the same core
 //!   without wasm, the benchmarks' floor.
@@ -37,6 +39,7 @@ pub mod fast_broker;
 pub mod keyvault;
 pub mod native;
 pub mod probe;
+pub mod tls;
 
 pub use broker::{MockBroker, Recorded, Reply};
 pub use clock::TestClock;

@@ -217,7 +217,7 @@ async fn agent_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &Ho
 
 async fn get_token(scopes: &[String]) -> Result<ExitCode> {
     let env = |name: &str| std::env::var(name).ok();
-    let mut sandbox = vd_cred_host::from_env::sandbox_from_env(Host::shared(), env)
+    let mut sandbox = vd_cred_host::from_env::sandbox_from_env(Host::shared(), env)?
         .build()
         .await?;
     let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
@@ -274,7 +274,7 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
     if let Some(url) = &setup.broker_url {
         builder = builder.deny(url);
     }
-    let sandbox = setup.sandbox(host).build().await?;
+    let sandbox = setup.sandbox(host)?.build().await?;
     let linked = LinkedCredential::new(sandbox, policy).on_token(|e| {
         eprintln!(
             "audit: agent {} got a {} token expiring at {} ({})",

@@ -4,9 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Result;
+
 use crate::host::Host;
 use crate::policy::BrokerOnly;
 use crate::sandbox::SandboxBuilder;
+use crate::tls::TrustedRoots;
+
+/// The environment variable naming a PEM file of CA certificates to trust
+/// for an https broker, on top of the public web roots (the variable OpenSSL
+/// and Python's `ssl` read; here it adds to the public roots, never replaces
+/// them).
+pub const ENV_CA_FILE: &str = "SSL_CERT_FILE";
 
 /// Where the runtime-access helper listens unless `VD_RUNTIME_ACCESS_SOCKET` says otherwise.
 pub const DEFAULT_RUNTIME_ACCESS_SOCKET: &str = "/run/vd-access/program.sock";
@@ -38,6 +47,8 @@ pub struct Setup {
     pub configuration_revision: Option<String>,
     /// The runtime-access helper's socket when it exists: helper mode.
     pub runtime_access_socket: Option<PathBuf>,
+    /// `SSL_CERT_FILE`: extra CA certificates for an https broker.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `path` made absolute against the working directory, without resolving
@@ -61,7 +72,52 @@ impl Setup {
             lane: env(vd_cred_broker::ENV_LANE),
             configuration_revision: env(vd_cred_broker::ENV_CONFIGURATION_REVISION),
             runtime_access_socket: runtime_access_socket(&env),
+            ca_file: env(ENV_CA_FILE)
+                .filter(|f| !f.is_empty())
+                .map(PathBuf::from),
         }
+    }
+
+    /// Where the bearer file is: the host directory to share read-only, and
+    /// the path the component is given (under that same path in the guest).
+    ///
+    /// Normally the file's own directory and the path as written, so Studio's
+    /// rotations (a rewrite, a rename into the directory, a swap of a link
+    /// inside it such as Kubernetes' `credential -> ..data/credential`) are
+    /// all seen on the next call. When the path is a symbolic link whose
+    /// target is outside that directory (an absolute link, or `..` out of
+    /// it), the sandbox could not follow it: then the target's directory is
+    /// shared instead and the component is given the resolved path. The link
+    /// is resolved once, here: rewrites and renames of the target file are
+    /// still seen, but a later swap of the link itself to another directory
+    /// is not (build a new sandbox, or in Python a new credential).
+    pub fn bearer_location(&self) -> Option<(PathBuf, String)> {
+        let file = Path::new(self.credential_file.as_deref()?);
+        let dir = file.parent().filter(|dir| dir.is_dir())?;
+        if let (Ok(target), Ok(real_dir)) = (file.canonicalize(), dir.canonicalize())
+            && !target.starts_with(&real_dir)
+            && let Some(target_dir) = target.parent()
+            && let Some(guest) = target.to_str()
+        {
+            return Some((target_dir.to_path_buf(), guest.to_string()));
+        }
+        Some((dir.to_path_buf(), file.to_str()?.to_string()))
+    }
+
+    /// The roots an https broker is verified against: the public web roots,
+    /// plus the certificates in `SSL_CERT_FILE` when it is set.
+    pub fn trusted_roots(&self) -> Result<TrustedRoots> {
+        let mut roots = TrustedRoots::public();
+        if let Some(file) = &self.ca_file {
+            roots.add_pem_file(file).map_err(|e| {
+                e.context(format!(
+                    "{ENV_CA_FILE} names {}, which does not hold usable CA certificates: \
+                     fix or unset it",
+                    file.display()
+                ))
+            })?;
+        }
+        Ok(roots)
     }
 
     /// A sandbox for these inputs:
@@ -72,16 +128,24 @@ impl Setup {
     /// - **broker mode** otherwise: the broker URL, bearer file, lane and
     ///   revision are passed in as their variables, the bearer file's
     ///   directory is preopened read-only at the same path, and HTTP is
-    ///   allowed only to the broker's origin. Missing or bad values are left
-    ///   to the component to report.
-    pub fn sandbox<'h>(&self, host: &'h Host) -> SandboxBuilder<'h> {
+    ///   allowed only to the broker's origin (verified against
+    ///   [`Setup::trusted_roots`] when https). Missing or bad values are
+    ///   left to the component to report; a bad `SSL_CERT_FILE` is an error
+    ///   here. See [`Setup::bearer_location`] for a bearer path that is a
+    ///   symbolic link.
+    pub fn sandbox<'h>(&self, host: &'h Host) -> Result<SandboxBuilder<'h>> {
         let builder = host.sandbox();
         if let Some(socket) = &self.runtime_access_socket {
-            return builder.runtime_access(socket);
+            return Ok(builder.runtime_access(socket));
         }
+        let location = self.bearer_location();
+        let guest_file = location
+            .as_ref()
+            .map(|(_, file)| file.clone())
+            .or(self.credential_file.clone());
         let vars = [
             (vd_cred_broker::ENV_BROKER_URL, &self.broker_url),
-            (vd_cred_broker::ENV_CREDENTIAL_FILE, &self.credential_file),
+            (vd_cred_broker::ENV_CREDENTIAL_FILE, &guest_file),
             (vd_cred_broker::ENV_LANE, &self.lane),
             (
                 vd_cred_broker::ENV_CONFIGURATION_REVISION,
@@ -97,20 +161,18 @@ impl Setup {
         {
             builder = builder.broker_url(url);
         }
-        let dir = self
-            .credential_file
-            .as_deref()
-            .and_then(|file| Path::new(file).parent())
-            .filter(|dir| dir.is_dir());
-        if let Some((dir, guest)) = dir.and_then(|d| Some((d, d.to_str()?))) {
+        if let Some((dir, guest)) = location.as_ref().and_then(|(d, _)| Some((d, d.to_str()?))) {
             builder = builder.bearer_dir(dir, guest);
         }
-        builder
+        Ok(builder.trusted_roots(self.trusted_roots()?))
     }
 }
 
 /// [`Setup::from_env`] then [`Setup::sandbox`].
-pub fn sandbox_from_env(host: &Host, env: impl Fn(&str) -> Option<String>) -> SandboxBuilder<'_> {
+pub fn sandbox_from_env(
+    host: &Host,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<SandboxBuilder<'_>> {
     Setup::from_env(env).sandbox(host)
 }
 
@@ -143,7 +205,7 @@ mod tests {
                 "{relative}"
             );
             let host = Host::shared();
-            let builder = setup.sandbox(host);
+            let builder = setup.sandbox(host).unwrap();
             let dir = expected.parent().unwrap();
             assert_eq!(
                 builder.preopen(),

@@ -29,15 +29,16 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 mod error;
 pub mod from_env;
-mod helper;
 mod host;
 pub mod linked;
 pub mod policy;
 pub mod precompiled;
 mod sandbox;
 mod state;
+mod tls;
 
 /// Host bindings for the `cred-broker` world.
 pub mod bindings {
@@ -55,3 +56,4 @@ pub use sandbox::{
     TokenRequestOptions, TokenResult, default_options,
 };
 pub use state::{State, link};
+pub use tls::TrustedRoots;

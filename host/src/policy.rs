@@ -1,6 +1,6 @@
 //! The sandbox's HTTP egress policy: only the broker's scheme and authority,
 //! or the runtime-access helper's fixed origin (routed to its Unix socket by
-//! `helper.rs`).
+//! `client.rs`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,8 @@ use http_body_util::BodyExt;
 use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::helper::{Sent, send_over_unix_socket};
+use crate::client::{Connections, Sent};
+use crate::tls::TrustedRoots;
 
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
 
@@ -23,6 +24,9 @@ pub struct BrokerOnly {
     extra: Vec<(String, String)>,
     helper: Option<PathBuf>,
     denied: Arc<Mutex<Vec<String>>>,
+    roots: TrustedRoots,
+    /// Made on the first request let through.
+    connections: Option<Connections>,
 }
 
 /// The origin under which the component reaches the runtime-access helper;
@@ -59,6 +63,8 @@ impl BrokerOnly {
             extra: Vec::new(),
             helper: None,
             denied: Arc::default(),
+            roots: TrustedRoots::public(),
+            connections: None,
         })
     }
 
@@ -69,6 +75,8 @@ impl BrokerOnly {
             extra: Vec::new(),
             helper: None,
             denied: Arc::default(),
+            roots: TrustedRoots::public(),
+            connections: None,
         }
     }
 
@@ -80,6 +88,8 @@ impl BrokerOnly {
             extra: Vec::new(),
             helper: Some(socket.into()),
             denied: Arc::default(),
+            roots: TrustedRoots::public(),
+            connections: None,
         }
     }
 
@@ -94,6 +104,12 @@ impl BrokerOnly {
         };
         self.extra.push(extra);
         Ok(())
+    }
+
+    /// Verify https peers against `roots` (the public web roots by default).
+    pub fn trust(&mut self, roots: TrustedRoots) {
+        self.roots = roots;
+        self.connections = None;
     }
 
     /// The denied requests' `scheme://authority`, shared with the sandbox.
@@ -117,10 +133,12 @@ impl WasiHttpHooks for BrokerOnly {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         drop(fut);
-        if let (true, Some(socket)) = (to_broker, self.helper.clone()) {
-            return Box::new(send_over_unix_socket(socket, request));
-        }
-        Box::new(default_send(request, options))
+        // In helper mode the allowed origin is the helper's, which the
+        // client sends over its socket.
+        let connections = self
+            .connections
+            .get_or_insert_with(|| Connections::new(&self.roots, self.helper.clone()));
+        Box::new(connections.send(request, options))
     }
 }
 

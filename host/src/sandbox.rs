@@ -21,6 +21,7 @@ use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
 use crate::host::Host;
 use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL};
 use crate::state::State;
+use crate::tls::TrustedRoots;
 
 impl Host {
     /// Start configuring a sandbox: nothing is granted unless asked for.
@@ -33,6 +34,7 @@ impl Host {
             runtime_access: None,
             also_allow: Vec::new(),
             clock: None,
+            roots: TrustedRoots::public(),
         }
     }
 }
@@ -46,6 +48,7 @@ pub struct SandboxBuilder<'h> {
     runtime_access: Option<PathBuf>,
     also_allow: Vec<String>,
     clock: Option<Box<dyn HostWallClock>>,
+    roots: TrustedRoots,
 }
 
 impl SandboxBuilder<'_> {
@@ -89,6 +92,14 @@ impl SandboxBuilder<'_> {
     /// calls one more service (the Key Vault example). Use sparingly.
     pub fn also_allow(mut self, url: impl Into<String>) -> Self {
         self.also_allow.push(url.into());
+        self
+    }
+
+    /// Verify an https broker against `roots`: the public web roots plus any
+    /// private CA added to them. A handshake that fails is never retried over
+    /// plain http.
+    pub fn trusted_roots(mut self, roots: TrustedRoots) -> Self {
+        self.roots = roots;
         self
     }
 
@@ -178,6 +189,7 @@ impl SandboxBuilder<'_> {
         for url in &self.also_allow {
             hooks.also_allow(url)?;
         }
+        hooks.trust(self.roots);
         let denied = hooks.denied();
         let state = State {
             wasi: wasi.build(),

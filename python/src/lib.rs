@@ -133,8 +133,23 @@ impl Credential {
             let mut options = default_options();
             if !helper {
                 options.broker_url = broker_url;
-                options.credential_file = credential_file;
+                // The path the sandbox shows the component (a link out of
+                // its directory is resolved, as the environment's is).
+                options.credential_file = credential_file.map(|file| {
+                    setup
+                        .bearer_location()
+                        .map_or(file, |(_, guest_file)| guest_file)
+                });
             }
+            let builder = setup.sandbox(host()?).map_err(|e| {
+                NativeError::new_err((
+                    "configuration",
+                    None::<u16>,
+                    format!("{e:#}"),
+                    None::<String>,
+                    Vec::<String>::new(),
+                ))
+            })?;
             options.lane = lane;
             options.configuration_revision = configuration_revision;
             options.timeout_ms = Some(timeout_ms);
@@ -146,10 +161,9 @@ impl Credential {
                 .enable_all()
                 .build()
                 .map_err(|e| host_failure(e.into()))?;
-            let host = host()?;
             let (sandbox, credential) = runtime
                 .block_on(async {
-                    let mut sandbox = setup.sandbox(host).build().await?;
+                    let mut sandbox = builder.build().await?;
                     let credential = sandbox.open(&options).await?;
                     anyhow::Ok((sandbox, credential))
                 })

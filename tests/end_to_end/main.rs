@@ -4,6 +4,7 @@
 
 mod composition;
 mod errors;
+mod from_env;
 mod hostile;
 mod lifetime;
 mod linked;
@@ -14,6 +15,7 @@ mod rotation;
 mod sandbox;
 mod secrets;
 mod soak;
+mod tls;
 
 use host_test::{MockBroker, TestClock};
 use tempfile::TempDir;
@@ -44,6 +46,11 @@ impl Default for Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
+        Fixture::with_broker(MockBroker::start().unwrap())
+    }
+
+    /// A fixture around `broker` (an https one, say).
+    pub fn with_broker(broker: MockBroker) -> Fixture {
         // Load (or, on a fresh machine, compile) the component now, so that
         // tests timing a call do not time the first compile too.
         Host::shared();
@@ -51,7 +58,7 @@ impl Fixture {
         let bearer = format!("vd_iat_{:016x}", rand_u64());
         std::fs::write(dir.path().join("credential"), format!("{bearer}\n")).unwrap();
         Fixture {
-            broker: MockBroker::start().unwrap(),
+            broker,
             dir,
             bearer,
             clock: TestClock::at_unix(T0),

@@ -202,7 +202,7 @@ impl Helper {
 
     fn builder(&self) -> vd_cred_host::SandboxBuilder<'static> {
         let env = self.env.clone();
-        sandbox_from_env(Host::shared(), move |k| env.get(k).cloned())
+        sandbox_from_env(Host::shared(), move |k| env.get(k).cloned()).unwrap()
     }
 }
 

@@ -29,8 +29,8 @@ async fn a_bearer_file_outside_the_preopen_is_unavailable() {
             E::BearerUnavailable(format!(
                 "the bearer file {file:?} (VD_CREDENTIAL_FILE) leads outside the directories the \
                  host shares with the component (a `..` or a symbolic link out of the preopened \
-                 directory), so the sandbox refused it: point VD_CREDENTIAL_FILE at the bearer \
-                 file inside the preopened directory"
+                 directory), so the sandbox refused it: point VD_CREDENTIAL_FILE at the link's \
+                 target itself, or have the host share the target's directory"
             )),
         );
     }

@@ -1,0 +1,170 @@
+//! The host library's set-up from a process's environment: `SSL_CERT_FILE`
+//! for an https broker, and bearer paths that are symbolic links.
+
+use std::collections::HashMap;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use host_test::MockBroker;
+use host_test::tls::{TestCa, Validity};
+use vd_cred_broker::CredentialError as E;
+use vd_cred_host::from_env::{Setup, sandbox_from_env};
+use vd_cred_host::{Host, Sandbox};
+
+use crate::VAULT;
+
+/// The environment of a process in broker mode (no helper socket).
+fn env(broker: &MockBroker, file: &Path, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("VD_RUNTIME_ACCESS_SOCKET", "/nonexistent/helper.sock"),
+        ("VD_CREDENTIAL_BROKER_URL", broker.url().as_str()),
+        ("VD_CREDENTIAL_FILE", file.to_str().unwrap()),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.retain(|_, v| !v.is_empty());
+    env
+}
+
+async fn sandbox(env: HashMap<String, String>) -> Sandbox {
+    sandbox_from_env(Host::shared(), move |k| env.get(k).cloned())
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The bearer the broker saw last.
+fn last_bearer(broker: &MockBroker) -> String {
+    let requests = broker.requests();
+    let r = requests.last().expect("a request");
+    r.header("authorization")
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_string()
+}
+
+#[tokio::test]
+async fn ssl_cert_file_adds_a_private_ca() {
+    let ca = TestCa::new().unwrap();
+    let broker =
+        MockBroker::start_tls(ca.server_config(&["localhost"], Validity::Current).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credential");
+    std::fs::write(&file, "vd_iat_tls\n").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let with_ca = env(
+        &broker,
+        &file,
+        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
+    );
+    let token = sandbox(with_ca).await.get_token(&[VAULT]).await.unwrap();
+    assert_eq!(token.unwrap().token, "mock-token-1");
+
+    let without = env(&broker, &file, &[]);
+    let err = sandbox(without)
+        .await
+        .get_token(&[VAULT])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, E::BrokerUnreachable(ref m) if m.contains("is not trusted")),
+        "{err}"
+    );
+
+    // A file without certificates is refused when the sandbox is set up.
+    let not_pem = env(&broker, &file, &[("SSL_CERT_FILE", file.to_str().unwrap())]);
+    let err = sandbox_from_env(Host::shared(), move |k| not_pem.get(k).cloned())
+        .err()
+        .expect("refused");
+    assert_eq!(
+        format!("{err:#}"),
+        format!(
+            "SSL_CERT_FILE names {}, which does not hold usable CA certificates: fix or unset \
+             it: CA certificates in {0}: no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+            file.display()
+        )
+    );
+    assert_eq!(broker.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_bearer_link_out_of_its_directory_is_followed_by_the_host() {
+    let broker = MockBroker::start().unwrap();
+    let shared = tempfile::tempdir().unwrap(); // where the variable points
+    let target = tempfile::tempdir().unwrap(); // where the bearer really is
+    let real = target.path().join("credential");
+    std::fs::write(&real, "vd_iat_first\n").unwrap();
+    let absolute = shared.path().join("absolute");
+    symlink(&real, &absolute).unwrap();
+    let relative = shared.path().join("relative");
+    let up = format!(
+        "../{}/credential",
+        target.path().file_name().unwrap().to_str().unwrap()
+    );
+    symlink(&up, &relative).unwrap();
+
+    for link in [&absolute, &relative] {
+        std::fs::write(&real, "vd_iat_first\n").unwrap();
+        let setup = Setup::from_env(|k| env(&broker, link, &[]).get(k).cloned());
+        let real_path = real.canonicalize().unwrap();
+        assert_eq!(
+            setup.bearer_location(),
+            Some((
+                real_path.parent().unwrap().to_path_buf(),
+                real_path.to_str().unwrap().to_string()
+            )),
+            "{}: the target's directory is shared and the resolved path handed in",
+            link.display()
+        );
+        let mut sandbox = sandbox(env(&broker, link, &[])).await;
+        sandbox.get_token(&[VAULT]).await.unwrap().unwrap();
+        assert_eq!(last_bearer(&broker), "vd_iat_first");
+        // The target rewritten (Studio's rotation): seen on the next call.
+        std::fs::write(&real, "vd_iat_second\n").unwrap();
+        sandbox.get_token(&[VAULT]).await.unwrap().unwrap();
+        assert_eq!(last_bearer(&broker), "vd_iat_second", "{}", link.display());
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_style_layout_works_and_a_swap_is_seen_on_the_next_call() {
+    // credential -> ..data/credential, ..data -> ..2026_11_29_a, all inside
+    // the one directory, as a Kubernetes secret or projected volume is.
+    let broker = MockBroker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (version, bearer) in [
+        ("..2026_11_29_a", "vd_iat_a"),
+        ("..2026_11_29_b", "vd_iat_b"),
+    ] {
+        std::fs::create_dir(d.join(version)).unwrap();
+        std::fs::write(d.join(version).join("credential"), format!("{bearer}\n")).unwrap();
+    }
+    symlink("..2026_11_29_a", d.join("..data")).unwrap();
+    symlink("..data/credential", d.join("credential")).unwrap();
+    let file = d.join("credential");
+
+    let setup = Setup::from_env(|k| env(&broker, &file, &[]).get(k).cloned());
+    assert_eq!(
+        setup.bearer_location(),
+        Some((d.to_path_buf(), file.to_str().unwrap().to_string())),
+        "links inside the directory are left to the component"
+    );
+    let mut sandbox = sandbox(env(&broker, &file, &[])).await;
+    sandbox.get_token(&[VAULT]).await.unwrap().unwrap();
+    assert_eq!(last_bearer(&broker), "vd_iat_a");
+
+    // The atomic swap Kubernetes makes: a new link renamed over `..data`.
+    symlink("..2026_11_29_b", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    sandbox.get_token(&[VAULT]).await.unwrap().unwrap();
+    assert_eq!(last_bearer(&broker), "vd_iat_b");
+    assert_eq!(broker.request_count(), 2);
+}
