@@ -24,6 +24,10 @@ use tokio::sync::oneshot;
 /// The path prefix of [`MockBroker::url`], as Studio's broker uses.
 pub const BASE_PATH: &str = "/api/v1/credential-broker";
 
+/// The body of the 401 the mock answers a bearer it does not accept
+/// ([`Reply::Authorized`], [`MockBroker::accept_bearers`]).
+pub const BAD_BEARER_BODY: &str = r#"{"error":{"code":"Unauthorized","message":"bad bearer"}}"#;
+
 /// One scripted answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -158,6 +162,8 @@ struct Inner {
     connections: usize,
     /// TLS handshakes that failed (the client refused the certificate).
     failed_handshakes: usize,
+    /// When set, only these bearers get past the 401 (a broker mid-rotation).
+    accepted: Option<Vec<String>>,
 }
 
 /// Where the mock listens.
@@ -267,6 +273,13 @@ impl MockBroker {
     /// Answer every unscripted request with `reply` (default: [`Reply::Mint`]).
     pub fn set_default(&self, reply: Reply) {
         self.inner.lock().unwrap().default = Some(reply);
+    }
+
+    /// Answer 401 ([`BAD_BEARER_BODY`]) to any request whose bearer is not
+    /// one of `bearers`, before the script (which such a request does not
+    /// consume); `None` accepts any bearer again. For rotation tests.
+    pub fn accept_bearers(&self, bearers: Option<Vec<String>>) {
+        self.inner.lock().unwrap().accepted = bearers;
     }
 
     /// Every request received so far.
@@ -410,14 +423,19 @@ async fn answer(
         let authorization = inner.requests[last]
             .header("authorization")
             .map(str::to_string);
-        let mut reply = inner.script.pop_front().or_else(|| inner.default.clone());
+        let refused = inner.accepted.as_ref().is_some_and(|accepted| {
+            !accepted
+                .iter()
+                .any(|b| authorization.as_deref() == Some(format!("Bearer {b}").as_str()))
+        });
+        let mut reply = match refused {
+            true => Some(Reply::json(401, BAD_BEARER_BODY)),
+            false => inner.script.pop_front().or_else(|| inner.default.clone()),
+        };
         if let Some(Reply::Authorized { bearer, then }) = reply {
             reply = Some(match authorization == Some(format!("Bearer {bearer}")) {
                 true => *then,
-                false => Reply::json(
-                    401,
-                    r#"{"error":{"code":"Unauthorized","message":"bad bearer"}}"#,
-                ),
+                false => Reply::json(401, BAD_BEARER_BODY),
             });
         }
         while let Some(Reply::OneOf(choices)) = reply {
