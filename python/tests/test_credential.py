@@ -225,3 +225,34 @@ def test_a_new_process_reuses_the_compiled_component_and_survives_an_unusable_ca
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     assert run(blocked / "cache") == ["compiled", "mock-token-3"], "an unusable cache only costs a compile"
+
+
+def test_an_https_broker_with_a_private_ca_is_trusted_through_ssl_cert_file(env, bearer, tmp_path):
+    from tls_server import TlsServer
+
+    def mint(method, path, headers):
+        assert (method, path) == ("POST", "/api/v1/credential-broker/token")
+        body = json.dumps({"access_token": "tls-token", "expires_in": 3600}).encode()
+        return 200, [("Content-Type", "application/json")], body
+
+    server = TlsServer(tmp_path, mint)
+    try:
+        env.setenv("VD_CREDENTIAL_BROKER_URL", f"{server.url}/api/v1/credential-broker")
+        env.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(vd_cred_broker.BrokerUnreachableError) as e:
+            StudioAzureCredBroker().get_token(VAULT)
+        assert "TLS handshake failed: the broker's certificate is not trusted" in str(e.value)
+        assert server.requests == []
+
+        env.setenv("SSL_CERT_FILE", server.ca_path)
+        assert StudioAzureCredBroker().get_token(VAULT).token == "tls-token"
+        [(method, path, authorization)] = server.requests
+        assert authorization == f"Bearer {bearer.value}"
+
+        env.setenv("SSL_CERT_FILE", str(bearer.path))
+        with pytest.raises(vd_cred_broker.ConfigurationError) as e:
+            StudioAzureCredBroker()
+        assert f"SSL_CERT_FILE names {bearer.path}" in str(e.value)
+        assert bearer.value not in str(e.value)
+    finally:
+        server.close()

@@ -1,6 +1,6 @@
 """A small HTTPS server on 127.0.0.1 with a throw-away CA (trustme), for the
-resource side of the consumer tests: a mock Key Vault and a plain protected
-resource. Records every request; accepts only the tokens it is told to."""
+resource side of the consumer tests (a mock Key Vault and a plain protected
+resource) and an https broker. Records every request; accepts only the tokens it is told to."""
 
 import json
 import ssl
@@ -30,6 +30,10 @@ class TlsServer:
 
             def log_message(self, *args):
                 pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.do_GET()
 
             def do_GET(self):
                 outer.requests.append((self.command, self.path, self.headers.get("Authorization")))
