@@ -98,9 +98,57 @@ pub fn parse_bearer(bytes: &[u8]) -> Result<Secret, String> {
     Ok(Secret::new(bearer.to_string()))
 }
 
+/// Which of the `preopens` (guest paths) holds the absolute `path`, and the
+/// path relative to it: the longest matching preopen, compared by whole
+/// components. `None` for a relative path, no match, or a `..` or `.`
+/// component in the rest (left to the full read, which explains it).
+pub fn preopen_relative<'a>(
+    path: &str,
+    preopens: impl IntoIterator<Item = &'a str>,
+) -> Option<(usize, String)> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut best: Option<(usize, usize, &str)> = None;
+    for (i, guest) in preopens.into_iter().enumerate() {
+        let guest = guest.trim_end_matches('/');
+        let Some(rest) = path.strip_prefix(guest) else {
+            continue;
+        };
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            continue;
+        }
+        if best.is_none_or(|(_, len, _)| guest.len() > len) {
+            best = Some((i, guest.len(), rest));
+        }
+    }
+    let (i, _, rest) = best?;
+    let relative: Vec<&str> = rest.split('/').filter(|c| !c.is_empty()).collect();
+    if relative.is_empty() || relative.iter().any(|c| *c == ".." || *c == ".") {
+        return None;
+    }
+    Some((i, relative.join("/")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_matched_to_the_longest_preopen_by_component() {
+        let preopens = ["/run", "/run/vd", "/", "/run/vdx/"];
+        let m = |p: &str| preopen_relative(p, preopens);
+        assert_eq!(m("/run/vd/credential"), Some((1, "credential".into())));
+        assert_eq!(m("/run/vd//a/./b"), None);
+        assert_eq!(m("/run/vd/a//b"), Some((1, "a/b".into())));
+        assert_eq!(m("/run/vdx/credential"), Some((3, "credential".into())));
+        assert_eq!(m("/run/vd/../etc/passwd"), None);
+        assert_eq!(m("/run/other"), Some((0, "other".into())));
+        assert_eq!(m("/etc/passwd"), Some((2, "etc/passwd".into())));
+        assert_eq!(m("/run/vd"), None, "the directory itself");
+        assert_eq!(m("credential"), None, "relative");
+        assert_eq!(preopen_relative("/run/vd/credential", ["/tmp"]), None);
+    }
 
     #[test]
     fn trims_and_accepts() {

@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
-    Answer, BrokerRequest, Credential, CredentialError, Options, Platform, SendError, TokenInfo,
-    TokenRequestOptions, transport,
+    Answer, BrokerRequest, Credential, CredentialError, Options, Platform, Secret, SendError,
+    TokenInfo, TokenRequestOptions, transport,
 };
 
 wit_bindgen::generate!({ world: "cred-broker", path: "wit" });
@@ -23,6 +23,10 @@ impl Platform for Wasi {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+    }
+
+    fn read_bearer(&mut self, path: &str) -> Result<Secret, CredentialError> {
+        crate::bearer_wasi::read(path)
     }
 
     fn send(&mut self, request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendError> {

@@ -7,7 +7,7 @@
 //!   its answer, the token cache and the retry policy, tied together by
 //!   [`Credential`] over a [`Platform`];
 //! - on `wasm32`, thin glue that implements [`Platform`] over WASI
-//!   (`component.rs`, `transport.rs`) and exports the WIT `token-credential`
+//!   (`component.rs`, `transport.rs`, `bearer_wasi.rs`) and exports the WIT `token-credential`
 //!   interface from `wit/world.wit`.
 //!
 //! ```
@@ -29,6 +29,8 @@ mod secret;
 mod settings;
 
 #[cfg(target_arch = "wasm32")]
+mod bearer_wasi;
+#[cfg(target_arch = "wasm32")]
 mod component;
 #[cfg(target_arch = "wasm32")]
 mod transport;
@@ -36,7 +38,7 @@ mod transport;
 pub use audience::{
     AudienceMap, DEFAULT_AUDIENCES, SECRET_STORE_AUDIENCES, normalize_scope, scope_class,
 };
-pub use bearer::{MAX_BEARER_BYTES, parse_bearer, read_bearer};
+pub use bearer::{MAX_BEARER_BYTES, parse_bearer, preopen_relative, read_bearer};
 pub use cache::TokenInfo;
 pub use credential::{AccessToken, Answer, Credential, Platform, SendError, TokenRequestOptions};
 pub use error::CredentialError;

@@ -160,6 +160,8 @@ struct Inner {
     served: usize,
     /// Connections accepted since the start.
     connections: usize,
+    /// Connections closed (by either side) since the start.
+    closed: usize,
     /// TLS handshakes that failed (the client refused the certificate).
     failed_handshakes: usize,
     /// When set, only these bearers get past the 401 (a broker mid-rotation).
@@ -179,6 +181,8 @@ pub struct MockBroker {
     https: bool,
     socket: Option<PathBuf>,
     inner: Arc<Mutex<Inner>>,
+    /// Bumped to close every idle connection.
+    closer: tokio::sync::watch::Sender<u64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -218,6 +222,7 @@ impl MockBroker {
         let https = matches!(listener, Listener::Tls(..));
         let inner = Arc::new(Mutex::new(Inner::default()));
         let (stop, stopped) = oneshot::channel();
+        let (closer, close) = tokio::sync::watch::channel(0);
         let state = inner.clone();
         let thread = std::thread::Builder::new()
             .name("mock-broker".into())
@@ -226,13 +231,14 @@ impl MockBroker {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(serve(listener, state, stopped));
+                rt.block_on(serve(listener, state, close, stopped));
             })?;
         Ok(MockBroker {
             addr,
             https,
             socket,
             inner,
+            closer,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -303,6 +309,17 @@ impl MockBroker {
         self.inner.lock().unwrap().connections
     }
 
+    /// Close every idle connection now, as a broker's idle timeout does
+    /// (a request in progress is answered first).
+    pub fn close_idle_connections(&self) {
+        self.closer.send_modify(|n| *n += 1);
+    }
+
+    /// How many connections have closed (either side) since the start.
+    pub fn closed_connections(&self) -> usize {
+        self.inner.lock().unwrap().closed
+    }
+
     /// How many TLS handshakes failed since the start.
     pub fn failed_handshakes(&self) -> usize {
         self.inner.lock().unwrap().failed_handshakes
@@ -320,7 +337,12 @@ impl Drop for MockBroker {
     }
 }
 
-async fn serve(listener: Listener, inner: Arc<Mutex<Inner>>, mut stopped: oneshot::Receiver<()>) {
+async fn serve(
+    listener: Listener,
+    inner: Arc<Mutex<Inner>>,
+    close: tokio::sync::watch::Receiver<u64>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     enum Accepting {
         Tcp(tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>),
         Unix(tokio::net::UnixListener),
@@ -347,18 +369,25 @@ async fn serve(listener: Listener, inner: Arc<Mutex<Inner>>, mut stopped: onesho
                     let _ = stream.set_nodelay(true);
                     let inner = inner.clone();
                     match tls.clone() {
-                        None => drop(tokio::spawn(serve_connection(stream, inner))),
-                        Some(acceptor) => drop(tokio::spawn(async move {
-                            match acceptor.accept(stream).await {
-                                Ok(stream) => serve_connection(stream, inner).await,
-                                Err(_) => inner.lock().unwrap().failed_handshakes += 1,
-                            }
-                        })),
+                        None => drop(tokio::spawn(serve_connection(stream, inner, close.clone()))),
+                        Some(acceptor) => {
+                            let close = close.clone();
+                            drop(tokio::spawn(async move {
+                                match acceptor.accept(stream).await {
+                                    Ok(stream) => serve_connection(stream, inner, close).await,
+                                    Err(_) => inner.lock().unwrap().failed_handshakes += 1,
+                                }
+                            }))
+                        }
                     }
                 }),
                 Accepting::Unix(l) => l.accept().await.map(|(stream, _)| {
                     inner.lock().unwrap().connections += 1;
-                    drop(tokio::spawn(serve_connection(stream, inner.clone())))
+                    drop(tokio::spawn(serve_connection(
+                        stream,
+                        inner.clone(),
+                        close.clone(),
+                    )))
                 }),
             }
         };
@@ -369,14 +398,27 @@ async fn serve(listener: Listener, inner: Arc<Mutex<Inner>>, mut stopped: onesho
     }
 }
 
-async fn serve_connection<S>(stream: S, inner: Arc<Mutex<Inner>>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    inner: Arc<Mutex<Inner>>,
+    mut close: tokio::sync::watch::Receiver<u64>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| answer(req, inner.clone()));
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let state = inner.clone();
+    let service = service_fn(move |req| answer(req, state.clone()));
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    close.mark_unchanged();
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = close.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+    inner.lock().unwrap().closed += 1;
 }
 
 /// Record the request, then answer from the script. An `Err` makes hyper

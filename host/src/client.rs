@@ -5,14 +5,17 @@
 //!
 //! A credential makes one request at a time, so a sandbox keeps at most one
 //! idle connection per origin, for [`IDLE_TIMEOUT`]. A connection the peer
-//! closed while idle is noticed by its driver and never reused; a request
-//! that could not be sent on a reused connection is sent again on a fresh
-//! one (hyper-util's retry of canceled requests), so a broker's idle timeout
-//! never becomes an error for the caller.
+//! closed while idle is dropped once its driver notices; a request that
+//! fails on a reused connection before any answer (the broker closed it
+//! while the request was on its way) is sent once more on a fresh
+//! connection, at once, so a broker's idle timeout never becomes an error or
+//! a backoff for the caller. A request on a fresh connection is never sent
+//! twice: the component's own retry policy decides.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +24,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{Connected, Connection, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,22 +52,26 @@ const MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// A sandbox's connections.
 pub(crate) struct Connections {
     client: Client<Connector, Full<Bytes>>,
+    /// How many connections the connector has opened.
+    opened: Arc<AtomicU64>,
 }
 
 impl Connections {
     /// A client verifying https peers against `roots`; requests to
     /// [`RUNTIME_ACCESS_URL`] go to the Unix socket `helper` when set.
     pub(crate) fn new(roots: &TrustedRoots, helper: Option<PathBuf>) -> Self {
+        let opened = Arc::new(AtomicU64::new(0));
         let connector = Connector {
             roots: roots.clone(),
             helper: helper.map(Arc::new),
+            opened: opened.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(1)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Connections { client }
+        Connections { client, opened }
     }
 
     /// Send `request` (already allowed by the policy), honouring the
@@ -75,6 +82,7 @@ impl Connections {
         options: Option<RequestOptions>,
     ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
         let client = self.client.clone();
+        let opened = self.opened.clone();
         async move {
             let timeouts = Timeouts::from(options);
             let (parts, body) = request.into_parts();
@@ -86,8 +94,20 @@ impl Connections {
                     Err(_) => Error::HttpRequestBodySize(None),
                 })?
                 .to_bytes();
-            let request = hyper::Request::from_parts(parts, Full::new(body));
-            let response = tokio::time::timeout(timeouts.head, client.request(request))
+            let send = async {
+                let opened_before = opened.load(Ordering::Acquire);
+                let mut request =
+                    hyper::Request::from_parts(parts.clone(), Full::new(body.clone()));
+                let captured = capture_connection(&mut request);
+                match client.request(request).await {
+                    Err(e) if !e.is_connect() && reused(&captured, opened_before) => {
+                        let request = hyper::Request::from_parts(parts, Full::new(body));
+                        client.request(request).await
+                    }
+                    result => result,
+                }
+            };
+            let response = tokio::time::timeout(timeouts.head, send)
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(from_client_error)?;
@@ -106,6 +126,26 @@ impl Connections {
             ))
         }
     }
+}
+
+/// Which connection a request went out on (its number, from 1).
+#[derive(Clone, Copy)]
+struct ConnectionNumber(u64);
+
+/// Whether the connection `captured` for a request had been opened before
+/// the request started: a kept-alive one.
+fn reused(
+    captured: &hyper_util::client::legacy::connect::CaptureConnection,
+    opened_before: u64,
+) -> bool {
+    let mut extensions = hyper::http::Extensions::new();
+    match captured.connection_metadata().as_ref() {
+        Some(connected) => connected.get_extras(&mut extensions),
+        None => return false,
+    }
+    extensions
+        .get::<ConnectionNumber>()
+        .is_some_and(|n| n.0 <= opened_before)
 }
 
 /// The wasi:http timeouts: connecting and the answer's head share one bound
@@ -157,10 +197,11 @@ fn from_client_error(e: hyper_util::client::legacy::Error) -> Error {
 struct Connector {
     roots: TrustedRoots,
     helper: Option<Arc<PathBuf>>,
+    opened: Arc<AtomicU64>,
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
+    type Response = TokioIo<Numbered>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
@@ -170,7 +211,12 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.connect(uri).await.map(TokioIo::new) })
+        Box::pin(async move {
+            let opened = this.opened.clone();
+            let stream = this.connect(uri).await?;
+            let number = opened.fetch_add(1, Ordering::AcqRel) + 1;
+            Ok(TokioIo::new(Numbered(stream, ConnectionNumber(number))))
+        })
     }
 }
 
@@ -251,15 +297,18 @@ enum Stream {
     Unix(UnixStream),
 }
 
-impl Connection for Stream {
+/// A stream and its connection's number.
+struct Numbered(Stream, ConnectionNumber);
+
+impl Connection for Numbered {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(self.1)
     }
 }
 
 macro_rules! each_stream {
     ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
+        match &mut $self.get_mut().0 {
             Stream::Tcp($s) => $e,
             Stream::Tls($s) => $e,
             Stream::Unix($s) => $e,
@@ -267,7 +316,7 @@ macro_rules! each_stream {
     };
 }
 
-impl AsyncRead for Stream {
+impl AsyncRead for Numbered {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -277,7 +326,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl AsyncWrite for Numbered {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

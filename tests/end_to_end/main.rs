@@ -6,6 +6,7 @@ mod composition;
 mod errors;
 mod from_env;
 mod hostile;
+mod keepalive;
 mod lifetime;
 mod linked;
 mod modes;

@@ -130,3 +130,93 @@ async fn a_rejection_is_retried_only_for_a_changed_bearer_and_only_once() {
         "the first call 1, the second 2"
     );
 }
+
+/// A cached call reads the bearer cheaply (the path's identity, then the kept
+/// file), yet every kind of change is seen on the very next call: a rewrite
+/// of the same length in place (even with its modification time put back),
+/// a replace-by-rename, a truncation, a removal.
+#[tokio::test]
+async fn every_change_to_the_bearer_file_is_seen_on_the_next_cached_call() {
+    use std::io::{Seek, SeekFrom, Write};
+    use vd_cred_broker::CredentialError as E;
+
+    let f = Fixture::new();
+    let path = f.dir.path().join("credential");
+    let mut sandbox = f.sandbox().await;
+    let credential = sandbox.open(&options()).await.unwrap().unwrap();
+    let mut call = async || {
+        sandbox
+            .credential_get_token(credential, &[VAULT])
+            .await
+            .unwrap()
+    };
+    let same_len = |tag: char| format!("vd_iat_{}", tag.to_string().repeat(16));
+    assert_eq!(f.bearer.len(), same_len('a').len());
+
+    call().await.unwrap();
+    call().await.unwrap(); // a hit: nothing sent
+    assert_eq!(f.broker.request_count(), 1);
+
+    // Rewritten in place, same length, same second, modification time put back.
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all(format!("{}\n", same_len('b')).as_bytes())
+        .unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    call().await.unwrap();
+
+    // Rewritten in place without truncating, same length again.
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.write_all(same_len('c').as_bytes()).unwrap();
+    drop(file);
+    call().await.unwrap();
+
+    // Replaced by rename.
+    std::fs::write(f.dir.path().join("next"), same_len('d')).unwrap();
+    std::fs::rename(f.dir.path().join("next"), &path).unwrap();
+    call().await.unwrap();
+
+    // Truncated: the next call fails; written again: it mints.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let err = call().await.unwrap_err();
+    assert!(
+        matches!(err, E::BearerUnavailable(ref m) if m.contains("is empty")),
+        "{err}"
+    );
+    std::fs::write(&path, same_len('e')).unwrap();
+    call().await.unwrap();
+
+    // Removed: the next call fails; created again: it mints.
+    std::fs::remove_file(&path).unwrap();
+    let err = call().await.unwrap_err();
+    assert!(
+        matches!(err, E::BearerUnavailable(ref m) if m.contains("does not exist")),
+        "{err}"
+    );
+    std::fs::write(&path, same_len('f')).unwrap();
+    call().await.unwrap();
+    call().await.unwrap(); // a hit again
+
+    let sent: Vec<String> = f
+        .broker
+        .requests()
+        .iter()
+        .map(|r| {
+            r.header("authorization")
+                .unwrap()
+                .trim_start_matches("Bearer ")
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = std::iter::once(f.bearer.clone())
+        .chain("bcdef".chars().map(same_len))
+        .collect();
+    assert_eq!(sent, expected);
+}

@@ -1,0 +1,117 @@
+//! The bearer file over wasi:filesystem, cheaply on every call (wasm only).
+//!
+//! The first read of a path goes through [`read_bearer`] (every check, every
+//! message). After it, the file stays open and a later call costs two host
+//! calls: `metadata-hash-at` on the path, and one `read` of the kept file.
+//!
+//! - The path's hash (wasmtime: device and inode) tells whether the path
+//!   still names the file that is open: a replace-by-rename, a swap of a
+//!   link (Kubernetes' `..data`) or a removal changes it or fails, and the
+//!   file is read anew from the path.
+//! - The read of the open file sees any rewrite in place (the same length,
+//!   within the same second, a truncation), which no metadata hash can be
+//!   trusted to reveal: wasmtime's leaves size and times out, and file times
+//!   can stand still between two writes.
+
+use std::cell::RefCell;
+
+use wasi::filesystem::preopens::get_directories;
+use wasi::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
+
+use crate::bearer::{preopen_relative, read_bearer};
+use crate::{CredentialError, MAX_BEARER_BYTES, Secret, parse_bearer};
+
+/// A bearer file kept open, with where it was found.
+struct Kept {
+    path: String,
+    dir: Descriptor,
+    relative: String,
+    file: Descriptor,
+    /// The open file's identity, as `metadata-hash-at` reports it for the path.
+    hash: (u64, u64),
+    /// The length read last time, to size the next read.
+    len: u64,
+}
+
+thread_local! {
+    static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Read and check the bearer at `path`, as [`read_bearer`] does.
+pub fn read(path: &str) -> Result<Secret, CredentialError> {
+    if let Some(result) = KEPT.with_borrow_mut(|kept| read_kept(kept, path)) {
+        return result;
+    }
+    let bearer = read_bearer(path)?;
+    if let Some(k) = keep(path) {
+        KEPT.with_borrow_mut(|kept| kept.push(k));
+    }
+    Ok(bearer)
+}
+
+/// The bearer through the kept file, or `None` when the path no longer names
+/// it (the entry is dropped and the caller reads from the path).
+fn read_kept(kept: &mut Vec<Kept>, path: &str) -> Option<Result<Secret, CredentialError>> {
+    let i = kept.iter().position(|k| k.path == path)?;
+    let k = &mut kept[i];
+    let same = k
+        .dir
+        .metadata_hash_at(PathFlags::SYMLINK_FOLLOW, &k.relative)
+        .is_ok_and(|h| (h.lower, h.upper) == k.hash);
+    let bytes = same.then(|| read_all(&k.file, k.len)).flatten();
+    let Some(bytes) = bytes else {
+        kept.swap_remove(i);
+        return None;
+    };
+    k.len = bytes.len() as u64;
+    Some(parse_bearer(&bytes).map_err(|why| {
+        CredentialError::BearerUnavailable(format!(
+            "the bearer file {path:?} (VD_CREDENTIAL_FILE) {why}"
+        ))
+    }))
+}
+
+/// The whole file (at most one byte over the bearer limit, so an oversized
+/// file is still told apart), usually in one `read`: a read of a regular file
+/// that returns less than asked for has reached its end.
+fn read_all(file: &Descriptor, hint: u64) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut ask = (hint + 64).min(MAX_BEARER_BYTES + 1);
+    loop {
+        let (chunk, eof) = file.read(ask, bytes.len() as u64).ok()?;
+        let short = (chunk.len() as u64) < ask;
+        bytes.extend_from_slice(&chunk);
+        if eof || short || bytes.len() as u64 > MAX_BEARER_BYTES {
+            return Some(bytes);
+        }
+        ask = (MAX_BEARER_BYTES + 1 - bytes.len() as u64).min(ask * 4);
+    }
+}
+
+/// Open `path` to keep, through the preopen that holds it; `None` when that
+/// is not possible (the next call then reads from the path again).
+fn keep(path: &str) -> Option<Kept> {
+    let mut preopens = get_directories();
+    let (i, relative) = preopen_relative(path, preopens.iter().map(|(_, guest)| guest.as_str()))?;
+    let (dir, _) = preopens.swap_remove(i);
+    let file = dir
+        .open_at(
+            PathFlags::SYMLINK_FOLLOW,
+            &relative,
+            OpenFlags::empty(),
+            DescriptorFlags::READ,
+        )
+        .ok()?;
+    // The identity of the file that is open, not of what the path names now:
+    // if it was replaced since the read above, the next call sees a
+    // difference and reads from the path.
+    let hash = file.metadata_hash().ok()?;
+    Some(Kept {
+        path: path.to_string(),
+        dir,
+        relative,
+        file,
+        hash: (hash.lower, hash.upper),
+        len: 0,
+    })
+}

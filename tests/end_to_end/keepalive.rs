@@ -1,0 +1,89 @@
+//! The host keeps the connection to the broker alive between calls (plain
+//! http, https, the helper's Unix socket), and a connection the broker closed
+//! is replaced without the caller noticing.
+
+use host_test::MockBroker;
+use host_test::tls::{TestCa, Validity};
+use vd_cred_host::{Host, TrustedRoots};
+
+use crate::{Fixture, VAULT, options};
+
+/// `n` uncached mints in one sandbox built by `builder`.
+async fn mints(builder: vd_cred_host::SandboxBuilder<'_>, n: usize) {
+    let mut sandbox = builder.build().await.unwrap();
+    let mut o = options();
+    o.disable_cache = true;
+    let credential = sandbox.open(&o).await.unwrap().unwrap();
+    for i in 0..n {
+        let token = sandbox
+            .credential_get_token(credential, &[VAULT])
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert!(token.token.starts_with("mock-token-"));
+    }
+}
+
+#[tokio::test]
+async fn sequential_mints_share_one_connection_over_http_https_and_the_helper_socket() {
+    let f = Fixture::new();
+    mints(f.builder(), 5).await;
+    assert_eq!(
+        (f.broker.request_count(), f.broker.connection_count()),
+        (5, 1)
+    );
+
+    let ca = TestCa::new().unwrap();
+    let tls = Fixture::with_broker(
+        MockBroker::start_tls(ca.server_config(&["localhost"], Validity::Current).unwrap())
+            .unwrap(),
+    );
+    let mut roots = TrustedRoots::public();
+    roots.add_pem(ca.pem().as_bytes()).unwrap();
+    mints(tls.builder().trusted_roots(roots), 5).await;
+    assert_eq!(
+        (tls.broker.request_count(), tls.broker.connection_count()),
+        (5, 1)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let helper = MockBroker::start_unix(dir.path().join("helper.sock")).unwrap();
+    let builder = Host::shared()
+        .sandbox()
+        .runtime_access(helper.socket_path().unwrap());
+    mints(builder, 5).await;
+    assert_eq!((helper.request_count(), helper.connection_count()), (5, 1));
+}
+
+#[tokio::test]
+async fn a_connection_the_broker_closed_is_replaced_transparently() {
+    let f = Fixture::new();
+    let mut sandbox = f.sandbox().await;
+    let mut o = options();
+    o.disable_cache = true;
+    // Under the component's first backoff (50 ms): a stale connection must
+    // be replaced by the host at once, not by the component's retry.
+    o.timeout_ms = Some(49);
+    let credential = sandbox.open(&o).await.unwrap().unwrap();
+    const ROUNDS: usize = 20;
+    for i in 0..ROUNDS {
+        sandbox
+            .credential_get_token(credential, &[VAULT])
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {i}: {e}"));
+        // The broker's idle timeout fires right after the answer; the next
+        // call comes as soon as the broker has closed, racing the client's
+        // notice of the close.
+        f.broker.close_idle_connections();
+        let start = std::time::Instant::now();
+        while f.broker.closed_connections() <= i {
+            assert!(start.elapsed().as_secs() < 5, "the mock did not close");
+            std::thread::yield_now();
+        }
+    }
+    // Every call minted once (no request was sent twice), each on a new
+    // connection after the close.
+    assert_eq!(f.broker.request_count(), ROUNDS);
+    assert_eq!(f.broker.connection_count(), ROUNDS);
+}
