@@ -6,6 +6,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// The answer to every request.
 const BODY: &str = r#"{"access_token":"fast-token","expires_in":3600,"token_type":"Bearer"}"#;
@@ -13,21 +16,60 @@ const BODY: &str = r#"{"access_token":"fast-token","expires_in":3600,"token_type
 /// A running fast broker; it serves until the process exits.
 pub struct FastBroker {
     addr: SocketAddr,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    requests: AtomicUsize,
+    connections: AtomicUsize,
 }
 
 impl FastBroker {
     /// Start on `127.0.0.1:0`, serving on background threads.
     pub fn start() -> std::io::Result<FastBroker> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        FastBroker::with_latency(Duration::ZERO)
+    }
+
+    /// The same, answering each request `latency` after it arrived (a
+    /// broker further away, or busier): connections wait in parallel.
+    pub fn with_latency(latency: Duration) -> std::io::Result<FastBroker> {
+        // A backlog for a thousand agents connecting at once (std's is 128,
+        // past which connection attempts wait a second to be retried).
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        socket.listen(4096)?;
+        let listener: TcpListener = socket.into();
         let addr = listener.local_addr()?;
+        let counts = Arc::new(Counts::default());
+        let shared = counts.clone();
         std::thread::Builder::new()
             .name("fast-broker".into())
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
-                    let _ = std::thread::Builder::new().spawn(move || serve(stream));
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
+                    let counts = shared.clone();
+                    let _ = std::thread::Builder::new()
+                        .stack_size(64 * 1024)
+                        .spawn(move || serve(stream, latency, &counts));
                 }
             })?;
-        Ok(FastBroker { addr })
+        Ok(FastBroker { addr, counts })
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        self.counts.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.counts.connections.load(Ordering::Relaxed)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The broker base URL.
@@ -37,7 +79,7 @@ impl FastBroker {
 }
 
 /// Answer requests on one connection until the client closes it.
-fn serve(mut stream: TcpStream) {
+fn serve(mut stream: TcpStream, latency: Duration, counts: &Counts) {
     let _ = stream.set_nodelay(true);
     let response = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
@@ -57,6 +99,10 @@ fn serve(mut stream: TcpStream) {
             }
         };
         buffer.drain(..request_len);
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+        counts.requests.fetch_add(1, Ordering::Relaxed);
         if stream.write_all(response.as_bytes()).is_err() {
             return;
         }

@@ -38,6 +38,8 @@ pub mod clock;
 pub mod fast_broker;
 pub mod keyvault;
 pub mod native;
+pub mod original;
+pub mod plain_host;
 pub mod probe;
 pub mod tls;
 
