@@ -364,7 +364,7 @@ fn main() {
     rows.push(Row(
         "get-token, cached: our host, pooling allocator, current-thread tokio".into(),
         stats(c_pooled),
-        "fiber stacks reused".into(),
+        "instances from the pooling allocator".into(),
     ));
     rows.push(Row(
         "get-token, cached: our host, multi-thread tokio".into(),
