@@ -11,11 +11,11 @@ use crate::policy::BrokerOnly;
 use crate::sandbox::SandboxBuilder;
 use crate::tls::TrustedRoots;
 
-/// The environment variable naming a PEM file of CA certificates to trust
-/// for an https broker, on top of the public web roots (the variable OpenSSL
-/// and Python's `ssl` read; here it adds to the public roots, never replaces
-/// them).
-pub const ENV_CA_FILE: &str = "SSL_CERT_FILE";
+/// The environment variables naming a PEM file of CA certificates to trust
+/// for an https broker, on top of the public web roots: OpenSSL's and
+/// Python's `ssl`'s, and the two `requests` (so the original credential)
+/// reads. Here they add to the public roots, never replace them.
+pub const ENV_CA_FILES: [&str; 3] = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"];
 
 /// Where the runtime-access helper listens unless `VD_RUNTIME_ACCESS_SOCKET` says otherwise.
 pub const DEFAULT_RUNTIME_ACCESS_SOCKET: &str = "/run/vd-access/program.sock";
@@ -47,8 +47,9 @@ pub struct Setup {
     pub configuration_revision: Option<String>,
     /// The runtime-access helper's socket when it exists: helper mode.
     pub runtime_access_socket: Option<PathBuf>,
-    /// `SSL_CERT_FILE`: extra CA certificates for an https broker.
-    pub ca_file: Option<PathBuf>,
+    /// Extra CA certificates for an https broker: each of [`ENV_CA_FILES`]
+    /// that is set, with its variable.
+    pub ca_files: Vec<(&'static str, PathBuf)>,
 }
 
 /// `path` made absolute against the working directory, without resolving
@@ -72,9 +73,10 @@ impl Setup {
             lane: env(vd_cred_broker::ENV_LANE),
             configuration_revision: env(vd_cred_broker::ENV_CONFIGURATION_REVISION),
             runtime_access_socket: runtime_access_socket(&env),
-            ca_file: env(ENV_CA_FILE)
-                .filter(|f| !f.is_empty())
-                .map(PathBuf::from),
+            ca_files: ENV_CA_FILES
+                .into_iter()
+                .filter_map(|var| Some((var, PathBuf::from(env(var).filter(|f| !f.is_empty())?))))
+                .collect(),
         }
     }
 
@@ -105,13 +107,13 @@ impl Setup {
     }
 
     /// The roots an https broker is verified against: the public web roots,
-    /// plus the certificates in `SSL_CERT_FILE` when it is set.
+    /// plus the certificates in each of [`ENV_CA_FILES`] that is set.
     pub fn trusted_roots(&self) -> Result<TrustedRoots> {
         let mut roots = TrustedRoots::public();
-        if let Some(file) = &self.ca_file {
+        for (var, file) in &self.ca_files {
             roots.add_pem_file(file).map_err(|e| {
                 e.context(format!(
-                    "{ENV_CA_FILE} names {}, which does not hold usable CA certificates: \
+                    "{var} names {}, which does not hold usable CA certificates: \
                      fix or unset it",
                     file.display()
                 ))

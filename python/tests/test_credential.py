@@ -228,6 +228,8 @@ def test_a_new_process_reuses_the_compiled_component_and_survives_an_unusable_ca
 
 
 def test_an_https_broker_with_a_private_ca_is_trusted_through_ssl_cert_file(env, bearer, tmp_path):
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        env.delenv(var, raising=False)
     from tls_server import TlsServer
 
     def mint(method, path, headers):
@@ -248,6 +250,11 @@ def test_an_https_broker_with_a_private_ca_is_trusted_through_ssl_cert_file(env,
         assert StudioAzureCredBroker().get_token(VAULT).token == "tls-token"
         [(method, path, authorization)] = server.requests
         assert authorization == f"Bearer {bearer.value}"
+        # What a user of the original (requests) has set works too.
+        env.delenv("SSL_CERT_FILE")
+        env.setenv("REQUESTS_CA_BUNDLE", server.ca_path)
+        assert StudioAzureCredBroker().get_token(VAULT).token == "tls-token"
+        env.delenv("REQUESTS_CA_BUNDLE")
 
         env.setenv("SSL_CERT_FILE", str(bearer.path))
         with pytest.raises(vd_cred_broker.ConfigurationError) as e:

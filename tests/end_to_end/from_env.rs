@@ -1,5 +1,5 @@
 //! The host library's set-up from a process's environment: `SSL_CERT_FILE`
-//! for an https broker, and bearer paths that are symbolic links.
+//! (or `requests`' variables) for an https broker, and bearer paths that are symbolic links.
 
 use std::collections::HashMap;
 use std::os::unix::fs::symlink;
@@ -58,13 +58,13 @@ async fn ssl_cert_file_adds_a_private_ca() {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
 
-    let with_ca = env(
-        &broker,
-        &file,
-        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
-    );
-    let token = sandbox(with_ca).await.get_token(&[VAULT]).await.unwrap();
-    assert_eq!(token.unwrap().token, "mock-token-1");
+    // Each variable alone adds the CA: OpenSSL's, and the two `requests`
+    // (the original) reads.
+    for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        let with_ca = env(&broker, &file, &[(var, ca_file.to_str().unwrap())]);
+        let token = sandbox(with_ca).await.get_token(&[VAULT]).await.unwrap();
+        assert!(token.unwrap().token.starts_with("mock-token-"), "{var}");
+    }
 
     let without = env(&broker, &file, &[]);
     let err = sandbox(without)
@@ -91,7 +91,7 @@ async fn ssl_cert_file_adds_a_private_ca() {
             file.display()
         )
     );
-    assert_eq!(broker.request_count(), 1);
+    assert_eq!(broker.request_count(), 3);
 }
 
 #[tokio::test]
