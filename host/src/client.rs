@@ -234,7 +234,11 @@ impl Connector {
             return Ok(Stream::Unix(stream));
         }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let stream = TcpStream::connect((host.trim_matches(['[', ']']), port))
+        let addrs: Vec<_> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+            .await
+            .map_err(ConnectError::Dns)?
+            .collect();
+        let stream = TcpStream::connect(&addrs[..])
             .await
             .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
@@ -255,6 +259,7 @@ impl Connector {
 #[derive(Debug)]
 enum ConnectError {
     NoHost,
+    Dns(std::io::Error),
     Io(std::io::Error),
     Tls(std::io::Error),
 }
@@ -263,6 +268,10 @@ impl ConnectError {
     fn to_wasi(&self) -> Error {
         match self {
             ConnectError::NoHost => Error::HttpRequestUriInvalid,
+            ConnectError::Dns(e) => Error::DnsError {
+                rcode: Some(e.to_string()),
+                info_code: None,
+            },
             ConnectError::Io(e) => match e.kind() {
                 std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
                 _ => Error::ConnectionRefused,
@@ -282,6 +291,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::NoHost => write!(f, "the URL has no usable host"),
+            ConnectError::Dns(e) => write!(f, "the host name did not resolve: {e}"),
             ConnectError::Io(e) => write!(f, "connecting failed: {e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
         }

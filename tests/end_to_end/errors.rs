@@ -297,3 +297,25 @@ async fn describe_error_renders_in_the_component() {
         assert_eq!(sandbox.describe_error(&error).await.unwrap(), expected);
     }
 }
+
+#[tokio::test]
+async fn a_broker_host_name_that_does_not_resolve_says_so() {
+    let f = crate::Fixture::new();
+    // `.invalid` never resolves (RFC 6761).
+    let url = "https://broker.invalid:8443/api/v1/credential-broker";
+    let mut o = crate::options();
+    o.broker_url = Some(url.into());
+    let mut sandbox = f.builder().broker_url(url).build().await.unwrap();
+    let credential = sandbox.open(&o).await.unwrap().unwrap();
+    let err = sandbox
+        .credential_get_token(credential, &[crate::VAULT])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, vd_cred_broker::CredentialError::BrokerUnreachable(ref m)
+            if m.starts_with(&format!("{url}/token failed: the broker's host name did not resolve"))),
+        "{err}"
+    );
+    assert!(sandbox.denied_requests().is_empty());
+}
