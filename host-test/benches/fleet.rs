@@ -3,7 +3,10 @@
 //! token at once against the fast loopback broker with 0 ms and with 20 ms of
 //! added latency: the wave's wall time, p50 / p99 per call (from the common
 //! start), the mints the broker saw, host RSS per instance; then a second wave
-//! with every token cached. Beside it, the same waves with the original Python
+//! with every token cached. Memory per agent is the host's RSS growth, and
+//! its anonymous part alone (RSS also counts the precompiled component's
+//! data pages, which every instance maps from the same file and shares, once
+//! per instance). Beside it, the same waves with the original Python
 //! credential: one process per agent (up to [`MAX_PROCESSES`], memory
 //! permitting) and threads in one process. Prints a Markdown table.
 
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use host_test::fast_broker::FastBroker;
 use host_test::original::OriginalPython;
-use host_test::rss_kib;
+use host_test::{rss_anon_kib, rss_kib};
 use tokio::sync::watch;
 use vd_cred_host::{
     COMPONENT_WASM, CredentialOptions, Host, HostOptions, Sandbox, default_options,
@@ -142,15 +145,16 @@ fn original_processes(original: &OriginalPython, n: usize) -> anyhow::Result<(us
     }
     let count = waiting.len();
     let released = Instant::now();
+    let release = std::time::SystemTime::now();
     for w in &mut waiting {
-        w.go()?;
+        w.go(release)?;
     }
     let mut times = Vec::new();
     for w in &mut waiting {
         times.extend(w.times()?);
     }
-    // Each process times its own call; the wave's wall is until the last
-    // answer was reported (not until the processes have exited).
+    // Each process times its call from the common release; the wave's wall
+    // is until the last answer was reported (not until the processes exit).
     let wall = released.elapsed();
     for w in waiting {
         w.finish()?;
@@ -162,7 +166,7 @@ fn original_threads(original: &OriginalPython, n: usize) -> anyhow::Result<(Wave
     let mut w = original.threads(n)?;
     let rss = w.rss_kib;
     let released = Instant::now();
-    w.go()?;
+    w.go(std::time::SystemTime::now())?;
     let times = w.times()?;
     let wall = released.elapsed();
     w.finish()?;
@@ -211,6 +215,7 @@ fn main() {
         for n in SIZES {
             trim_heap();
             let base = rss_kib().unwrap_or(0);
+            let base_anon = rss_anon_kib().unwrap_or(0);
             let agents = runtime.block_on(async {
                 let mut agents = Vec::new();
                 for i in 0..n {
@@ -228,8 +233,9 @@ fn main() {
                 "the second wave is cached"
             );
             let per_agent = rss_kib().unwrap_or(0).saturating_sub(base) as f64 / n as f64;
+            let anon = rss_anon_kib().unwrap_or(0).saturating_sub(base_anon) as f64 / n as f64;
             rows.push(format!(
-                "| {n} | {} ms | this component, our host | {} | {} | {} | {mints} | {} | {} | {} | {per_agent:.0} KiB (host RSS growth / agents) |",
+                "| {n} | {} ms | this component, our host | {} | {} | {} | {mints} | {} | {} | {} | {per_agent:.0} KiB RSS, {anon:.0} KiB private (host growth / agents) |",
                 latency.as_millis(),
                 show(first.wall),
                 show(first.at(0.5)),

@@ -49,9 +49,20 @@ pub use clock::TestClock;
 /// This process's resident set size in KiB, from Linux's `/proc/self/status`;
 /// `None` where that does not exist: for the soak test and the memory benchmark.
 pub fn rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+/// The anonymous (private) part of [`rss_kib`]: without file-backed pages,
+/// such as a precompiled component's data that every instance maps and
+/// shares, which RSS counts once per instance.
+pub fn rss_anon_kib() -> Option<u64> {
+    status_kib("RssAnon:")
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -138,13 +138,15 @@ impl Waiting {
         })
     }
 
-    /// Start the call(s).
-    pub fn go(&mut self) -> Result<()> {
-        self.stdin.write_all(b"go\n")?;
+    /// Start the call(s); their times count from `release` (this machine's
+    /// wall clock, which the process reads too).
+    pub fn go(&mut self, release: std::time::SystemTime) -> Result<()> {
+        let at = release.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        self.stdin.write_all(format!("go {at:.6}\n").as_bytes())?;
         Ok(self.stdin.flush()?)
     }
 
-    /// The call times it reports, once done (the process is then left to
+    /// The call times it reports (from the release), once done (the process is then left to
     /// exit; [`Waiting::finish`] waits for it).
     pub fn times(&mut self) -> Result<Vec<Duration>> {
         let mut line = String::new();
