@@ -20,11 +20,7 @@ pub const MAX_BEARER_BYTES: u64 = 64 * 1024;
 /// the component's preopened directories and an unreadable file each get
 /// their own `bearer-unavailable` message; none of them blocks.
 pub fn read_bearer(path: &str) -> Result<Secret, CredentialError> {
-    let unavailable = |why: String| {
-        CredentialError::BearerUnavailable(format!(
-            "the bearer file {path:?} (VD_CREDENTIAL_FILE) {why}"
-        ))
-    };
+    let unavailable = |why: String| unavailable(path, &why);
     let io = |e: std::io::Error| match e.kind() {
         ErrorKind::NotFound => unavailable(
             "does not exist, or is outside the directories the host shares with the component: \
@@ -69,6 +65,14 @@ pub fn read_bearer(path: &str) -> Result<Secret, CredentialError> {
         .and_then(|f| f.take(MAX_BEARER_BYTES + 1).read_to_end(&mut bytes))
         .map_err(io)?;
     parse_bearer(&bytes).map_err(unavailable)
+}
+
+/// The `bearer-unavailable` error for the file at `path`, `why` completing
+/// the sentence.
+pub(crate) fn unavailable(path: &str, why: &str) -> CredentialError {
+    CredentialError::BearerUnavailable(format!(
+        "the bearer file {path:?} (VD_CREDENTIAL_FILE) {why}"
+    ))
 }
 
 /// Check a bearer file's content: at most [`MAX_BEARER_BYTES`], UTF-8,

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use wasi::filesystem::preopens::get_directories;
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
 
-use crate::bearer::{preopen_relative, read_bearer};
+use crate::bearer::{preopen_relative, read_bearer, unavailable};
 use crate::{CredentialError, MAX_BEARER_BYTES, Secret, parse_bearer};
 
 /// A bearer file kept open, with where it was found.
@@ -64,11 +64,7 @@ fn read_kept(kept: &mut Vec<Kept>, path: &str) -> Option<Result<Secret, Credenti
         return None;
     };
     k.len = bytes.len() as u64;
-    Some(parse_bearer(&bytes).map_err(|why| {
-        CredentialError::BearerUnavailable(format!(
-            "the bearer file {path:?} (VD_CREDENTIAL_FILE) {why}"
-        ))
-    }))
+    Some(parse_bearer(&bytes).map_err(|why| unavailable(path, &why)))
 }
 
 /// The whole file (at most one byte over the bearer limit, so an oversized
