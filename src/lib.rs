@@ -53,5 +53,10 @@ pub use settings::{
     ENV_RUNTIME_ACCESS_URL, Mode, Options, Protocol, Settings, validate_broker_url,
 };
 
+/// How a host's `internal-error` text for a refused TLS handshake starts
+/// (`vd-cred-host` names the certificate problem after it); the component
+/// reports such a failure as it is and does not retry it.
+pub const TLS_HANDSHAKE_FAILED: &str = "TLS handshake failed";
+
 /// Largest broker answer read, in bytes (the Studio runtime-access client's limit).
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;

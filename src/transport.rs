@@ -215,7 +215,7 @@ fn from_code(code: &ErrorCode) -> SendError {
         // The host's own explanation: ours names a certificate problem this
         // way (untrusted, another host name, expired), which wasi:http's
         // payload-less `tls-certificate-error` cannot carry.
-        ErrorCode::InternalError(Some(why)) if why.starts_with("TLS handshake failed") => {
+        ErrorCode::InternalError(Some(why)) if why.starts_with(crate::TLS_HANDSHAKE_FAILED) => {
             SendError::Tls(why.clone())
         }
         ErrorCode::InternalError(Some(why)) => failed(why),

@@ -130,7 +130,7 @@ pub(crate) fn explain(error: &std::io::Error) -> Option<String> {
         }
         other => other.to_string(),
     };
-    Some(format!("TLS handshake failed: {why}"))
+    Some(format!("{}: {why}", vd_cred_broker::TLS_HANDSHAKE_FAILED))
 }
 
 #[cfg(test)]
