@@ -179,13 +179,7 @@ fn from_client_error(e: hyper_util::client::legacy::Error) -> Error {
             return c.to_wasi();
         }
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return if h.is_timeout() {
-                Error::ConnectionReadTimeout
-            } else if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
-                Error::ConnectionTerminated
-            } else {
-                Error::HttpProtocolError
-            };
+            return from_hyper(h);
         }
         source = s.source();
     }
@@ -397,10 +391,14 @@ impl Body for BetweenBytes {
     }
 }
 
+/// The wasi:http error for hyper's, while waiting for the answer's head or
+/// reading its body.
 fn from_hyper(e: &hyper::Error) -> Error {
     if e.is_timeout() {
         Error::ConnectionReadTimeout
-    } else {
+    } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         Error::ConnectionTerminated
+    } else {
+        Error::HttpProtocolError
     }
 }
