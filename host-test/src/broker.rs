@@ -48,6 +48,10 @@ pub enum Reply {
     /// `then` when the request carries `Authorization: Bearer <bearer>`,
     /// else 401: a resource server (Key Vault) that checks its token.
     Authorized { bearer: String, then: Box<Reply> },
+    /// Answer, after `delay`, a fresh token naming what was asked for:
+    /// `mock-<audience>-<n>` (n counts requests), living 3600 s. A client
+    /// that hands one caller another's answer is caught by the name.
+    Named { delay: Duration },
 }
 
 impl Reply {
@@ -92,6 +96,7 @@ impl Reply {
                 bearer,
                 then: Box::new(then.after(delay)),
             },
+            Reply::Named { .. } => Reply::Named { delay },
         }
     }
 
@@ -166,7 +171,12 @@ struct Inner {
     failed_handshakes: usize,
     /// When set, only these bearers get past the 401 (a broker mid-rotation).
     accepted: Option<Vec<String>>,
+    /// Called with each request's number before it is answered ([`MockBroker::on_request`]).
+    hook: Option<RequestHook>,
 }
+
+/// What [`MockBroker::on_request`] runs.
+type RequestHook = Box<dyn FnMut(usize, &mut Option<Vec<String>>) + Send>;
 
 /// Where the mock listens.
 enum Listener {
@@ -286,6 +296,17 @@ impl MockBroker {
     /// consume); `None` accepts any bearer again. For rotation tests.
     pub fn accept_bearers(&self, bearers: Option<Vec<String>>) {
         self.inner.lock().unwrap().accepted = bearers;
+    }
+
+    /// Call `hook` with each request's number (counting from 1 since the
+    /// start) and the bearers the broker accepts ([`MockBroker::accept_bearers`]),
+    /// which it may change, once the request is recorded and before it is
+    /// answered: the bearer rotates, or the bearer file changes, at a chosen
+    /// request rather than after a chosen time, so a race is met the same way
+    /// on a fast machine and a slow one. Runs on the broker's thread with the
+    /// broker locked (it must not call the broker); replaces any earlier hook.
+    pub fn on_request(&self, hook: impl FnMut(usize, &mut Option<Vec<String>>) + Send + 'static) {
+        self.inner.lock().unwrap().hook = Some(Box::new(hook));
     }
 
     /// Every request received so far.
@@ -462,6 +483,10 @@ async fn answer(
         inner.served += 1;
         let n = inner.served;
         let last = inner.requests.len() - 1;
+        let Inner { hook, accepted, .. } = &mut *inner;
+        if let Some(hook) = hook {
+            hook(n, accepted);
+        }
         let authorization = inner.requests[last]
             .header("authorization")
             .map(str::to_string);
@@ -488,6 +513,17 @@ async fn answer(
         inner.requests[last].answered = Some(reply.clone().unwrap_or(Reply::Mint));
         match reply {
             None | Some(Reply::Mint) => Reply::json(200, mint_body(n)),
+            Some(Reply::Named { delay }) => {
+                let audience =
+                    serde_json::from_slice::<serde_json::Value>(&inner.requests[last].body)
+                        .ok()
+                        .and_then(|body| body["audience"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                let body = format!(
+                    r#"{{"access_token":"mock-{audience}-{n}","expires_in":3600,"token_type":"Bearer"}}"#
+                );
+                Reply::json(200, body).after(delay)
+            }
             Some(reply) => reply,
         }
     };
@@ -513,7 +549,9 @@ async fn answer(
             tokio::time::sleep(delay).await;
             Err(DroppedConnection)
         }
-        Reply::Mint | Reply::OneOf(_) | Reply::Authorized { .. } => unreachable!("resolved above"),
+        Reply::Mint | Reply::OneOf(_) | Reply::Authorized { .. } | Reply::Named { .. } => {
+            unreachable!("resolved above")
+        }
     }
 }
 

@@ -335,6 +335,9 @@ fn reply_from_json(spec: &str) -> Result<host_test::Reply> {
     if spec["drop"].as_bool() == Some(true) {
         return Ok(host_test::Reply::Drop { delay });
     }
+    if spec["named"].as_bool() == Some(true) {
+        return Ok(host_test::Reply::Named { delay });
+    }
     let status = spec["status"].as_u64().unwrap_or(200).try_into()?;
     let mut reply =
         host_test::Reply::json(status, spec["body"].as_str().unwrap_or("")).after(delay);

@@ -4,6 +4,7 @@
 
 use host_test::MockBroker;
 use host_test::tls::{TestCa, Validity};
+use vd_cred_broker::CredentialError as E;
 use vd_cred_host::{Host, TrustedRoots};
 
 use crate::{Fixture, VAULT, options};
@@ -55,35 +56,62 @@ async fn sequential_mints_share_one_connection_over_http_https_and_the_helper_so
     assert_eq!((helper.request_count(), helper.connection_count()), (5, 1));
 }
 
+/// The broker closes the connection after every answer, and the next call
+/// races the client's notice of the close. The deadline (49 ms) is under the
+/// component's first backoff (50 ms), so the component cannot retry: a call
+/// that gets a token got it on its one attempt, over a connection the host
+/// replaced at once. A call may still run out of its 49 ms on a loaded
+/// machine; that says nothing either way, so such a round is simply run
+/// again. Any other error fails the test.
 #[tokio::test]
 async fn a_connection_the_broker_closed_is_replaced_transparently() {
+    const ROUNDS: usize = 20;
+    /// Rounds that may time out before the test gives up (a hang guard: a
+    /// machine too slow for any 49 ms call fails here rather than spin).
+    const MOST_TIMED_OUT: usize = 1_000;
     let f = Fixture::new();
     let mut sandbox = f.sandbox().await;
     let mut o = options();
     o.disable_cache = true;
-    // Under the component's first backoff (50 ms): a stale connection must
-    // be replaced by the host at once, not by the component's retry.
     o.timeout_ms = Some(49);
     let credential = sandbox.open(&o).await.unwrap().unwrap();
-    const ROUNDS: usize = 20;
-    for i in 0..ROUNDS {
-        sandbox
+    let (mut tokens, mut timed_out) = (0, 0);
+    while tokens < ROUNDS {
+        let (requests, connections) = (f.broker.request_count(), f.broker.connection_count());
+        match sandbox
             .credential_get_token(credential, &[VAULT])
             .await
             .unwrap()
-            .unwrap_or_else(|e| panic!("round {i}: {e}"));
+        {
+            Ok(_) => {
+                tokens += 1;
+                // Minted once (no request was sent twice), on a new
+                // connection after the close.
+                assert_eq!(
+                    (
+                        f.broker.request_count() - requests,
+                        f.broker.connection_count() - connections
+                    ),
+                    (1, 1),
+                    "round {tokens}"
+                );
+            }
+            Err(E::BrokerUnreachable(m)) if m.contains("within 49 ms (timeout-ms)") => {
+                timed_out += 1;
+                assert!(timed_out <= MOST_TIMED_OUT, "{timed_out} calls timed out");
+                assert!(f.broker.request_count() - requests <= 1);
+            }
+            Err(e) => panic!("round {}: {e}", tokens + 1),
+        }
         // The broker's idle timeout fires right after the answer; the next
-        // call comes as soon as the broker has closed, racing the client's
-        // notice of the close.
+        // call comes as soon as the broker has closed every connection,
+        // racing the client's notice of the close.
         f.broker.close_idle_connections();
         let start = std::time::Instant::now();
-        while f.broker.closed_connections() <= i {
-            assert!(start.elapsed().as_secs() < 5, "the mock did not close");
+        while f.broker.closed_connections() < f.broker.connection_count() {
+            assert!(start.elapsed().as_secs() < 60, "the mock did not close");
             std::thread::yield_now();
         }
     }
-    // Every call minted once (no request was sent twice), each on a new
-    // connection after the close.
-    assert_eq!(f.broker.request_count(), ROUNDS);
-    assert_eq!(f.broker.connection_count(), ROUNDS);
+    println!("{ROUNDS} tokens, {timed_out} calls timed out");
 }

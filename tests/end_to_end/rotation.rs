@@ -56,7 +56,6 @@ async fn a_bearer_removed_after_a_success_fails_the_next_call() {
 #[tokio::test]
 async fn a_rejection_after_a_rotation_is_retried_once_with_the_new_bearer() {
     use host_test::Reply;
-    use std::time::Duration;
 
     let f = Fixture::new();
     let new = "vd_iat_rotated_in_flight";
@@ -64,17 +63,18 @@ async fn a_rejection_after_a_rotation_is_retried_once_with_the_new_bearer() {
         bearer: new.into(),
         then: Box::new(Reply::Mint),
     });
-    // The first answer (to the old bearer) comes after 400 ms; the file is
-    // rotated 100 ms into the wait.
+    // The file is rotated once the broker has the request with the old
+    // bearer, before it answers 401: at that point of the call, whatever
+    // the machine's speed.
     f.broker
-        .push(Reply::json(401, r#"{"error":"bearer rotated"}"#).after(Duration::from_millis(400)));
+        .push(Reply::json(401, r#"{"error":"bearer rotated"}"#));
     let path = f.dir.path().join("credential");
-    let rotate = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
-        std::fs::write(path, format!("{new}\n")).unwrap();
+    f.broker.on_request(move |n, _| {
+        if n == 1 {
+            std::fs::write(&path, format!("{new}\n")).unwrap();
+        }
     });
     let token = f.get_token(&[VAULT]).await.unwrap();
-    rotate.join().unwrap();
     assert_eq!(token.token, "mock-token-2");
     let auth: Vec<String> = f
         .broker
@@ -92,7 +92,6 @@ async fn a_rejection_after_a_rotation_is_retried_once_with_the_new_bearer() {
 #[tokio::test]
 async fn a_rejection_is_retried_only_for_a_changed_bearer_and_only_once() {
     use host_test::Reply;
-    use std::time::Duration;
 
     let f = Fixture::new();
     f.broker
@@ -107,16 +106,15 @@ async fn a_rejection_is_retried_only_for_a_changed_bearer_and_only_once() {
         "{err}"
     );
     assert_eq!(f.broker.request_count(), 1);
-    // Rotated to a bearer the broker also rejects: one more, then the 401.
-    f.broker
-        .push(Reply::json(401, r#"{"error":"revoked"}"#).after(Duration::from_millis(300)));
+    // Rotated to a bearer the broker also rejects (once the broker has the
+    // second call's request, before it answers): one more, then the 401.
     let path = f.dir.path().join("credential");
-    let rotate = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
-        std::fs::write(path, "vd_iat_also_revoked\n").unwrap();
+    f.broker.on_request(move |n, _| {
+        if n == 2 {
+            std::fs::write(&path, "vd_iat_also_revoked\n").unwrap();
+        }
     });
     let err = f.get_token(&[VAULT]).await.unwrap_err();
-    rotate.join().unwrap();
     assert!(
         matches!(
             err,
@@ -128,6 +126,20 @@ async fn a_rejection_is_retried_only_for_a_changed_bearer_and_only_once() {
         f.broker.request_count(),
         3,
         "the first call 1, the second 2"
+    );
+    let auth: Vec<String> = f
+        .broker
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        auth[1..],
+        [
+            format!("Bearer {}", f.bearer),
+            "Bearer vd_iat_also_revoked".to_string()
+        ],
+        "the retry carries the rotated bearer"
     );
 }
 

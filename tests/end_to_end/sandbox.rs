@@ -87,12 +87,32 @@ async fn without_a_broker_origin_all_http_is_denied() {
 }
 
 /// From inside: the probe component gets exactly the credential's sandbox.
+/// Every path tried leads to a file the test process itself reads (checked
+/// first) or wrote, so each refusal is the sandbox's, and the error
+/// says which part of it: a path outside every preopen is not there at all
+/// (ENOENT), a way out of the preopen (`..`, a symbolic link) and any write
+/// are not permitted (EPERM).
 #[tokio::test]
 async fn the_probe_can_read_only_the_bearer_directory_and_write_nothing() {
+    const NOT_THERE: &str = "No such file or directory (os error 44)";
+    const NOT_PERMITTED: &str = "Operation not permitted (os error 63)";
     let f = Fixture::new();
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret");
     std::fs::write(&secret, "host secret").unwrap();
+    std::os::unix::fs::symlink(&secret, f.dir.path().join("link")).unwrap();
+    // The secret, from the preopened directory, by `..`: both temp dirs share a parent.
+    let outside_name = outside.path().file_name().unwrap().to_str().unwrap();
+    let climbing = format!("{}/../{outside_name}/secret", crate::GUEST_DIR);
+    let host_climbing = f.dir.path().join("..").join(outside_name).join("secret");
+    let secret = secret.to_str().unwrap();
+    for host_path in [secret, "/etc/passwd", host_climbing.to_str().unwrap()] {
+        std::fs::read_to_string(host_path).unwrap_or_else(|e| panic!("host: {host_path}: {e}"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(f.dir.path().join("link")).unwrap(),
+        "host secret"
+    );
     let mut probe = host_test::probe::build_probe(f.builder()).await.unwrap();
 
     assert_eq!(probe.preopens().await.unwrap(), [crate::GUEST_DIR]);
@@ -100,27 +120,28 @@ async fn the_probe_can_read_only_the_bearer_directory_and_write_nothing() {
         probe.read_file(crate::GUEST_FILE).await.unwrap(),
         Ok(format!("{}\n", f.bearer))
     );
-    for path in [
-        secret.to_str().unwrap(),
-        "/etc/passwd",
-        "/run/vd/../../etc/passwd",
-        "../etc/passwd",
-        "/",
+    for (path, error) in [
+        (secret, NOT_THERE),
+        ("/etc/passwd", NOT_THERE),
+        (climbing.as_str(), NOT_PERMITTED),
+        ("/run/vd/link", NOT_PERMITTED),
     ] {
-        assert!(probe.read_file(path).await.unwrap().is_err(), "read {path}");
+        assert_eq!(
+            probe.read_file(path).await.unwrap(),
+            Err(error.to_string()),
+            "read {path}"
+        );
     }
-    for path in [
-        crate::GUEST_FILE,
-        "/run/vd/new-file",
-        secret.to_str().unwrap(),
+    for (path, error) in [
+        (crate::GUEST_FILE, NOT_PERMITTED),
+        ("/run/vd/new-file", NOT_PERMITTED),
+        ("/run/vd/link", NOT_PERMITTED),
+        (secret, NOT_THERE),
     ] {
-        assert!(
-            probe
-                .write_file(path, "overwritten")
-                .await
-                .unwrap()
-                .is_err(),
-            "wrote {path}"
+        assert_eq!(
+            probe.write_file(path, "overwritten").await.unwrap(),
+            Err(error.to_string()),
+            "write {path}"
         );
     }
     assert_eq!(
@@ -128,7 +149,7 @@ async fn the_probe_can_read_only_the_bearer_directory_and_write_nothing() {
         format!("{}\n", f.bearer)
     );
     assert!(!f.dir.path().join("new-file").exists());
-    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret");
+    assert_eq!(std::fs::read_to_string(secret).unwrap(), "host secret");
 }
 
 #[tokio::test]
