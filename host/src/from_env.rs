@@ -32,6 +32,20 @@ pub fn runtime_access_socket(env: &impl Fn(&str) -> Option<String>) -> Option<Pa
     path.exists().then_some(path)
 }
 
+/// Every environment variable [`Setup::from_env`] reads: a host that reads
+/// the environment itself (the Python package reads `os.environ`, as the
+/// original does) passes these on.
+pub const ENV_VARS: [&str; 8] = [
+    vd_cred_broker::ENV_BROKER_URL,
+    vd_cred_broker::ENV_CREDENTIAL_FILE,
+    vd_cred_broker::ENV_LANE,
+    vd_cred_broker::ENV_CONFIGURATION_REVISION,
+    ENV_RUNTIME_ACCESS_SOCKET,
+    ENV_CA_FILES[0],
+    ENV_CA_FILES[1],
+    ENV_CA_FILES[2],
+];
+
 /// The credential's inputs as a process sees them, before the component
 /// checks them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,9 +150,16 @@ impl Setup {
     ///   here. See [`Setup::bearer_location`] for a bearer path that is a
     ///   symbolic link.
     pub fn sandbox<'h>(&self, host: &'h Host) -> Result<SandboxBuilder<'h>> {
+        Ok(self.sandbox_trusting(host, self.trusted_roots()?))
+    }
+
+    /// [`Setup::sandbox`] with `roots` already read (from
+    /// [`Setup::trusted_roots`]): for a host that builds many sandboxes from
+    /// one setup and parses the CA files once.
+    pub fn sandbox_trusting<'h>(&self, host: &'h Host, roots: TrustedRoots) -> SandboxBuilder<'h> {
         let builder = host.sandbox();
         if let Some(socket) = &self.runtime_access_socket {
-            return Ok(builder.runtime_access(socket));
+            return builder.runtime_access(socket);
         }
         let location = self.bearer_location();
         let guest_file = location
@@ -166,7 +187,7 @@ impl Setup {
         if let Some((dir, guest)) = location.as_ref().and_then(|(d, _)| Some((d, d.to_str()?))) {
             builder = builder.bearer_dir(dir, guest);
         }
-        Ok(builder.trusted_roots(self.trusted_roots()?))
+        builder.trusted_roots(roots)
     }
 }
 
@@ -188,6 +209,20 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn env_vars_lists_exactly_what_from_env_reads() {
+        let read = std::cell::RefCell::new(Vec::new());
+        Setup::from_env(|name| {
+            read.borrow_mut().push(name.to_string());
+            None
+        });
+        let mut read = read.into_inner();
+        let mut listed: Vec<String> = ENV_VARS.iter().map(|v| v.to_string()).collect();
+        read.sort();
+        listed.sort();
+        assert_eq!(read, listed);
     }
 
     #[test]
