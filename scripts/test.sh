@@ -18,7 +18,7 @@ venv=target/venv
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
 cargo build --package host-test # the mock broker the Python tests drive
 rm -rf target/wheels
-"$venv/bin/maturin" build --quiet --profile dev --manifest-path python/Cargo.toml --out target/wheels \
+"$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml --out target/wheels \
     --interpreter "$venv/bin/python"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
     target/wheels/*.whl

@@ -52,6 +52,15 @@ class MockBroker:
     def token(self, token, expires_in=3600, **extra):
         return self.reply(200, json.dumps({"access_token": token, "expires_in": expires_in, **extra}))
 
+    def named(self, delay_ms=0):
+        """Answer every unscripted request with ``mock-<audience>-<n>`` (n counts requests)."""
+        self._send("default " + json.dumps({"named": True, "delay_ms": delay_ms}))
+        self.requests()
+
+    def minted(self):
+        """The token ``named`` answered each request so far, in order."""
+        return [f"mock-{json.loads(r['body'])['audience']}-{n}" for n, r in enumerate(self.requests(), 1)]
+
     def default(self, status=200, body="", delay_ms=0):
         self._send("default " + json.dumps({"status": status, "body": body, "delay_ms": delay_ms}))
         self.requests()
@@ -99,6 +108,18 @@ def env(monkeypatch, broker, bearer, tmp_path):
     monkeypatch.setenv("VD_CREDENTIAL_FILE", str(bearer.path))
     monkeypatch.setenv("VD_RUNTIME_ACCESS_SOCKET", str(tmp_path / "no-helper.sock"))
     return monkeypatch
+
+
+@pytest.fixture
+def holding(env, bearer):
+    """A broker that holds chosen audiences' answers until released
+    (``holding_broker.HoldingBroker``), in the environment instead of ``broker``."""
+    from holding_broker import HoldingBroker
+
+    b = HoldingBroker()
+    env.setenv("VD_CREDENTIAL_BROKER_URL", b.url)
+    yield b
+    b.close()
 
 
 @pytest.fixture

@@ -161,25 +161,41 @@ def no_jitter(monkeypatch):
     monkeypatch.setattr(random, "randint", lambda a, b: 0)
 
 
-def wait_past(refresh_on):
-    """Sleep until the wall clock reaches ``refresh_on`` (at most about 2 s here).
+@pytest.fixture
+def policy_clock(monkeypatch):
+    """azure-core's token policies' clock, still until the test moves it, so
+    when they decide to refresh does not depend on how fast the machine is."""
+    import azure.core.pipeline.policies._authentication as authentication
 
-    The credential runs on the real wall clock from Python, and so do the
-    azure-core policies, so this one wait is real time."""
-    time.sleep(max(0.0, refresh_on - time.time()) + 0.05)
+    class Clock:
+        now = time.time()
+
+        def time(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(authentication, "time", clock)
+    return clock
 
 
-def test_an_azure_core_pipeline_refreshes_at_refresh_on(env, broker, tmp_path, no_jitter):
+def wait_past_refresh_on(minted_by):
+    """Sleep (real time: the credential's clock) until a token minted before
+    ``minted_by`` with ``refresh_in=1`` is due; its refresh_on is whole
+    seconds, at most the mint's second plus one. Sleeping longer is harmless."""
+    time.sleep(max(0.0, minted_by + 1.05 - time.time()))
+
+
+def test_an_azure_core_pipeline_refreshes_at_refresh_on(env, broker, tmp_path, no_jitter, policy_clock):
     broker.token("first", expires_in=3600, refresh_in=1)
     broker.token("second", expires_in=3600)
     resource = protected_resource(tmp_path, accepted_tokens={"first", "second"})
-    refresh_on = int(time.time()) + 2
     try:
         policy = BearerTokenCredentialPolicy(StudioAzureCredBroker(), STORAGE)
         with PipelineClient(resource.url, policies=[policy], connection_verify=resource.ca_path) as client:
             get = lambda: client.send_request(HttpRequest("GET", resource.url + "/blob")).status_code
             assert [get(), get()] == [200, 200]
-            wait_past(refresh_on)
+            wait_past_refresh_on(time.time())
+            policy_clock.now = time.time()
             assert get() == 200
     finally:
         resource.close()
@@ -190,11 +206,10 @@ def test_an_azure_core_pipeline_refreshes_at_refresh_on(env, broker, tmp_path, n
 
 
 @pytest.mark.asyncio
-async def test_an_async_pipeline_with_the_async_credential(env, broker, tmp_path, no_jitter):
+async def test_an_async_pipeline_with_the_async_credential(env, broker, tmp_path, no_jitter, policy_clock):
     broker.token("async-first", expires_in=3600, refresh_in=1)
     broker.token("async-second", expires_in=3600)
     resource = protected_resource(tmp_path, accepted_tokens={"async-first", "async-second"})
-    refresh_on = int(time.time()) + 2
     statuses = []
     try:
         async with aio.StudioAzureCredBroker() as credential:
@@ -204,9 +219,11 @@ async def test_an_async_pipeline_with_the_async_credential(env, broker, tmp_path
             ) as client:
                 for i in range(3):
                     if i == 2:
-                        await asyncio.sleep(max(0.0, refresh_on - time.time()) + 0.05)
+                        await asyncio.sleep(max(0.0, minted_by + 1.05 - time.time()))
+                        policy_clock.now = time.time()
                     response = await client.send_request(HttpRequest("GET", resource.url + "/blob"))
                     statuses.append(response.status_code)
+                    minted_by = time.time()
     finally:
         resource.close()
     assert statuses == [200, 200, 200]

@@ -2,7 +2,7 @@
 
 import numbers
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
@@ -40,6 +40,42 @@ def _revision(value: Any) -> Tuple[Optional[int], Optional[str]]:
     return value, None
 
 
+def _optional_str(name: str, value: Any, example: str) -> Optional[str]:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigurationError(f"{name} must be a string such as {example!r}, not {type(value).__name__}")
+
+
+def _audience_map(value: Any) -> List[Tuple[str, str]]:
+    example = '{"https://vault.azure.net": "key_vault_data_plane"}'
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"audience_map must be a mapping of resource to audience, e.g. {example}")
+    for resource, audience in value.items():
+        if not isinstance(resource, str) or not isinstance(audience, str):
+            raise ConfigurationError(
+                f"audience_map must map strings to strings, e.g. {example}; "
+                f"got {resource!r}: {audience!r}"
+            )
+    return list(value.items())
+
+
+def _scopes(scopes: Tuple[Any, ...]) -> List[str]:
+    bad = next((s for s in scopes if not isinstance(s, str)), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"scopes must be strings such as 'https://vault.azure.net/.default', got {bad!r}"
+        )
+    return list(scopes)
+
+
+def _environment() -> Dict[str, str]:
+    """The variables the credential reads, from ``os.environ`` (as the original
+    reads them, and with the GIL held: never concurrently with a write)."""
+    return {name: os.environ[name] for name in _native.ENV_VARS if name in os.environ}
+
+
 class StudioAzureCredBroker:
     """VibeData Studio's Azure ``TokenCredential``, run as a sandboxed WebAssembly component.
 
@@ -52,7 +88,11 @@ class StudioAzureCredBroker:
     sandbox that sees the bearer's directory (read-only) and reaches only the
     broker's origin.
 
-    One credential is safe to share between threads.
+    One credential is safe to share between threads, and a call for one
+    audience never waits on a call for another. It survives ``os.fork()``
+    (the child builds its own sandboxes on first use) and copies and pickles
+    as the original does: a copy is a new credential with the same arguments
+    and the environment read at construction, and carries no token or bearer.
     """
 
     def __init__(
@@ -67,27 +107,48 @@ class StudioAzureCredBroker:
         allow_insecure_http: bool = False,
         cache: bool = True,
     ) -> None:
-        revision, self._revision_error = _revision(configuration_revision)
-        if audience_map is not None and not isinstance(audience_map, Mapping):
-            raise ConfigurationError(
-                "audience_map must be a mapping of resource to audience, e.g. "
-                '{"https://vault.azure.net": "key_vault_data_plane"}'
-            )
-        if credential_file is not None:
+        if credential_file is not None and isinstance(credential_file, os.PathLike):
             credential_file = os.fspath(credential_file)
+        arguments = {
+            "broker_url": broker_url,
+            "credential_file": credential_file,
+            "lane": lane,
+            "configuration_revision": configuration_revision,
+            "timeout": timeout,
+            "audience_map": dict(audience_map) if isinstance(audience_map, Mapping) else audience_map,
+            "allow_insecure_http": allow_insecure_http,
+            "cache": cache,
+        }
+        self._open(arguments, _environment())
+
+    def _open(self, arguments: Dict[str, Any], environment: Dict[str, str]) -> None:
+        a = arguments
+        revision, revision_error = _revision(a["configuration_revision"])
+        kwargs = dict(
+            broker_url=_optional_str("broker_url", a["broker_url"], "http://127.0.0.1:8080/api/v1/credential-broker"),
+            credential_file=_optional_str("credential_file", a["credential_file"], "/run/vd/credential"),
+            lane=_optional_str("lane", a["lane"], "user"),
+            configuration_revision=revision,
+            timeout_ms=_timeout_ms(a["timeout"]),
+            audience_map=_audience_map(a["audience_map"]),
+            allow_insecure_http=bool(a["allow_insecure_http"]),
+            cache=bool(a["cache"]),
+        )
         try:
-            self._native = _native.Credential(
-                broker_url=broker_url,
-                credential_file=credential_file,
-                lane=lane,
-                configuration_revision=revision,
-                timeout_ms=_timeout_ms(timeout),
-                audience_map=list((audience_map or {}).items()),
-                allow_insecure_http=bool(allow_insecure_http),
-                cache=bool(cache),
-            )
+            native = _native.Credential(environment, **kwargs)
         except _native.NativeError as e:
             raise from_native(e) from None
+        self._arguments, self._environment = arguments, environment
+        self._revision_error = revision_error
+        self._native = native
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """What a copy or a pickle carries: the arguments and the environment
+        read at construction; never a token, the bearer or a sandbox."""
+        return {"arguments": self._arguments, "environment": self._environment}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._open(state["arguments"], state["environment"])
 
     @property
     def mode(self) -> str:
@@ -103,39 +164,31 @@ class StudioAzureCredBroker:
         **kwargs: Any,
     ) -> AccessToken:
         """An ``AccessToken`` for ``scopes`` (e.g. ``https://vault.azure.net/.default``)."""
-        token, expires_on, _ = self._get(scopes, claims, tenant_id, enable_cae)
+        token, expires_on, _ = self._call(self._native.get_token_info, scopes, claims, tenant_id, enable_cae)
         return AccessToken(token, expires_on)
 
     def get_token_info(
         self, *scopes: str, options: Optional[Dict[str, Any]] = None
     ) -> AccessTokenInfo:
         """An ``AccessTokenInfo`` for ``scopes``, with ``refresh_on`` when the token has one."""
-        options = options or {}
-        token, expires_on, refresh_on = self._get(
-            scopes,
-            options.get("claims"),
-            options.get("tenant_id"),
-            bool(options.get("enable_cae", False)),
-        )
+        token, expires_on, refresh_on = self._call(self._native.get_token_info, scopes, *_options(options))
         return AccessTokenInfo(token, expires_on, token_type="Bearer", refresh_on=refresh_on)
 
-    def _get(self, scopes, claims, tenant_id, enable_cae):
+    def _call(self, native_call, scopes, claims, tenant_id, enable_cae):
+        """``native_call`` (``get_token_info``, or ``start`` for asyncio) with
+        checked arguments; a native error raised as this package's type."""
         if self._revision_error:
             raise ConfigurationError(self._revision_error)
+        scopes = _scopes(scopes)
+        claims = _optional_str("claims", claims, 'a claims challenge\'s JSON')
+        tenant_id = _optional_str("tenant_id", tenant_id, "00000000-0000-0000-0000-000000000000")
         try:
-            return self._native.get_token_info(
-                list(scopes), claims=claims, tenant_id=tenant_id, enable_cae=enable_cae
-            )
+            return native_call(scopes, claims=claims, tenant_id=tenant_id, enable_cae=bool(enable_cae))
         except _native.NativeError as e:
             raise from_native(e) from None
-        except TypeError:
-            bad = next((s for s in scopes if not isinstance(s, str)), None)
-            raise ConfigurationError(
-                f"scopes must be strings such as 'https://vault.azure.net/.default', got {bad!r}"
-            ) from None
 
     def close(self) -> None:
-        """Release the sandbox. Later calls raise ``ConfigurationError``."""
+        """Release the sandboxes. Later calls raise ``ConfigurationError``."""
         self._native.close()
 
     def __enter__(self) -> "StudioAzureCredBroker":
@@ -143,3 +196,14 @@ class StudioAzureCredBroker:
 
     def __exit__(self, *args: Any) -> None:
         self.close()
+
+
+def _options(options: Optional[Dict[str, Any]]) -> Tuple[Any, Any, Any]:
+    """``get_token_info``'s options as ``(claims, tenant_id, enable_cae)``."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"options must be a mapping such as {{'tenant_id': '...'}}, not {type(options).__name__}"
+        )
+    return options.get("claims"), options.get("tenant_id"), options.get("enable_cae", False)
