@@ -31,6 +31,10 @@ pub struct HostOptions {
     /// The cache directory for the embedded component; `None`:
     /// [`precompiled::user_cache_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// Compile on several threads (rayon's global pool) when the component
+    /// is not in the cache. A process forked from one that compiled has that
+    /// pool without its threads: it must compile on one.
+    pub parallel_compilation: bool,
 }
 
 impl Default for HostOptions {
@@ -39,6 +43,7 @@ impl Default for HostOptions {
             pooling: None,
             precompiled_cache: true,
             cache_dir: None,
+            parallel_compilation: true,
         }
     }
 }
@@ -84,7 +89,9 @@ impl Host {
 
     /// [`Host::embedded`] with explicit options.
     pub fn embedded_with(options: HostOptions) -> Result<Host> {
-        let engine = Engine::new(&engine_config(options.pooling))?;
+        let engine = Engine::new(
+            engine_config(options.pooling).parallel_compilation(options.parallel_compilation),
+        )?;
         let cache_dir = match options.precompiled_cache {
             true => options.cache_dir.or_else(precompiled::user_cache_dir),
             false => None,
@@ -103,7 +110,9 @@ impl Host {
     /// [`Host::load`] with explicit options.
     pub fn load_with(wasm: impl AsRef<Path>, options: HostOptions) -> Result<Host> {
         let wasm = wasm.as_ref();
-        let engine = Engine::new(&engine_config(options.pooling))?;
+        let engine = Engine::new(
+            engine_config(options.pooling).parallel_compilation(options.parallel_compilation),
+        )?;
         let (component, source) = if options.precompiled_cache {
             precompiled::load(&engine, wasm)?
         } else {

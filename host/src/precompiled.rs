@@ -30,7 +30,14 @@ pub const ENV_CACHE_DIR: &str = "VD_CRED_BROKER_CACHE_DIR";
 /// The per-user cache directory: `$VD_CRED_BROKER_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/vd-cred-broker`, else `$HOME/.cache/vd-cred-broker`.
 pub fn user_cache_dir() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    user_cache_dir_in(|name| std::env::var(name).ok())
+}
+
+/// [`user_cache_dir`] from `env` rather than the process's environment (the
+/// Python package passes what it read from `os.environ`); it reads
+/// [`CACHE_ENV_VARS`].
+pub fn user_cache_dir_in(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let var = |name| env(name).filter(|v| !v.is_empty());
     var(ENV_CACHE_DIR).map(PathBuf::from).or_else(|| {
         var("XDG_CACHE_HOME")
             .map(PathBuf::from)
@@ -38,6 +45,9 @@ pub fn user_cache_dir() -> Option<PathBuf> {
             .map(|dir| dir.join("vd-cred-broker"))
     })
 }
+
+/// The environment variables [`user_cache_dir`] reads.
+pub const CACHE_ENV_VARS: [&str; 3] = [ENV_CACHE_DIR, "XDG_CACHE_HOME", "HOME"];
 
 /// The cache file name for a component called `name` with these bytes under `engine`.
 pub fn cache_file_name(engine: &Engine, name: &str, wasm_bytes: &[u8]) -> String {

@@ -21,6 +21,9 @@ use rustls::{CertificateError, ClientConfig, RootCertStore};
 pub struct TrustedRoots {
     extra: Arc<Vec<CertificateDer<'static>>>,
     config: Arc<OnceLock<Arc<ClientConfig>>>,
+    /// Build `config` even for the public roots alone, rather than share the
+    /// process's one ([`TrustedRoots::unshared`]).
+    own: bool,
 }
 
 impl TrustedRoots {
@@ -59,6 +62,18 @@ impl TrustedRoots {
             .with_context(|| format!("CA certificates in {}", path.display()))
     }
 
+    /// The same roots with a client configuration (and TLS session cache) of
+    /// their own, shared with nothing built before: for a process forked
+    /// from the one that built the others, whose locks a parent thread may
+    /// have held at the fork.
+    pub fn unshared(&self) -> Self {
+        TrustedRoots {
+            extra: self.extra.clone(),
+            config: Arc::default(),
+            own: true,
+        }
+    }
+
     /// How many roots were added to the public ones.
     pub fn extra_count(&self) -> usize {
         self.extra.len()
@@ -68,7 +83,7 @@ impl TrustedRoots {
     /// per process for the public roots alone).
     pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
         static PUBLIC: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-        let cell = if self.extra.is_empty() {
+        let cell = if self.extra.is_empty() && !self.own {
             &PUBLIC
         } else {
             &*self.config
