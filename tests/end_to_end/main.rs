@@ -18,6 +18,8 @@ mod secrets;
 mod soak;
 mod tls;
 
+use std::time::Instant;
+
 use host_test::{MockBroker, TestClock};
 use tempfile::TempDir;
 use vd_cred_host::{
@@ -90,6 +92,24 @@ impl Fixture {
     /// The free `get-token` in a fresh sandbox.
     pub async fn get_token(&self, scopes: &[&str]) -> TokenResult {
         self.sandbox().await.get_token(scopes).await.unwrap()
+    }
+
+    /// `credential.open(options)` in a fresh sandbox, then one vault
+    /// `get-token` that must fail: its error, and when the call (only the
+    /// call) started and ended.
+    pub async fn timed_failure(
+        &self,
+        options: &CredentialOptions,
+    ) -> (vd_cred_broker::CredentialError, Instant, Instant) {
+        let mut sandbox = self.sandbox().await;
+        let credential = sandbox.open(options).await.unwrap().unwrap();
+        let started = Instant::now();
+        let err = sandbox
+            .credential_get_token(credential, &[VAULT])
+            .await
+            .unwrap()
+            .unwrap_err();
+        (err, started, Instant::now())
     }
 
     /// `credential.open(options)` then one `get-token`, in a fresh sandbox.

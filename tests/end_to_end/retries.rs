@@ -1,6 +1,6 @@
 //! Retries within one deadline, counted at the broker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use host_test::Reply;
 use vd_cred_broker::CredentialError as E;
@@ -119,15 +119,8 @@ async fn ends_at_once(f: &Fixture) {
     let deadline = Duration::from_secs(20);
     let mut o = options();
     o.timeout_ms = Some(deadline.as_millis() as u32);
-    let mut sandbox = f.sandbox().await;
-    let credential = sandbox.open(&o).await.unwrap().unwrap();
-    let started = Instant::now();
-    let err = sandbox
-        .credential_get_token(credential, &[VAULT])
-        .await
-        .unwrap()
-        .unwrap_err();
-    let took = started.elapsed();
+    let (err, started, ended) = f.timed_failure(&o).await;
+    let took = ended - started;
     assert!(matches!(err, E::BrokerFailed { status: 503, .. }), "{err}");
     assert!(took < deadline, "took {took:?}: it waited");
     assert_eq!(f.broker.request_count(), 1);
@@ -151,15 +144,8 @@ async fn a_broker_that_keeps_failing_ends_when_the_next_wait_would_pass_the_dead
         .set_default(Reply::json(503, "still down").with_header("retry-after", "1"));
     let mut o = options();
     o.timeout_ms = Some(deadline.as_millis() as u32);
-    let mut sandbox = f.sandbox().await;
-    let credential = sandbox.open(&o).await.unwrap().unwrap();
-    let started = Instant::now();
-    let err = sandbox
-        .credential_get_token(credential, &[VAULT])
-        .await
-        .unwrap()
-        .unwrap_err();
-    let took = started.elapsed();
+    let (err, started, ended) = f.timed_failure(&o).await;
+    let took = ended - started;
     let r = f.broker.requests();
     let n = r.len();
     let note = match n {
@@ -212,15 +198,7 @@ async fn a_broker_that_answers_too_slowly_ends_at_the_deadline() {
         .set_default(Reply::json(503, "slower").after(slower));
     let mut o = options();
     o.timeout_ms = Some(deadline.as_millis() as u32);
-    let mut sandbox = f.sandbox().await;
-    let credential = sandbox.open(&o).await.unwrap().unwrap();
-    let started = Instant::now();
-    let err = sandbox
-        .credential_get_token(credential, &[VAULT])
-        .await
-        .unwrap()
-        .unwrap_err();
-    let ended = Instant::now();
+    let (err, started, ended) = f.timed_failure(&o).await;
     let took = ended - started;
     let r = f.broker.requests();
     match r.len() {
@@ -273,15 +251,7 @@ async fn a_broker_that_always_hangs_fails_by_the_deadline() {
     f.broker.set_default(Reply::Drop { delay: hang });
     let mut o = options();
     o.timeout_ms = Some(deadline.as_millis() as u32);
-    let mut sandbox = f.sandbox().await;
-    let credential = sandbox.open(&o).await.unwrap().unwrap();
-    let started = Instant::now();
-    let err = sandbox
-        .credential_get_token(credential, &[VAULT])
-        .await
-        .unwrap()
-        .unwrap_err();
-    let ended = Instant::now();
+    let (err, started, ended) = f.timed_failure(&o).await;
     let took = ended - started;
     let r = f.broker.requests();
     let n = r.len();
