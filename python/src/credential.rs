@@ -24,7 +24,7 @@ use vd_cred_host::{TokenRequestOptions, default_options};
 
 use crate::fork::PerProcess;
 use crate::sandboxes::{Config, Open, Sandboxes};
-use crate::{NativeError, host, host_failure, raise};
+use crate::{NativeError, built_host, host, host_failure, raise};
 
 /// A token as Python receives it: `(token, expires_on, refresh_on)`.
 type TokenTuple = (String, u64, Option<u64>);
@@ -32,13 +32,13 @@ type TokenTuple = (String, u64, Option<u64>);
 /// What a call ends with: the component's answer, or a host failure.
 type Outcome = anyhow::Result<Result<TokenTuple, CredentialError>>;
 
-/// The process's runtime: worker threads drive connections and asyncio
+/// The process's runtime: its worker thread drives connections and asyncio
 /// calls; synchronous calls run on their callers' threads.
 fn runtime() -> PyResult<&'static Runtime> {
     static RUNTIME: PerProcess<Runtime> = PerProcess::new();
-    RUNTIME.get_or_try_init(|| {
+    RUNTIME.get_or_try_init(|_| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("vd-cred-broker")
             .enable_all()
             .build()
@@ -60,33 +60,55 @@ impl Credential {
     /// This process's sandboxes, or the error for a closed credential.
     fn sandboxes(&self) -> PyResult<Arc<Sandboxes>> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(raise(CredentialError::Configuration(
-                "this credential was closed: create a new StudioAzureCredBroker".into(),
-            )));
+            return Err(raise(closed()));
         }
-        let cache = !self.config.options.disable_cache;
-        let sandboxes = self
-            .sandboxes
-            .get_or_try_init(|| Ok::<_, PyErr>(Arc::new(Sandboxes::new(cache, None))))?;
+        let config = &self.config;
+        let sandboxes = self.sandboxes.get_or_try_init(|_| {
+            let roots = config.roots.unshared();
+            Ok::<_, PyErr>(Arc::new(Sandboxes::new(config, None, roots)))
+        })?;
         Ok(sandboxes.clone())
     }
 
-    /// The call both entry points make.
+    /// The call both entry points make, once the process has its host.
     fn call(
         &self,
         scopes: Vec<String>,
-        options: TokenRequestOptions,
+        claims: Option<String>,
+        tenant_id: Option<String>,
+        enable_cae: bool,
+        abandoned: impl Fn() -> bool + Send + Sync + 'static,
     ) -> PyResult<impl Future<Output = Outcome> + Send + 'static> {
         let sandboxes = self.sandboxes()?;
         let config = self.config.clone();
+        let options = TokenRequestOptions {
+            claims,
+            tenant_id,
+            enable_cae,
+        };
         Ok(async move {
-            let host = host()?;
+            // Loading (or compiling) the component blocks: off the runtime's
+            // worker, once per process.
+            let host = match built_host() {
+                Some(host) => host,
+                None => {
+                    let config = config.clone();
+                    tokio::task::spawn_blocking(move || host(&config.env)).await??
+                }
+            };
             let result = sandboxes
-                .get_token_info(&config, host, &scopes, &options)
+                .get_token_info(&config, host, &scopes, &options, &abandoned)
                 .await?;
             Ok(result.map(|info| (info.token, info.expires_on, info.refresh_on)))
         })
     }
+}
+
+/// The error for a call on a closed credential.
+fn closed() -> CredentialError {
+    CredentialError::Configuration(
+        "this credential was closed: create a new StudioAzureCredBroker".into(),
+    )
 }
 
 /// The Python value of an outcome.
@@ -127,16 +149,18 @@ impl Credential {
             setup.credential_file.clone_from(&credential_file);
         }
         let helper = setup.runtime_access_socket.is_some();
+        // Where the bearer is, resolved now (a link out of its directory is
+        // followed, as for the environment's path): every sandbox of this
+        // credential then shares the same directory and path.
+        if let Some((_, guest_file)) = setup.bearer_location() {
+            setup.credential_file = Some(guest_file);
+        }
         let mut options = default_options();
         if !helper {
             options.broker_url = broker_url;
-            // The path the sandbox shows the component (a link out of its
-            // directory is resolved, as the environment's is).
-            options.credential_file = credential_file.map(|file| {
-                setup
-                    .bearer_location()
-                    .map_or(file, |(_, guest_file)| guest_file)
-            });
+            if credential_file.is_some() {
+                options.credential_file.clone_from(&setup.credential_file);
+            }
         }
         options.lane = lane;
         options.configuration_revision = configuration_revision;
@@ -162,17 +186,20 @@ impl Credential {
                 roots,
                 options,
                 audiences,
+                env,
             };
-            let host = host().map_err(host_failure)?;
+            let host = host(&config.env).map_err(host_failure)?;
+            let roots = config.roots.unshared();
             let first = runtime()?
-                .block_on(Open::build(&config, host))
+                .block_on(Open::build(&config, &roots, host))
                 .map_err(host_failure)?
                 .map_err(raise)?;
+            let sandboxes = Sandboxes::new(&config, Some(first), roots);
             Ok(Credential {
                 config: Arc::new(config),
                 mode: if helper { "helper" } else { "broker" },
                 closed: AtomicBool::new(false),
-                sandboxes: PerProcess::with(Arc::new(Sandboxes::new(cache, Some(first)))),
+                sandboxes: PerProcess::with(Arc::new(sandboxes)),
             })
         })
     }
@@ -190,6 +217,13 @@ impl Credential {
         self.sandboxes.get().map_or(0, |s| s.count())
     }
 
+    /// Calls on this credential in this process that have started and not
+    /// ended (waiting for their audience's sandbox, or in it).
+    #[getter]
+    fn calls_in_flight(&self) -> usize {
+        self.sandboxes.get().map_or(0, |s| s.in_flight())
+    }
+
     /// `credential.get-token-info`: `(token, expires_on, refresh_on)`.
     #[pyo3(signature = (scopes, claims=None, tenant_id=None, enable_cae=false))]
     fn get_token_info(
@@ -200,12 +234,7 @@ impl Credential {
         tenant_id: Option<String>,
         enable_cae: bool,
     ) -> PyResult<TokenTuple> {
-        let options = TokenRequestOptions {
-            claims,
-            tenant_id,
-            enable_cae,
-        };
-        let call = self.call(scopes, options)?;
+        let call = self.call(scopes, claims, tenant_id, enable_cae, || false)?;
         let runtime = runtime()?;
         // A panic is a host failure like a trap: the sandbox it happened in
         // is already dropped (see `Sandboxes`).
@@ -216,10 +245,11 @@ impl Credential {
     }
 
     /// Start `get_token_info` as a task and return at once: the returned
-    /// call's `fileno()` becomes readable (end of file) when it has ended,
-    /// then `result()` returns or raises what it ended with. Dropping the
-    /// call (a cancelled awaiter) leaves the task to finish on its own, so
-    /// the credential's sandbox is never abandoned mid-call.
+    /// call's `fileno()` becomes readable when it has ended, then `result()`
+    /// returns or raises what it ended with. Dropping the call (a cancelled
+    /// awaiter) ends the task if it is still waiting for its sandbox, and
+    /// otherwise leaves it to finish on its own, so a sandbox is never left
+    /// mid-call.
     #[pyo3(signature = (scopes, claims=None, tenant_id=None, enable_cae=false))]
     fn start(
         &self,
@@ -228,17 +258,15 @@ impl Credential {
         tenant_id: Option<String>,
         enable_cae: bool,
     ) -> PyResult<PendingCall> {
-        let options = TokenRequestOptions {
-            claims,
-            tenant_id,
-            enable_cae,
-        };
-        let call = self.call(scopes, options)?;
         let (reader, writer) = std::io::pipe().map_err(|e| host_failure(e.into()))?;
         let shared = Arc::new(Shared {
             outcome: Mutex::new(None),
             reader,
+            abandoned: AtomicBool::new(false),
         });
+        let watched = shared.clone();
+        let abandoned = move || watched.abandoned.load(Ordering::Acquire);
+        let call = self.call(scopes, claims, tenant_id, enable_cae, abandoned)?;
         let finish = Finish {
             shared: shared.clone(),
             writer,
@@ -271,6 +299,8 @@ impl Credential {
 struct Shared {
     outcome: Mutex<Option<Outcome>>,
     reader: PipeReader,
+    /// Set when the awaiter dropped the call.
+    abandoned: AtomicBool,
 }
 
 /// What a started task owns. Dropping it, after storing the outcome or in a
@@ -302,6 +332,12 @@ impl Drop for Finish {
 #[pyclass(frozen)]
 pub(crate) struct PendingCall {
     shared: Arc<Shared>,
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.shared.abandoned.store(true, Ordering::Release);
+    }
 }
 
 #[pymethods]

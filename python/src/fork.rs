@@ -6,13 +6,40 @@
 //! parent thread held at that moment stays held forever, and a kept-alive
 //! connection is a socket both processes now read. So a tokio runtime, a
 //! wasmtime engine and a credential's sandboxes are each kept per process:
-//! the child sees the owner's pid is not its own and builds its own, without
-//! taking any lock. The parent's copy is never used nor dropped in the child
-//! (dropping a runtime would wait for threads that do not exist there); it is
-//! left as memory the child does not look at.
+//! the child sees the value is not its own process's and builds its own,
+//! without taking any lock. The parent's copy is never used nor dropped in
+//! the child (dropping a runtime would wait for threads that do not exist
+//! there); it is left as memory the child does not look at.
+//!
+//! A process is its pid and its fork generation: a `pthread_atfork` handler
+//! counts forks in each child, so a descendant that is given a pid an
+//! ancestor once had (after the ancestor exited) still sees the value is not
+//! its own.
 
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Once;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+/// Forks this process descends through (counted in each child).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Count forks from now on: call once before anything is built.
+pub(crate) fn count_forks() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: `forked` only touches an atomic, as a child handler may.
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+}
+
+/// This process: its pid and fork generation.
+fn this_process() -> (u32, u64) {
+    (std::process::id(), GENERATION.load(Ordering::Relaxed))
+}
 
 /// A value owned by the process that built it. Lock-free: `get_or_try_init`
 /// is a load, a `getpid` and a compare, and in a new process one
@@ -22,7 +49,7 @@ pub(crate) struct PerProcess<T> {
 }
 
 struct Owned<T> {
-    pid: u32,
+    process: (u32, u64),
     value: T,
 }
 
@@ -37,7 +64,7 @@ impl<T> PerProcess<T> {
     /// Holding `value`, built by this process.
     pub(crate) fn with(value: T) -> Self {
         let owned = Box::new(Owned {
-            pid: std::process::id(),
+            process: this_process(),
             value,
         });
         PerProcess {
@@ -51,24 +78,27 @@ impl<T> PerProcess<T> {
         // SAFETY: a non-null pointer is a leaked `Box<Owned<T>>` that is only
         // freed by `Drop` (which has `&mut self`), so it outlives `&self`.
         let owned = unsafe { current.as_ref() }?;
-        (owned.pid == std::process::id()).then_some(&owned.value)
+        (owned.process == this_process()).then_some(&owned.value)
     }
 
     /// This process's value, built by `init` if this process has none yet
-    /// (the first use, or the first in a forked child). Two threads of a
-    /// child racing here may both build; one value wins and the other is
-    /// dropped unused.
-    pub(crate) fn get_or_try_init<E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
+    /// (the first use, or the first in a forked child); `init` is told
+    /// whether an ancestor had built one. Two threads racing here may both
+    /// build; one value wins and the other is dropped unused.
+    pub(crate) fn get_or_try_init<E>(
+        &self,
+        init: impl FnOnce(bool) -> Result<T, E>,
+    ) -> Result<&T, E> {
         let seen = self.current.load(Ordering::Acquire);
         // SAFETY: as in `get`.
-        if let Some(owned) = unsafe { seen.as_ref() }
-            && owned.pid == std::process::id()
-        {
-            return Ok(&owned.value);
-        }
+        let inherited = match unsafe { seen.as_ref() } {
+            Some(owned) if owned.process == this_process() => return Ok(&owned.value),
+            Some(_) => true,
+            None => false,
+        };
         let built = Box::into_raw(Box::new(Owned {
-            pid: std::process::id(),
-            value: init()?,
+            process: this_process(),
+            value: init(inherited)?,
         }));
         match self
             .current
@@ -93,7 +123,7 @@ impl<T> Drop for PerProcess<T> {
         let current = *self.current.get_mut();
         // SAFETY: see `get`; only this process's own value is dropped.
         if let Some(owned) = unsafe { current.as_ref() }
-            && owned.pid == std::process::id()
+            && owned.process == this_process()
         {
             drop(unsafe { Box::from_raw(current) });
         }

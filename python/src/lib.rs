@@ -10,11 +10,16 @@ mod credential;
 mod fork;
 mod sandboxes;
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Mutex;
+
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use vd_cred_broker::CredentialError;
-use vd_cred_host::Host;
+use vd_cred_host::precompiled::user_cache_dir_in;
+use vd_cred_host::{Host, HostOptions};
 
 use crate::fork::PerProcess;
 
@@ -75,20 +80,41 @@ fn host_failure(error: anyhow::Error) -> PyErr {
 }
 
 /// The process's host: the embedded component, compiled once (or loaded
-/// from the per-user cache) and shared by every credential; a forked child
-/// loads its own rather than use an engine whose locks a parent thread may
-/// have held at the fork.
-fn host() -> anyhow::Result<&'static Host> {
-    static HOST: PerProcess<Host> = PerProcess::new();
-    HOST.get_or_try_init(Host::embedded)
+/// from the per-user cache in `env`'s directory) and shared by every
+/// credential; a forked child loads its own rather than use an engine whose
+/// locks a parent thread may have held at the fork.
+fn host(env: &HashMap<String, String>) -> anyhow::Result<&'static Host> {
+    static BUILDING: PerProcess<Mutex<()>> = PerProcess::new();
+    if let Some(host) = built_host() {
+        return Ok(host);
+    }
+    // One thread builds; the others wait for it rather than build their own.
+    let building = BUILDING.get_or_try_init(|_| Ok::<_, Infallible>(Mutex::new(())));
+    let _one = building.map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+    HOST.get_or_try_init(|inherited| {
+        Host::embedded_with(HostOptions {
+            cache_dir: user_cache_dir_in(|name| env.get(name).cloned()),
+            // rayon's pool, if an ancestor compiled, came without its threads.
+            parallel_compilation: !inherited,
+            ..HostOptions::default()
+        })
+    })
 }
 
-/// Compile (or load from the per-user cache) the embedded component now,
-/// rather than on the first credential; returns whether it came from the cache.
+static HOST: PerProcess<Host> = PerProcess::new();
+
+/// The process's host, if it has been loaded.
+fn built_host() -> Option<&'static Host> {
+    HOST.get()
+}
+
+/// Compile (or load from the per-user cache named by `env`, read from
+/// `os.environ`) the embedded component now, rather than on the first
+/// credential; returns whether it came from the cache.
 #[pyfunction]
-fn preload(py: Python<'_>) -> PyResult<bool> {
+fn preload(py: Python<'_>, env: HashMap<String, String>) -> PyResult<bool> {
     py.detach(|| {
-        let host = host().map_err(host_failure)?;
+        let host = host(&env).map_err(host_failure)?;
         Ok(host.source() == vd_cred_host::precompiled::Source::Cached)
     })
 }
@@ -100,6 +126,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(preload, m)?)?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add("COMPONENT_BYTES", vd_cred_host::COMPONENT.len())?;
-    m.add("ENV_VARS", vd_cred_host::from_env::ENV_VARS.to_vec())?;
+    let env_vars = [
+        &vd_cred_host::from_env::ENV_VARS[..],
+        &vd_cred_host::precompiled::CACHE_ENV_VARS[..],
+    ];
+    m.add("ENV_VARS", env_vars.concat())?;
+    fork::count_forks();
     Ok(())
 }

@@ -19,6 +19,7 @@
 //! never reused half-done: the next call builds a fresh one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vd_cred_broker::{AudienceMap, CredentialError};
@@ -30,11 +31,15 @@ use wasmtime::component::ResourceAny;
 
 /// What every sandbox of a credential is built from.
 pub(crate) struct Config {
+    /// With the bearer's location resolved once, at construction, so every
+    /// sandbox (a new audience, a forked child's) shares the same directory.
     pub(crate) setup: Setup,
     pub(crate) roots: TrustedRoots,
     pub(crate) options: CredentialOptions,
     /// The credential's scope -> audience map, to pick the sandbox.
     pub(crate) audiences: AudienceMap,
+    /// The environment read at construction (for the host's cache directory).
+    pub(crate) env: HashMap<String, String>,
 }
 
 /// A sandbox and the `credential` opened in it.
@@ -48,11 +53,12 @@ impl Open {
     /// failure, or the component's verdict on the options.
     pub(crate) async fn build(
         config: &Config,
+        roots: &TrustedRoots,
         host: &Host,
     ) -> anyhow::Result<Result<Open, CredentialError>> {
         let mut sandbox = config
             .setup
-            .sandbox_trusting(host, config.roots.clone())
+            .sandbox_trusting(host, roots.clone())
             .build()
             .await?;
         let credential = sandbox.open(&config.options).await?;
@@ -89,7 +95,34 @@ type Slot = Arc<tokio::sync::Mutex<Option<Open>>>;
 /// A credential's sandboxes in this process.
 pub(crate) struct Sandboxes {
     cache: bool,
+    /// The credential's roots with this process's own TLS configuration.
+    roots: TrustedRoots,
     inner: Mutex<Inner>,
+    /// Calls started and not yet ended.
+    in_flight: AtomicUsize,
+}
+
+/// Why a call did not reach a sandbox.
+fn closed() -> CredentialError {
+    CredentialError::Configuration(
+        "this credential was closed: create a new StudioAzureCredBroker".into(),
+    )
+}
+
+/// Counts a call in [`Sandboxes::in_flight`] while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Default)]
@@ -106,14 +139,16 @@ struct Inner {
 }
 
 impl Sandboxes {
-    /// No sandbox yet but `spare`.
-    pub(crate) fn new(cache: bool, spare: Option<Open>) -> Self {
+    /// No sandbox yet but `spare`, for a credential with `config`.
+    pub(crate) fn new(config: &Config, spare: Option<Open>, roots: TrustedRoots) -> Self {
         Sandboxes {
-            cache,
+            cache: !config.options.disable_cache,
+            roots,
             inner: Mutex::new(Inner {
                 spare,
                 ..Inner::default()
             }),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -144,35 +179,49 @@ impl Sandboxes {
         inner.spare.iter().count() + inner.by_audience.len() + inner.idle.len()
     }
 
-    /// A sandbox for a call: the spare, or a new one.
+    /// Calls started (waiting for a sandbox, or in one) and not yet ended.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A sandbox for a call: an idle one (without the cache), the spare, or
+    /// a new one.
     async fn fresh(
         &self,
         config: &Config,
         host: &Host,
     ) -> anyhow::Result<Result<Open, CredentialError>> {
-        let spare = self.inner().spare.take();
-        match spare {
+        let found = {
+            let mut inner = self.inner();
+            match self.cache {
+                true => inner.spare.take(),
+                false => inner.idle.pop().or_else(|| inner.spare.take()),
+            }
+        };
+        match found {
             Some(open) => Ok(Ok(open)),
-            None => Open::build(config, host).await,
+            None => Open::build(config, &self.roots, host).await,
         }
     }
 
     /// `get-token-info` for `scopes` in the sandbox that serves them.
+    /// `abandoned` says whether the caller has gone (a cancelled asyncio
+    /// call): such a call that has not reached its sandbox yet ends there,
+    /// so a queue of them behind a hung broker does not grow; one already
+    /// in its sandbox finishes, never leaving it mid-call.
     pub(crate) async fn get_token_info(
         &self,
         config: &Config,
         host: &Host,
         scopes: &[String],
         options: &TokenRequestOptions,
+        abandoned: &(dyn Fn() -> bool + Send + Sync),
     ) -> anyhow::Result<TokenInfoResult> {
+        let _counted = InFlight::new(&self.in_flight);
         if !self.cache {
-            let idle = self.inner().idle.pop();
-            let mut open = match idle {
-                Some(open) => open,
-                None => match self.fresh(config, host).await? {
-                    Ok(open) => open,
-                    Err(e) => return Ok(Err(e)),
-                },
+            let mut open = match self.fresh(config, host).await? {
+                Ok(open) => open,
+                Err(e) => return Ok(Err(e)),
             };
             let result = open.get_token_info(scopes, options).await?;
             let mut inner = self.inner();
@@ -184,13 +233,23 @@ impl Sandboxes {
         // Scopes the map does not serve get the component's own error from
         // a sandbox of their own, without a mint.
         let audience = config.audiences.audience_for(scopes).unwrap_or_default();
-        let slot = self
-            .inner()
-            .by_audience
-            .entry(audience.to_string())
-            .or_default()
-            .clone();
+        let slot = {
+            let mut inner = self.inner();
+            if inner.closed {
+                return Ok(Err(closed()));
+            }
+            inner
+                .by_audience
+                .entry(audience.to_string())
+                .or_default()
+                .clone()
+        };
         let mut slot = slot.lock().await;
+        if abandoned() {
+            return Ok(Err(CredentialError::Configuration(
+                "the call was cancelled before it reached its sandbox".into(),
+            )));
+        }
         let mut open = match slot.take() {
             Some(open) => open,
             None => match self.fresh(config, host).await? {

@@ -3,6 +3,8 @@ naming its audience, and holds the answers for chosen audiences until the test
 releases them: calls in flight are ordered by the test, not by a clock."""
 
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -70,6 +72,19 @@ class HoldingBroker:
         with self._changed:
             arrived = self._changed.wait_for(lambda: len(self.audiences) >= count, timeout=hang)
         assert arrived, f"the broker received {len(self.audiences)} of {count} requests"
+
+    def run_script(self, script, arrivals, hang=120):
+        """Run ``script`` in a new interpreter; once ``arrivals`` requests have
+        come, send it a line and let it finish. Its (exit code, stdout, stderr);
+        ``hang`` seconds only catch a process that never exits."""
+        child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.wait_for(arrivals, hang)
+            out, err = child.communicate("go\n", timeout=hang)
+        finally:
+            child.kill()
+        return child.returncode, out, err
 
     def close(self):
         with self._changed:

@@ -3,8 +3,6 @@ while the broker answers."""
 
 import asyncio
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -161,14 +159,8 @@ def test_asyncio_run_returns_while_a_call_is_held(holding):
     """``asyncio.run`` shuts the default executor down on its way out: a
     thread parked there on a hung broker would keep the process alive."""
     holding.hold("vault")
-    child = subprocess.Popen([sys.executable, "-c", RUN_AND_EXIT], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    holding.wait_for(1)
-    try:
-        out, err = child.communicate("go\n", timeout=HANG)
-    finally:
-        child.kill()
-    assert (child.returncode, out) == (0, "exited\n"), err
+    code, out, err = holding.run_script(RUN_AND_EXIT, arrivals=1)
+    assert (code, out) == (0, "exited\n"), err
 
 
 @pytest.mark.asyncio

@@ -180,8 +180,8 @@ def test_threads_share_one_credential_and_one_mint(env, broker):
 
 START = """
 import sys, time
-from vd_cred_broker import StudioAzureCredBroker, _native
-cached = _native.preload()
+from vd_cred_broker import StudioAzureCredBroker, preload
+cached = preload()
 print("cached" if cached else "compiled")
 print(StudioAzureCredBroker().get_token(sys.argv[1]).token)
 """

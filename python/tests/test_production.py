@@ -10,7 +10,6 @@ milliseconds the work takes.
 """
 
 import copy
-import gc
 import json
 import multiprocessing
 import os
@@ -18,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -115,10 +115,12 @@ def test_forked_children_and_the_parent_get_only_their_own_tokens(env, broker):
     assert sorted(tokens + ["mock-vault-1"]) == sorted(broker.minted())
 
 
-def test_a_fork_while_a_call_is_in_flight_does_not_block_the_child(holding):
-    """A parent thread holds the audience's sandbox and connection at the
-    moment of the fork; the child builds its own."""
-    cred = StudioAzureCredBroker(cache=False, timeout=600)
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_fork_while_a_call_is_in_flight_does_not_block_the_child(holding, cache):
+    """A parent thread holds the audience's sandbox (its lock, with the
+    cache) and its connection at the moment of the fork; the child builds
+    its own."""
+    cred = StudioAzureCredBroker(cache=cache, timeout=600)
     holding.hold("vault", next_only=True)
     parent_tokens = []
     in_flight = threading.Thread(target=lambda: parent_tokens.append(cred.get_token(VAULT).token))
@@ -131,6 +133,33 @@ def test_a_fork_while_a_call_is_in_flight_does_not_block_the_child(holding):
     holding.release("vault")
     in_flight.join()
     assert parent_tokens == ["held-vault-1"]
+
+
+UNUSABLE_CACHE = """
+import os, sys
+from vd_cred_broker import StudioAzureCredBroker, preload
+assert not preload(), "compiled, on rayon's pool"
+cred = StudioAzureCredBroker()
+pid = os.fork()
+if pid == 0:
+    # No cache to load from: the child compiles again, on one thread.
+    print(cred.get_token("https://vault.azure.net/.default").token, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(os.WEXITSTATUS(status))
+"""
+
+
+def test_a_forked_child_compiles_when_there_is_no_cache(env, broker, tmp_path):
+    """A parent that compiled the component on rayon's pool forks: the pool's
+    threads are gone in the child, which must compile without them."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    environ = dict(os.environ, VD_CRED_BROKER_CACHE_DIR=str(blocked / "cache"))
+    out = subprocess.run([sys.executable, "-c", UNUSABLE_CACHE], env=environ,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["mock-token-1", "0"]
 
 
 def test_a_pre_forking_server(env, broker):
@@ -247,37 +276,52 @@ def test_a_cached_call_answers_while_another_audience_waits_on_the_broker(holdin
 
 
 def test_concurrent_misses_for_one_audience_mint_once_while_another_is_held(holding):
+    """Eight callers miss vault at once (all eight are in the credential while
+    the first mint is held), with a storage mint held too: one vault mint."""
     cred = StudioAzureCredBroker(timeout=600)
     holding.hold("storage")
     storage = threading.Thread(target=cred.get_token, args=(STORAGE,))
     storage.start()
     holding.wait_for(1)
-    tokens = in_threads(8, lambda i: cred.get_token(VAULT).token)
-    assert tokens == ["held-vault-2"] * 8
+    holding.hold("vault")
+    vault = []
+    callers = [threading.Thread(target=lambda: vault.append(cred.get_token(VAULT).token)) for _ in range(8)]
+    for t in callers:
+        t.start()
+    holding.wait_for(2)
+    for _ in range(HANG * 100):
+        if cred._native.calls_in_flight == 1 + 8:
+            break
+        time.sleep(0.01)
+    assert cred._native.calls_in_flight == 9, "every caller is waiting in the credential"
+    assert holding.audiences == ["storage", "vault"]
+    holding.release("vault")
+    for t in callers:
+        t.join()
+    assert vault == ["held-vault-2"] * 8
     holding.release("storage")
     storage.join()
     assert holding.audiences == ["storage", "vault"]
     assert cred._native.sandbox_count == 2, "one sandbox per audience"
+    assert cred._native.calls_in_flight == 0
 
 
 def test_the_gil_is_released_while_the_broker_answers(holding):
-    """A Python thread runs while a call waits: the call is released only
-    after the thread has counted to 100 (a held GIL would never get there)."""
-    cred = StudioAzureCredBroker(timeout=600)
+    """A Python thread runs while a call waits: the broker answers only after
+    that thread has counted to 100. With the GIL held, the thread could not
+    run and the call would fail at its 60 s deadline instead."""
+    cred = StudioAzureCredBroker(timeout=60)
     holding.hold("vault")
-    counted = threading.Event()
 
     def count():
         holding.wait_for(1)
         n = 0
         while n < 100:
             n += 1
-        counted.set()
         holding.release("vault")
 
     threading.Thread(target=count).start()
     assert cred.get_token(VAULT).token == "held-vault-1"
-    assert counted.is_set()
 
 
 def test_the_environment_is_read_from_os_environ(env, broker):
@@ -333,12 +377,6 @@ print("exiting")
 
 def test_the_interpreter_exits_with_a_call_in_flight_and_no_close(holding):
     holding.hold("vault")
-    child = subprocess.Popen([sys.executable, "-c", COLLECTED], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    holding.wait_for(2)
-    try:
-        out, err = child.communicate("go\n", timeout=HANG)
-    finally:
-        child.kill()
-    assert (child.returncode, out) == (0, "exiting\n"), err
+    code, out, err = holding.run_script(COLLECTED, arrivals=2)
+    assert (code, out) == (0, "exiting\n"), err
     assert holding.audiences == ["storage", "vault"]

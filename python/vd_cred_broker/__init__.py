@@ -10,9 +10,9 @@ A drop-in for ``vibedata_studio_azure_cred_broker``::
 """
 
 from . import errors
-from ._credential import StudioAzureCredBroker
+from ._credential import StudioAzureCredBroker, preload
 from .errors import *  # noqa: F403 (the exception types, listed in errors.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = ["StudioAzureCredBroker", *errors.__all__]
+__all__ = ["StudioAzureCredBroker", "preload", *errors.__all__]

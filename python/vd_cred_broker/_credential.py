@@ -70,10 +70,25 @@ def _scopes(scopes: Tuple[Any, ...]) -> List[str]:
     return list(scopes)
 
 
+def _absolute(path: str) -> str:
+    """``path`` against the working directory now (as the native side does),
+    so that a copy made after a ``chdir`` reads the same file."""
+    return path if not path or os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
 def _environment() -> Dict[str, str]:
     """The variables the credential reads, from ``os.environ`` (as the original
     reads them, and with the GIL held: never concurrently with a write)."""
-    return {name: os.environ[name] for name in _native.ENV_VARS if name in os.environ}
+    env = {name: os.environ[name] for name in _native.ENV_VARS if name in os.environ}
+    if "VD_CREDENTIAL_FILE" in env:
+        env["VD_CREDENTIAL_FILE"] = _absolute(env["VD_CREDENTIAL_FILE"])
+    return env
+
+
+def preload() -> bool:
+    """Load the compiled component now (from the per-user cache, or compile
+    it) rather than on the first credential; returns whether it was cached."""
+    return _native.preload(_environment())
 
 
 class StudioAzureCredBroker:
@@ -109,10 +124,13 @@ class StudioAzureCredBroker:
     ) -> None:
         if credential_file is not None and isinstance(credential_file, os.PathLike):
             credential_file = os.fspath(credential_file)
+        if isinstance(credential_file, str):
+            credential_file = _absolute(credential_file)
+        # As the original: an empty string means "from the environment".
         arguments = {
-            "broker_url": broker_url,
-            "credential_file": credential_file,
-            "lane": lane,
+            "broker_url": broker_url or None,
+            "credential_file": credential_file or None,
+            "lane": lane or None,
             "configuration_revision": configuration_revision,
             "timeout": timeout,
             "audience_map": dict(audience_map) if isinstance(audience_map, Mapping) else audience_map,

@@ -38,7 +38,8 @@ async def _wait(call: Any) -> Any:
     except NotImplementedError:
         # An event loop without add_reader (Windows' proactor): a thread of
         # the default executor waits instead.
-        await loop.run_in_executor(None, os.read, fd, 1)
+        # (It keeps `call`, and so the descriptor, alive while it reads.)
+        await loop.run_in_executor(None, lambda: os.read(call.fileno(), 1))
     else:
         try:
             await ended
