@@ -3,7 +3,8 @@
 # `wheel` profile, as `pip install ./python` does: an optimized wasmtime build,
 # about 10 minutes the first time on 2 cores), installs it
 # with the original credential in target/venv-bench, and runs
-# python/bench/compare.py against host-test's fast loopback broker.
+# python/bench/compare.py, then python/bench/production.py (threads and forked
+# workers), against host-test's fast loopback broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/venv-bench
@@ -16,3 +17,4 @@ rm -rf target/wheels-release
 wheel=$(ls target/wheels-release/*.whl)
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
 "$venv/bin/python" python/bench/compare.py --broker target/debug/host-test --wheel "$wheel" "$@"
+"$venv/bin/python" python/bench/production.py --broker target/debug/host-test

@@ -97,14 +97,10 @@ def new_process(which, n):
     return walls, inside
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--broker", required=True, help="the host-test binary (fast-broker)")
-    parser.add_argument("--wheel", help="the wheel to report the size of")
-    parser.add_argument("--rounds", type=int, default=2000)
-    args = parser.parse_args()
-
-    broker = subprocess.Popen([args.broker, "fast-broker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def start_broker(host_test):
+    """``host-test fast-broker`` and a bearer file, with the environment
+    pointing both credentials at them: (the broker's process, its URL)."""
+    broker = subprocess.Popen([host_test, "fast-broker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     url = broker.stdout.readline().strip()
     bearer_dir = tempfile.mkdtemp()
     bearer = os.path.join(bearer_dir, "credential")
@@ -118,6 +114,17 @@ def main():
         "VD_CREDENTIAL_CONFIGURATION_REVISION": "1",
         "VD_RUNTIME_ACCESS_SOCKET": os.path.join(bearer_dir, "no-helper.sock"),
     })
+    return broker, url
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--broker", required=True, help="the host-test binary (fast-broker)")
+    parser.add_argument("--wheel", help="the wheel to report the size of")
+    parser.add_argument("--rounds", type=int, default=2000)
+    args = parser.parse_args()
+
+    broker, url = start_broker(args.broker)
 
     from vibedata_studio_azure_cred_broker import StudioAzureCredBroker as Original
     from vd_cred_broker import StudioAzureCredBroker

@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from compare import start_broker
 
 SCOPES = [
     "https://vault.azure.net/.default",
@@ -105,20 +105,7 @@ def main():
     parser.add_argument("--calls", type=int, default=400, help="calls per thread or worker")
     args = parser.parse_args()
 
-    broker = subprocess.Popen([args.broker, "fast-broker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    url = broker.stdout.readline().strip()
-    bearer_dir = tempfile.mkdtemp()
-    bearer = os.path.join(bearer_dir, "credential")
-    with open(bearer, "w") as f:
-        f.write("vd_iat_bench\n")
-    os.environ.update({
-        "VD_CREDENTIAL_BROKER_URL": url,
-        "VD_CREDENTIAL_FILE": bearer,
-        # The original 0.2.0 always speaks protocol 0.2, so both do here.
-        "VD_CREDENTIAL_LANE": "user",
-        "VD_CREDENTIAL_CONFIGURATION_REVISION": "1",
-        "VD_RUNTIME_ACCESS_SOCKET": os.path.join(bearer_dir, "no-helper.sock"),
-    })
+    broker, url = start_broker(args.broker)
 
     from vibedata_studio_azure_cred_broker import StudioAzureCredBroker as Original
     from vd_cred_broker import StudioAzureCredBroker
