@@ -2,6 +2,15 @@
 
 use crate::{Fixture, VAULT, options};
 
+/// The `Authorization` header of every request the broker received, in order.
+fn authorizations(f: &Fixture) -> Vec<String> {
+    f.broker
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn each_call_carries_the_current_bearer() {
     let f = Fixture::new();
@@ -20,12 +29,7 @@ async fn each_call_carries_the_current_bearer() {
         .unwrap();
     assert_ne!(first.token, second.token);
 
-    let auth: Vec<String> = f
-        .broker
-        .requests()
-        .iter()
-        .map(|r| r.header("authorization").unwrap().to_string())
-        .collect();
+    let auth = authorizations(&f);
     assert_eq!(
         auth,
         [
@@ -76,12 +80,7 @@ async fn a_rejection_after_a_rotation_is_retried_once_with_the_new_bearer() {
     });
     let token = f.get_token(&[VAULT]).await.unwrap();
     assert_eq!(token.token, "mock-token-2");
-    let auth: Vec<String> = f
-        .broker
-        .requests()
-        .iter()
-        .map(|r| r.header("authorization").unwrap().to_string())
-        .collect();
+    let auth = authorizations(&f);
     assert_eq!(
         auth,
         [format!("Bearer {}", f.bearer), format!("Bearer {new}")]
@@ -127,12 +126,7 @@ async fn a_rejection_is_retried_only_for_a_changed_bearer_and_only_once() {
         3,
         "the first call 1, the second 2"
     );
-    let auth: Vec<String> = f
-        .broker
-        .requests()
-        .iter()
-        .map(|r| r.header("authorization").unwrap().to_string())
-        .collect();
+    let auth = authorizations(&f);
     assert_eq!(
         auth[1..],
         [
