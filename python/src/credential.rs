@@ -23,7 +23,7 @@ use vd_cred_host::from_env::{Setup, absolute_path};
 use vd_cred_host::{TokenRequestOptions, default_options};
 
 use crate::fork::PerProcess;
-use crate::sandboxes::{Config, Open, Sandboxes};
+use crate::sandboxes::{Config, Open, Sandboxes, closed};
 use crate::{NativeError, built_host, host, host_failure, raise};
 
 /// A token as Python receives it: `(token, expires_on, refresh_on)`.
@@ -89,26 +89,19 @@ impl Credential {
         Ok(async move {
             // Loading (or compiling) the component blocks: off the runtime's
             // worker, once per process.
-            let host = match built_host() {
-                Some(host) => host,
+            let loaded = match built_host() {
+                Some(loaded) => loaded,
                 None => {
                     let config = config.clone();
                     tokio::task::spawn_blocking(move || host(&config.env)).await??
                 }
             };
             let result = sandboxes
-                .get_token_info(&config, host, &scopes, &options, &abandoned)
+                .get_token_info(&config, loaded, &scopes, &options, &abandoned)
                 .await?;
             Ok(result.map(|info| (info.token, info.expires_on, info.refresh_on)))
         })
     }
-}
-
-/// The error for a call on a closed credential.
-fn closed() -> CredentialError {
-    CredentialError::Configuration(
-        "this credential was closed: create a new StudioAzureCredBroker".into(),
-    )
 }
 
 /// The Python value of an outcome.

@@ -102,8 +102,8 @@ pub(crate) struct Sandboxes {
     in_flight: AtomicUsize,
 }
 
-/// Why a call did not reach a sandbox.
-fn closed() -> CredentialError {
+/// The error for a call on a closed credential.
+pub(crate) fn closed() -> CredentialError {
     CredentialError::Configuration(
         "this credential was closed: create a new StudioAzureCredBroker".into(),
     )
