@@ -10,7 +10,11 @@ mod guest;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Read when the script runs, not when it was compiled: cargo reuses a
+    // build script compiled for the same package in another checkout that
+    // shares the target directory.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir)
         .parent()
         .expect("workspace root")
         .to_path_buf();
