@@ -10,14 +10,7 @@ mod guest;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    // Read when the script runs, not when it was compiled: cargo reuses a
-    // build script compiled for the same package in another checkout that
-    // shares the target directory.
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
-    let root = Path::new(&manifest_dir)
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = guest::workspace_root();
     let credential = PathBuf::from(
         std::env::var_os("DEP_VD_CRED_BROKER_WASM_PATH").expect("vd-cred-host's component path"),
     );

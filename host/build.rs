@@ -9,17 +9,8 @@
 #[path = "build/guest.rs"]
 mod guest;
 
-use std::path::Path;
-
 fn main() {
-    // Read when the script runs, not when it was compiled: cargo reuses a
-    // build script compiled for the same package in another checkout that
-    // shares the target directory.
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
-    let root = Path::new(&manifest_dir)
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = guest::workspace_root();
     let guest_target = guest::guest_target_dir();
     guest::build_guest(&root, &guest_target, &["vd-cred-broker"]);
     let wasm = guest_target.join("wasm32-wasip2/release/vd_cred_broker.wasm");

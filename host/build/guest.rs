@@ -4,6 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The workspace root: the parent of the building package's directory, read
+/// when the script runs, not when it was compiled (cargo reuses a build
+/// script compiled for the same package in another checkout that shares the
+/// target directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    Path::new(&manifest_dir)
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
 /// `<target>/guest`, from OUT_DIR (`<target>/[<triple>/]<profile>/build/<pkg>-<hash>/out`).
 pub fn guest_target_dir() -> PathBuf {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
