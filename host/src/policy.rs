@@ -3,6 +3,7 @@
 //! `client.rs`).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
@@ -24,9 +25,36 @@ pub struct BrokerOnly {
     extra: Vec<(String, String)>,
     helper: Option<PathBuf>,
     denied: Arc<Mutex<Vec<String>>>,
+    traffic: Arc<Traffic>,
     roots: TrustedRoots,
     /// Made on the first request let through.
     connections: Option<Connections>,
+}
+
+/// What a sandbox's owner sees of, and may switch in, its policy: how many
+/// requests were let through, and whether requests to the broker (or helper)
+/// are held back (an agent over its mint budget).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    sent: AtomicU64,
+    held: AtomicBool,
+}
+
+impl Traffic {
+    /// Requests let through to the client so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    /// Deny (`true`) or allow again (`false`) requests to the broker or the
+    /// helper; the component sees a denied request.
+    pub fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::Release);
+    }
+
+    fn held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
 }
 
 /// The origin under which the component reaches the runtime-access helper;
@@ -63,6 +91,7 @@ impl BrokerOnly {
             extra: Vec::new(),
             helper: None,
             denied: Arc::default(),
+            traffic: Arc::default(),
             roots: TrustedRoots::public(),
             connections: None,
         })
@@ -75,6 +104,7 @@ impl BrokerOnly {
             extra: Vec::new(),
             helper: None,
             denied: Arc::default(),
+            traffic: Arc::default(),
             roots: TrustedRoots::public(),
             connections: None,
         }
@@ -88,6 +118,7 @@ impl BrokerOnly {
             extra: Vec::new(),
             helper: Some(socket.into()),
             denied: Arc::default(),
+            traffic: Arc::default(),
             roots: TrustedRoots::public(),
             connections: None,
         }
@@ -116,6 +147,11 @@ impl BrokerOnly {
     pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
         self.denied.clone()
     }
+
+    /// The count of requests let through, and the broker's hold switch.
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
+    }
 }
 
 impl WasiHttpHooks for BrokerOnly {
@@ -128,11 +164,13 @@ impl WasiHttpHooks for BrokerOnly {
         let target = origin(request.uri());
         let to_broker = target.is_some() && target == self.allowed;
         let to_extra = target.as_ref().is_some_and(|t| self.extra.contains(t));
-        if !to_broker && !to_extra {
+        let held = to_broker && self.traffic.held();
+        if held || (!to_broker && !to_extra) {
             self.denied.lock().unwrap().push(shown(request.uri()));
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         drop(fut);
+        self.traffic.sent.fetch_add(1, Ordering::AcqRel);
         // In helper mode the allowed origin is the helper's, which the
         // client sends over its socket.
         let connections = self

@@ -3,6 +3,7 @@
 //! once ([`Host::shared`]) and shared by every test.
 
 mod composition;
+mod egress;
 mod errors;
 mod from_env;
 mod hostile;
