@@ -66,6 +66,15 @@ pub fn engine_config(pooling: Option<u32>) -> Config {
     config
 }
 
+/// Let a store of `host`'s engine (an agent's, say) run without a deadline,
+/// giving its thread back to the async runtime at every epoch tick. Every
+/// store of a [`Host`]'s engine needs a deadline (the engine interrupts wasm
+/// at epoch ticks, which bounds the credential's calls): call this on stores
+/// you create yourself from [`Host::engine`].
+pub fn yield_on_epoch<T>(store: &mut wasmtime::Store<T>) {
+    store.epoch_deadline_async_yield_and_update(1);
+}
+
 /// An engine and the component, compiled and linked once; sandboxes are cheap.
 pub struct Host {
     pub(crate) engine: Engine,

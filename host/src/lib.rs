@@ -49,7 +49,7 @@ pub mod bindings {
     });
 }
 
-pub use host::{COMPONENT, COMPONENT_WASM, Host, HostOptions, engine_config};
+pub use host::{COMPONENT, COMPONENT_WASM, Host, HostOptions, engine_config, yield_on_epoch};
 pub use policy::RUNTIME_ACCESS_URL;
 pub use sandbox::{
     AccessToken, AccessTokenInfo, CredentialOptions, Sandbox, SandboxBuilder, TokenInfoResult,
