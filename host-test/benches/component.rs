@@ -163,7 +163,7 @@ fn main() {
     rows.push(Row(
         "cold start: load precompiled + instantiate + get-token".into(),
         stats(cached),
-        "Component::deserialize_file".into(),
+        "ownership checks, read, Component::deserialize".into(),
     ));
 
     // Instantiation from InstancePre, default vs pooling allocator.

@@ -47,7 +47,7 @@ fn main() {
     let pre = test_agent::load(host.engine()).unwrap();
     let agent = |s: Sandbox| {
         let linked = LinkedCredential::new(s, AgentPolicy::new("bench"));
-        let builder = AgentBuilder::default().deny(broker.url());
+        let builder = AgentBuilder::default().credential_broker(broker.url());
         rt.block_on(TestAgent::new(builder, host.engine(), &pre, linked))
             .unwrap()
     };

@@ -2,7 +2,9 @@
 //! a store of its own, whose `token-credential` import is met by a
 //! [`LinkedCredential`] (the credential in its own sandbox). The agent's
 //! store gets only what [`AgentBuilder`] grants: no `VD_*` variable, no
-//! preopen unless asked for, HTTP to anywhere but the credential's origins.
+//! preopen unless asked for, HTTP only to the origins allowed with
+//! [`AgentBuilder::egress`] (none by default) and never to the credential's
+//! broker or helper ([`AgentEgress`]).
 //!
 //! This is the shape a runtime author would write around `vd-cred-host`;
 //! here it serves the tests, the demo and `host-test run-agent`.
@@ -10,8 +12,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use vd_cred_host::TrustedRoots;
+use vd_cred_host::egress::AgentEgress;
 use vd_cred_host::linked::{self, LinkedCredential};
-use vd_cred_host::policy::AllButCredential;
 use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -23,9 +26,16 @@ pub struct AgentState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: AllButCredential,
+    hooks: AgentEgress,
     /// The linked credential (its sandbox, policy and audit hook).
     pub linked: LinkedCredential,
+}
+
+impl AgentState {
+    /// The agent's egress policy (its record of refused requests).
+    pub fn egress(&self) -> &AgentEgress {
+        &self.hooks
+    }
 }
 
 impl WasiView for AgentState {
@@ -61,7 +71,10 @@ pub fn link(engine: &Engine, component: &Component) -> Result<InstancePre<AgentS
 pub struct AgentBuilder {
     env: Vec<(String, String)>,
     dirs: Vec<(PathBuf, String)>,
-    deny: Vec<String>,
+    egress: Vec<String>,
+    brokers: Vec<String>,
+    allow_link_local: bool,
+    roots: Option<TrustedRoots>,
 }
 
 impl AgentBuilder {
@@ -78,10 +91,34 @@ impl AgentBuilder {
         self
     }
 
-    /// Deny the agent HTTP to the origin of `url` (the broker's); the
-    /// helper's origin is always denied.
-    pub fn deny(mut self, url: impl Into<String>) -> Self {
-        self.deny.push(url.into());
+    /// Allow the agent HTTP to `origin` (`scheme://host[:port]`, the host
+    /// may be `*` or `*.domain`; see [`vd_cred_host::egress::AllowedOrigin`]).
+    /// Nothing is allowed by default.
+    pub fn egress(mut self, origin: impl Into<String>) -> Self {
+        self.egress.push(origin.into());
+        self
+    }
+
+    /// The credential's broker URL, which the agent never reaches under any
+    /// name or address, whatever [`AgentBuilder::egress`] allows; the
+    /// helper's origin is always refused.
+    pub fn credential_broker(mut self, url: impl Into<String>) -> Self {
+        self.brokers.push(url.into());
+        self
+    }
+
+    /// Allow every link-local and cloud metadata address (169.254.0.0/16,
+    /// fe80::/10, fd00:ec2::254); by default only those an allowed origin
+    /// names literally.
+    pub fn allow_link_local(mut self, allow: bool) -> Self {
+        self.allow_link_local = allow;
+        self
+    }
+
+    /// Verify the agent's https peers against `roots` (default: the public
+    /// web roots).
+    pub fn trust(mut self, roots: TrustedRoots) -> Self {
+        self.roots = Some(roots);
         self
     }
 
@@ -92,14 +129,27 @@ impl AgentBuilder {
         for (dir, guest) in &self.dirs {
             wasi.preopened_dir(dir, guest, FsPerms::ReadWrite)?;
         }
+        let mut hooks = AgentEgress::new();
+        for origin in &self.egress {
+            hooks.allow(origin)?;
+        }
+        for url in &self.brokers {
+            hooks.credential_broker(url)?;
+        }
+        hooks.allow_link_local(self.allow_link_local);
+        if let Some(roots) = self.roots {
+            hooks.trust(roots);
+        }
         let state = AgentState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: AllButCredential::new(&self.deny)?,
+            hooks,
             linked,
         };
-        Ok(Store::new(engine, state))
+        let mut store = Store::new(engine, state);
+        vd_cred_host::yield_on_epoch(&mut store);
+        Ok(store)
     }
 
     /// Instantiate `pre` in the agent's store.
@@ -241,6 +291,48 @@ pub mod test_agent {
         /// `GET url` from inside the agent.
         pub async fn http_get(&mut self, url: &str) -> Result<Result<u16, String>> {
             Ok(self.iface().call_http_get(&mut self.store, url).await?)
+        }
+
+        /// Open `count` credentials, all kept open until the end: how many
+        /// opened, and the first refusal.
+        pub async fn open_many(
+            &mut self,
+            options: &CredentialOptions,
+            count: u32,
+        ) -> Result<(u32, Option<CredentialError>)> {
+            Ok(self
+                .iface()
+                .call_open_many(&mut self.store, options, count)
+                .await?)
+        }
+
+        /// Open and drop a credential `count` times: how many opened, and
+        /// the first refusal.
+        pub async fn open_drop(
+            &mut self,
+            options: &CredentialOptions,
+            count: u32,
+        ) -> Result<(u32, Option<CredentialError>)> {
+            Ok(self
+                .iface()
+                .call_open_drop(&mut self.store, options, count)
+                .await?)
+        }
+
+        /// `get-token(scopes)` `count` times on one credential (or the free
+        /// function): tokens, errors, the last error.
+        pub async fn mint_loop(
+            &mut self,
+            options: &CredentialOptions,
+            scopes: &[&str],
+            count: u32,
+            free: bool,
+        ) -> Result<(u32, u32, Option<CredentialError>)> {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            Ok(self
+                .iface()
+                .call_mint_loop(&mut self.store, options, &scopes, count, free)
+                .await?)
         }
     }
 }

@@ -17,15 +17,19 @@ usage:
                                   (VD_RUNTIME_ACCESS_SOCKET, default /run/vd-access/program.sock),
                                   else VD_CREDENTIAL_BROKER_URL and VD_CREDENTIAL_FILE (and
                                   VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)
-  host-test run-agent <agent.wasm> --invoke '<fn>(<args>)' [--allow <resource-or-audience>,...]
-                  [--dir <host-dir>::<guest-dir>] [--env <KEY>=<VALUE>]
+  host-test run-agent <agent.wasm> --invoke '<fn>(<args>)'... [--allow <resource-or-audience>,...]
+                  [--egress <origin>,...] [--dir <host-dir>::<guest-dir>] [--env <KEY>=<VALUE>]
                                   run an agent component whose token-credential import the host
                                   links to the credential in a sandbox of its own (set up as
                                   get-token sets it up); the agent gets only --dir, --env and HTTP
-                                  to anything but the broker or the helper. Calls <fn> (a root
-                                  export or one in an exported interface) with WAVE-encoded
-                                  arguments, prints the result in WAVE, and prints an audit line
-                                  for each token handed to the agent (default --allow: the six
+                                  to the --egress origins (scheme://host[:port], host * or
+                                  *.domain allowed; default: none), never to the broker or the
+                                  helper under any name or address, nor to link-local or metadata
+                                  addresses unless an origin names one literally. Calls <fn> (a
+                                  root export or one in an exported interface) with WAVE-encoded
+                                  arguments (each --invoke in turn, in one store), prints each
+                                  result in WAVE, and prints an audit line for each token handed
+                                  to the agent and each call refused (default --allow: the six
                                   default resources)
   host-test fast-broker           run a minimal loopback broker for benchmarks (one write per
                                   answer, TCP_NODELAY, keep-alive; always the same token): prints
@@ -190,7 +194,7 @@ async fn agent_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &Ho
             );
         });
     let pre = test_agent::load(host.engine())?;
-    let builder = host_test::agent::AgentBuilder::default().deny(broker.url());
+    let builder = host_test::agent::AgentBuilder::default().credential_broker(broker.url());
     let mut agent = TestAgent::new(builder, host.engine(), &pre, linked).await?;
     println!(
         "agent            test_agent.wasm, linked to the credential by the host, allowed: vault"
@@ -212,6 +216,10 @@ async fn agent_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &Ho
     println!("agent read       /run/vd/credential: {bearer:?}");
     let broker_get = agent.http_get(&format!("{}/token", broker.url())).await?;
     println!("agent GET        the broker: {broker_get:?}");
+    let by_name = agent
+        .http_get(&format!("{}/token", broker.url_for_host("localhost")))
+        .await?;
+    println!("agent GET        the broker as localhost: {by_name:?}");
     Ok(())
 }
 
@@ -239,22 +247,27 @@ async fn get_token(scopes: &[String]) -> Result<ExitCode> {
 async fn run_agent(args: &[String]) -> Result<ExitCode> {
     use host_test::agent::{self, AgentBuilder};
     use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
-    use wasmtime::component::wasm_wave::{self, untyped::UntypedFuncCall};
+    use wasmtime::component::wasm_wave::untyped::UntypedFuncCall;
 
     let wasm = &args[0];
     let id = std::path::Path::new(wasm)
         .file_stem()
         .map_or(wasm.clone(), |s| s.to_string_lossy().into_owned());
     let (mut invoke, mut policy, mut builder) =
-        (None, AgentPolicy::new(id), AgentBuilder::default());
+        (Vec::new(), AgentPolicy::new(id), AgentBuilder::default());
     let mut rest = args[1..].iter();
     while let Some(flag) = rest.next() {
         let value = rest
             .next()
             .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n{USAGE}"))?;
         match flag.as_str() {
-            "--invoke" => invoke = Some(value.clone()),
+            "--invoke" => invoke.push(value.clone()),
             "--allow" => policy = policy.allow(value.split(',')),
+            "--egress" => {
+                for origin in value.split(',').filter(|o| !o.is_empty()) {
+                    builder = builder.egress(origin);
+                }
+            }
             "--dir" => {
                 let (host, guest) = value.split_once("::").unwrap_or((value, value));
                 builder = builder.dir(host, guest);
@@ -266,36 +279,65 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    let invoke = invoke.ok_or_else(|| anyhow::anyhow!("--invoke is required\n{USAGE}"))?;
-    let call = UntypedFuncCall::parse(&invoke).map_err(|e| anyhow::anyhow!("--invoke: {e}"))?;
+    anyhow::ensure!(!invoke.is_empty(), "--invoke is required\n{USAGE}");
+    let calls = invoke
+        .iter()
+        .map(|i| UntypedFuncCall::parse(i).map_err(|e| anyhow::anyhow!("--invoke {i}: {e}")))
+        .collect::<Result<Vec<_>>>()?;
 
     let host = Host::shared();
     let setup = vd_cred_host::from_env::Setup::from_env(|name| std::env::var(name).ok());
     if let Some(url) = &setup.broker_url {
-        builder = builder.deny(url);
+        builder = builder.credential_broker(url);
     }
     let sandbox = setup.sandbox(host)?.build().await?;
-    let linked = LinkedCredential::new(sandbox, policy).on_token(|e| {
-        eprintln!(
-            "audit: agent {} got a {} token expiring at {} ({})",
-            e.agent_id,
-            e.audience,
-            e.expires_on,
-            match e.source {
-                vd_cred_host::linked::TokenSource::Minted => "minted",
-                vd_cred_host::linked::TokenSource::Cached => "cached",
-            }
-        )
-    });
+    let linked = LinkedCredential::new(sandbox, policy)
+        .on_token(|e| {
+            eprintln!(
+                "audit: agent {} got a {} token expiring at {} ({})",
+                e.agent_id,
+                e.audience,
+                e.expires_on,
+                match e.source {
+                    vd_cred_host::linked::TokenSource::Minted => "minted",
+                    vd_cred_host::linked::TokenSource::Cached => "cached",
+                }
+            )
+        })
+        .on_error(|e| {
+            eprintln!(
+                "audit: agent {} was refused{}: {}",
+                e.agent_id,
+                e.audience
+                    .map(|a| format!(" a {a} token"))
+                    .unwrap_or_default(),
+                e.error
+            )
+        });
     let component = wasmtime::component::Component::from_file(host.engine(), wasm)
         .map_err(|e| anyhow::anyhow!("loading {wasm}: {e}"))?;
     let pre = agent::link(host.engine(), &component)?;
     let (mut store, instance) = builder.instantiate(host.engine(), &pre, linked).await?;
 
+    for call in &calls {
+        invoke_one(&component, &instance, &mut store, call).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Call one `--invoke`d function and print its results.
+async fn invoke_one<T: Send>(
+    component: &wasmtime::component::Component,
+    instance: &wasmtime::component::Instance,
+    mut store: &mut wasmtime::Store<T>,
+    call: &wasmtime::component::wasm_wave::untyped::UntypedFuncCall<'_>,
+) -> Result<()> {
+    use wasmtime::component::wasm_wave;
+    let engine = store.engine().clone();
     // The function: a root export, or one inside an exported interface.
     let name = call.name().to_string();
     let mut index = instance.get_export_index(&mut store, None, &name);
-    for (export, item) in component.component_type().exports(host.engine()) {
+    for (export, item) in component.component_type().exports(&engine) {
         if index.is_some() {
             break;
         }
@@ -317,7 +359,7 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
     for result in &results {
         println!("{}", wasm_wave::to_string(result)?);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The benchmark broker as a process: serves until stdin closes.

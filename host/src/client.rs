@@ -1,21 +1,35 @@
-//! Sending the requests the egress policy lets through: one pooled HTTP/1.1
-//! client per sandbox that keeps connections alive, over TCP (plain or TLS
-//! with the sandbox's [`TrustedRoots`]) or the runtime-access helper's Unix
-//! socket.
+//! Sending the requests an egress policy lets through: one pooled HTTP/1.1
+//! client per sandbox (or agent) that keeps connections alive, over TCP
+//! (plain or TLS with the given [`TrustedRoots`]) or a Unix socket (the
+//! runtime-access helper's). The client only sends: which origins may be
+//! asked for is the policy's decision before [`Connections::send`], and
+//! which addresses may be connected to is the policy's [`Vet`], asked at
+//! connect time about every address a host name resolved to (the connection
+//! then goes only to those addresses: nothing is resolved twice).
 //!
 //! A credential makes one request at a time, so a sandbox keeps at most one
 //! idle connection per origin, for [`IDLE_TIMEOUT`]. A connection the peer
-//! closed while idle is dropped once its driver notices; a request that
-//! fails on a reused connection before any answer (the broker closed it
-//! while the request was on its way) is sent once more on a fresh
-//! connection, at once, so a broker's idle timeout never becomes an error or
-//! a backoff for the caller. A request on a fresh connection is never sent
-//! twice: the component's own retry policy decides.
+//! closed while idle is dropped once its driver notices, and before every
+//! request the client also looks at each idle connection's socket itself
+//! (a non-consuming peek, which does not wait for the async runtime to
+//! notice): one the peer closed (or sent bytes nobody asked for, such as a
+//! TLS close_notify) is not reused. A request is sent once more, at once,
+//! on a fresh connection only when it provably never left: hyper handed it
+//! back unsent, because the reused connection was found closed before the
+//! request was taken for writing (hyper-util's `retry_canceled_requests`).
+//! So a broker's idle timeout does not become an error or a backoff for the
+//! caller, and a request the peer may have read (it closed before answering,
+//! or answered with a malformed head) is never sent twice behind the
+//! caller's back: the error goes to the component, whose retry policy
+//! decides and counts it as an attempt. (A close that crosses the request
+//! on the wire is such an error too.)
 
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,7 +38,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, capture_connection};
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, capture_connection,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -33,7 +49,6 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use crate::policy::RUNTIME_ACCESS_URL;
 use crate::tls::{TrustedRoots, explain};
 
 /// A response and the future that drives its connection, as
@@ -46,32 +61,83 @@ pub(crate) type Sent = (
 /// How long an idle connection is kept for the next request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The largest request body sent (a broker request is a few hundred bytes).
-const MAX_REQUEST_BODY: usize = 1024 * 1024;
+/// The largest request body a credential sends (a broker request is a few
+/// hundred bytes).
+pub(crate) const CREDENTIAL_MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+/// What the policy answers about the addresses a host name resolved to:
+/// `Ok` to connect (to those addresses only), `Err(why)` to refuse the
+/// connection (the request then fails with `HTTP-request-denied`).
+pub(crate) type VetFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A policy's connect-time check: the request's URI and every address its
+/// host resolved to.
+pub(crate) type Vet = Arc<dyn Fn(&Uri, &[SocketAddr]) -> VetFuture + Send + Sync>;
+
+/// A Unix socket that plain-http requests to one host name go to (the
+/// runtime-access helper's).
+pub(crate) struct UnixRoute {
+    /// The host name routed, as in the request's URI (`runtime-access`).
+    pub(crate) host: String,
+    pub(crate) socket: PathBuf,
+}
+
+/// How a [`Connections`] sends.
+pub(crate) struct Setup {
+    /// Verify https peers against these.
+    pub(crate) roots: TrustedRoots,
+    /// Route one host name to a Unix socket.
+    pub(crate) unix: Option<UnixRoute>,
+    /// Ask this about every resolved address before connecting.
+    pub(crate) vet: Option<Vet>,
+    /// Refuse (`HTTP-request-body-size`) request bodies larger than this.
+    pub(crate) max_request_body: usize,
+}
+
+impl Setup {
+    /// A credential's: `roots`, no vetting, [`CREDENTIAL_MAX_REQUEST_BODY`].
+    pub(crate) fn credential(roots: &TrustedRoots, unix: Option<UnixRoute>) -> Self {
+        Setup {
+            roots: roots.clone(),
+            unix,
+            vet: None,
+            max_request_body: CREDENTIAL_MAX_REQUEST_BODY,
+        }
+    }
+}
 
 /// A sandbox's connections.
 pub(crate) struct Connections {
     client: Client<Connector, Full<Bytes>>,
-    /// How many connections the connector has opened.
-    opened: Arc<AtomicU64>,
+    max_request_body: usize,
+    /// Every open connection, to look at before each request.
+    watches: Watches,
 }
 
 impl Connections {
-    /// A client verifying https peers against `roots`; requests to
-    /// [`RUNTIME_ACCESS_URL`] go to the Unix socket `helper` when set.
-    pub(crate) fn new(roots: &TrustedRoots, helper: Option<PathBuf>) -> Self {
-        let opened = Arc::new(AtomicU64::new(0));
+    /// A client sending as `setup` says.
+    pub(crate) fn new(setup: Setup) -> Self {
+        let watches = Watches::default();
         let connector = Connector {
-            roots: roots.clone(),
-            helper: helper.map(Arc::new),
-            opened: opened.clone(),
+            roots: setup.roots,
+            unix: setup.unix.map(Arc::new),
+            vet: setup.vet,
+            watches: watches.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(1)
             .pool_timer(TokioTimer::new())
+            // A request hyper hands back unsent (the reused connection was
+            // found closed before the request was taken for writing) goes
+            // out once more on another connection; nothing else is re-sent.
+            .retry_canceled_requests(true)
             .build(connector);
-        Connections { client, opened }
+        Connections {
+            client,
+            max_request_body: setup.max_request_body,
+            watches,
+        }
     }
 
     /// Send `request` (already allowed by the policy), honouring the
@@ -82,11 +148,12 @@ impl Connections {
         options: Option<RequestOptions>,
     ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
         let client = self.client.clone();
-        let opened = self.opened.clone();
+        let max_request_body = self.max_request_body;
+        let watches = self.watches.clone();
         async move {
             let timeouts = Timeouts::from(options);
             let (parts, body) = request.into_parts();
-            let body = Limited::new(body, MAX_REQUEST_BODY)
+            let body = Limited::new(body, max_request_body)
                 .collect()
                 .await
                 .map_err(|e| match e.downcast::<Error>() {
@@ -94,21 +161,13 @@ impl Connections {
                     Err(_) => Error::HttpRequestBodySize(None),
                 })?
                 .to_bytes();
-            let send = async {
-                let opened_before = opened.load(Ordering::Acquire);
-                let mut request =
-                    hyper::Request::from_parts(parts.clone(), Full::new(body.clone()));
-                let captured = capture_connection(&mut request);
-                match client.request(request).await {
-                    Err(e) if !e.is_connect() && reused(&captured, opened_before) => {
-                        let request = hyper::Request::from_parts(parts, Full::new(body));
-                        client.request(request).await
-                    }
-                    result => result,
-                }
-            };
-            let response = tokio::time::timeout(timeouts.head, send)
-                .await
+            let mut request = hyper::Request::from_parts(parts, Full::new(body));
+            let captured = capture_connection(&mut request);
+            // No request on a connection the peer has closed.
+            watches.retire_closed();
+            let response = tokio::time::timeout(timeouts.head, client.request(request)).await;
+            Watches::captured(captured);
+            let response = response
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(from_client_error)?;
             let response = response.map(|incoming| {
@@ -126,26 +185,6 @@ impl Connections {
             ))
         }
     }
-}
-
-/// Which connection a request went out on (its number, from 1).
-#[derive(Clone, Copy)]
-struct ConnectionNumber(u64);
-
-/// Whether the connection `captured` for a request had been opened before
-/// the request started: a kept-alive one.
-fn reused(
-    captured: &hyper_util::client::legacy::connect::CaptureConnection,
-    opened_before: u64,
-) -> bool {
-    let mut extensions = hyper::http::Extensions::new();
-    match captured.connection_metadata().as_ref() {
-        Some(connected) => connected.get_extras(&mut extensions),
-        None => return false,
-    }
-    extensions
-        .get::<ConnectionNumber>()
-        .is_some_and(|n| n.0 <= opened_before)
 }
 
 /// The wasi:http timeouts: connecting and the answer's head share one bound
@@ -190,12 +229,13 @@ fn from_client_error(e: hyper_util::client::legacy::Error) -> Error {
 #[derive(Clone)]
 struct Connector {
     roots: TrustedRoots,
-    helper: Option<Arc<PathBuf>>,
-    opened: Arc<AtomicU64>,
+    unix: Option<Arc<UnixRoute>>,
+    vet: Option<Vet>,
+    watches: Watches,
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Numbered>;
+    type Response = TokioIo<Watched>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
@@ -206,10 +246,9 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let opened = this.opened.clone();
+            let watches = this.watches.clone();
             let stream = this.connect(uri).await?;
-            let number = opened.fetch_add(1, Ordering::AcqRel) + 1;
-            Ok(TokioIo::new(Numbered(stream, ConnectionNumber(number))))
+            Ok(TokioIo::new(watches.watch(stream)))
         })
     }
 }
@@ -218,20 +257,24 @@ impl Connector {
     async fn connect(self, uri: Uri) -> Result<Stream, ConnectError> {
         let host = uri.host().ok_or(ConnectError::NoHost)?;
         let https = uri.scheme_str() == Some("https");
-        if let Some(socket) = &self.helper
+        if let Some(route) = &self.unix
             && !https
-            && RUNTIME_ACCESS_URL.strip_prefix("http://") == Some(host)
+            && route.host == host
         {
-            let stream = UnixStream::connect(socket.as_path())
+            let stream = UnixStream::connect(&route.socket)
                 .await
                 .map_err(ConnectError::Io)?;
             return Ok(Stream::Unix(stream));
         }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let addrs: Vec<_> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
             .await
             .map_err(ConnectError::Dns)?
             .collect();
+        if let Some(vet) = &self.vet {
+            vet(&uri, &addrs).await.map_err(ConnectError::Refused)?;
+        }
+        // Only the addresses vetted above: no second resolution.
         let stream = TcpStream::connect(&addrs[..])
             .await
             .map_err(ConnectError::Io)?;
@@ -254,6 +297,8 @@ impl Connector {
 enum ConnectError {
     NoHost,
     Dns(std::io::Error),
+    /// The policy refused the addresses (why).
+    Refused(String),
     Io(std::io::Error),
     Tls(std::io::Error),
 }
@@ -266,6 +311,7 @@ impl ConnectError {
                 rcode: Some(e.to_string()),
                 info_code: None,
             },
+            ConnectError::Refused(_) => Error::HttpRequestDenied,
             ConnectError::Io(e) => match e.kind() {
                 std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
                 _ => Error::ConnectionRefused,
@@ -286,6 +332,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::NoHost => write!(f, "the URL has no usable host"),
             ConnectError::Dns(e) => write!(f, "the host name did not resolve: {e}"),
+            ConnectError::Refused(why) => write!(f, "the egress policy refused: {why}"),
             ConnectError::Io(e) => write!(f, "connecting failed: {e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
         }
@@ -301,18 +348,125 @@ enum Stream {
     Unix(UnixStream),
 }
 
-/// A stream and its connection's number.
-struct Numbered(Stream, ConnectionNumber);
+impl Stream {
+    /// A second descriptor of the socket, only ever peeked at. (A std
+    /// `TcpStream` around a Unix socket's descriptor too: `peek` is a
+    /// `recv(MSG_PEEK)`, the same for both.)
+    fn peeker(&self) -> Option<std::net::TcpStream> {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            Stream::Tls(s) => s.get_ref().0.as_fd().try_clone_to_owned(),
+            Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
+        };
+        let peeker = std::net::TcpStream::from(fd.ok()?);
+        peeker.set_nonblocking(true).ok()?;
+        Some(peeker)
+    }
+}
 
-impl Connection for Numbered {
+/// What the client sees of one open connection between requests.
+struct Watch {
+    peeker: std::net::TcpStream,
+    /// The pool's record of this connection (once a request went out on
+    /// it), through which it is kept from being reused.
+    captured: Mutex<Option<CaptureConnection>>,
+    /// The last I/O was a read that returned bytes, with no write since.
+    idle: AtomicBool,
+}
+
+impl Watch {
+    /// Whether the peer has closed the connection (or sent bytes on an
+    /// idle one, which nothing asked for): looked at on the socket itself,
+    /// not through the async runtime's readiness, which may lag.
+    fn peer_closed(&self) -> bool {
+        match self.peeker.peek(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => self.idle.load(Ordering::Acquire),
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Keep the pool from handing this connection out again.
+    fn retire(&self) {
+        if let Some(captured) = &*self.captured.lock().unwrap()
+            && let Some(connected) = captured.connection_metadata().as_ref()
+        {
+            connected.poison();
+        }
+    }
+}
+
+/// Which [`Watch`] a pooled connection is (its `Connected` extra).
+#[derive(Clone)]
+struct WatchOf(Weak<Watch>);
+
+/// The open connections of one client.
+#[derive(Clone, Default)]
+struct Watches(Arc<Mutex<Vec<Weak<Watch>>>>);
+
+impl Watches {
+    /// `stream`, watched.
+    fn watch(&self, stream: Stream) -> Watched {
+        let watch = stream.peeker().map(|peeker| {
+            Arc::new(Watch {
+                peeker,
+                captured: Mutex::default(),
+                idle: AtomicBool::new(false),
+            })
+        });
+        if let Some(watch) = &watch {
+            self.0.lock().unwrap().push(Arc::downgrade(watch));
+        }
+        Watched { stream, watch }
+    }
+
+    /// Remember the pool's record of the connection a request went out on.
+    fn captured(captured: CaptureConnection) {
+        let mut extras = hyper::http::Extensions::new();
+        match captured.connection_metadata().as_ref() {
+            Some(connected) => connected.get_extras(&mut extras),
+            None => return,
+        }
+        if let Some(watch) = extras.get::<WatchOf>().and_then(|w| w.0.upgrade()) {
+            *watch.captured.lock().unwrap() = Some(captured);
+        }
+    }
+
+    /// Keep the pool from handing out a connection the peer has closed;
+    /// forget connections that are gone.
+    fn retire_closed(&self) {
+        self.0
+            .lock()
+            .unwrap()
+            .retain(|watch| match watch.upgrade() {
+                Some(watch) if watch.peer_closed() => {
+                    watch.retire();
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
+    }
+}
+
+/// A connection's stream, and what the client watches of it.
+struct Watched {
+    stream: Stream,
+    watch: Option<Arc<Watch>>,
+}
+
+impl Connection for Watched {
     fn connected(&self) -> Connected {
-        Connected::new().extra(self.1)
+        match &self.watch {
+            Some(watch) => Connected::new().extra(WatchOf(Arc::downgrade(watch))),
+            None => Connected::new(),
+        }
     }
 }
 
 macro_rules! each_stream {
     ($self:ident, $s:ident => $e:expr) => {
-        match &mut $self.get_mut().0 {
+        match &mut $self.stream {
             Stream::Tcp($s) => $e,
             Stream::Tls($s) => $e,
             Stream::Unix($s) => $e,
@@ -320,31 +474,45 @@ macro_rules! each_stream {
     };
 }
 
-impl AsyncRead for Numbered {
+impl AsyncRead for Watched {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_read(cx, buf))
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = each_stream!(this, s => Pin::new(s).poll_read(cx, buf));
+        if let (Poll::Ready(Ok(())), Some(watch)) = (&read, &this.watch)
+            && buf.filled().len() > before
+        {
+            watch.idle.store(true, Ordering::Release);
+        }
+        read
     }
 }
 
-impl AsyncWrite for Numbered {
+impl AsyncWrite for Watched {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        each_stream!(self, s => Pin::new(s).poll_write(cx, buf))
+        let this = self.get_mut();
+        if let Some(watch) = &this.watch {
+            watch.idle.store(false, Ordering::Release);
+        }
+        each_stream!(this, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_flush(cx))
+        let this = self.get_mut();
+        each_stream!(this, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_shutdown(cx))
+        let this = self.get_mut();
+        each_stream!(this, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

@@ -1,17 +1,18 @@
-//! The sandbox's HTTP egress policy: only the broker's scheme and authority,
-//! or the runtime-access helper's fixed origin (routed to its Unix socket by
-//! `client.rs`).
+//! The credential sandbox's HTTP egress policy: only the broker's scheme and
+//! authority, or the runtime-access helper's fixed origin (which the client
+//! is told to route to the helper's Unix socket). The policy decides; the
+//! client (`client.rs`) only sends. An agent's own egress is
+//! [`crate::egress`]'s.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use http_body_util::BodyExt;
 use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::client::{Connections, Sent};
+use crate::client::{Connections, Sent, Setup, UnixRoute};
 use crate::tls::TrustedRoots;
 
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
@@ -38,6 +39,7 @@ pub struct BrokerOnly {
 pub struct Traffic {
     sent: AtomicU64,
     held: AtomicBool,
+    held_back: AtomicU64,
 }
 
 impl Traffic {
@@ -52,6 +54,11 @@ impl Traffic {
         self.held.store(held, Ordering::Release);
     }
 
+    /// Requests to the broker held back so far (not recorded as denied).
+    pub fn held_back(&self) -> u64 {
+        self.held_back.load(Ordering::Acquire)
+    }
+
     fn held(&self) -> bool {
         self.held.load(Ordering::Acquire)
     }
@@ -60,6 +67,13 @@ impl Traffic {
 /// The origin under which the component reaches the runtime-access helper;
 /// the host routes it to the helper's Unix socket.
 pub const RUNTIME_ACCESS_URL: &str = "http://runtime-access";
+
+/// The host name of [`RUNTIME_ACCESS_URL`] (`runtime-access`).
+pub(crate) fn helper_host() -> &'static str {
+    RUNTIME_ACCESS_URL
+        .strip_prefix("http://")
+        .expect("an http URL")
+}
 
 /// `(scheme, host:port)` with the scheme's default port made explicit and the
 /// host lower-cased.
@@ -164,8 +178,11 @@ impl WasiHttpHooks for BrokerOnly {
         let target = origin(request.uri());
         let to_broker = target.is_some() && target == self.allowed;
         let to_extra = target.as_ref().is_some_and(|t| self.extra.contains(t));
-        let held = to_broker && self.traffic.held();
-        if held || (!to_broker && !to_extra) {
+        if to_broker && self.traffic.held() {
+            self.traffic.held_back.fetch_add(1, Ordering::AcqRel);
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        if !to_broker && !to_extra {
             self.denied.lock().unwrap().push(shown(request.uri()));
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
@@ -173,85 +190,23 @@ impl WasiHttpHooks for BrokerOnly {
         self.traffic.sent.fetch_add(1, Ordering::AcqRel);
         // In helper mode the allowed origin is the helper's, which the
         // client sends over its socket.
-        let connections = self
-            .connections
-            .get_or_insert_with(|| Connections::new(&self.roots, self.helper.clone()));
+        let connections = self.connections.get_or_insert_with(|| {
+            let unix = self.helper.clone().map(|socket| UnixRoute {
+                host: helper_host().to_string(),
+                socket,
+            });
+            Connections::new(Setup::credential(&self.roots, unix))
+        });
         Box::new(connections.send(request, options))
     }
 }
 
-/// An agent's egress next to a linked credential: everything but the
-/// credential's origins (the broker's, the helper's), which are denied and
-/// recorded. An agent runtime with its own egress rules applies them on top.
-pub struct AllButCredential {
-    denied_origins: Vec<(String, String)>,
-    denied: Arc<Mutex<Vec<String>>>,
-}
-
-impl AllButCredential {
-    /// Deny the origins of `urls` (the broker URL; the helper's
-    /// [`RUNTIME_ACCESS_URL`] is always denied).
-    pub fn new<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> Result<Self> {
-        let mut denied_origins =
-            vec![origin(&RUNTIME_ACCESS_URL.parse().expect("valid URL")).expect("an origin")];
-        for url in urls {
-            let url = url.as_ref();
-            let uri: Uri = url
-                .parse()
-                .with_context(|| format!("{url:?} is not a URL"))?;
-            let Some(o) = origin(&uri) else {
-                bail!("{url:?} needs an http(s) scheme and a host");
-            };
-            denied_origins.push(o);
-        }
-        Ok(AllButCredential {
-            denied_origins,
-            denied: Arc::default(),
-        })
-    }
-
-    /// The denied requests' `scheme://authority`.
-    pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
-        self.denied.clone()
-    }
-}
-
-impl WasiHttpHooks for AllButCredential {
-    fn send_request(
-        &mut self,
-        request: hyper::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        fut: Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
-    ) -> ResponseFuture {
-        let target = origin(request.uri());
-        if target.is_none_or(|t| self.denied_origins.contains(&t)) {
-            self.denied.lock().unwrap().push(shown(request.uri()));
-            return Box::new(async { Err(Error::HttpRequestDenied) });
-        }
-        drop(fut);
-        Box::new(default_send(request, options))
-    }
-}
-
 /// `scheme://authority` of a request, for the record of denied ones.
-fn shown(uri: &Uri) -> String {
+pub(crate) fn shown(uri: &Uri) -> String {
     match (uri.scheme_str(), uri.authority()) {
         (Some(s), Some(a)) => format!("{s}://{a}"),
         _ => uri.to_string(),
     }
-}
-
-/// wasmtime-wasi-http's own client: a new connection per request, public web
-/// roots for TLS.
-async fn default_send(
-    request: hyper::Request<WasiBody>,
-    options: Option<RequestOptions>,
-) -> std::result::Result<Sent, Error> {
-    let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-    Ok((
-        response.map(BodyExt::boxed_unsync),
-        Box::new(io) as Box<dyn Future<Output = _> + Send>,
-    ))
 }
 
 #[cfg(test)]

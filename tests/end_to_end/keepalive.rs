@@ -1,6 +1,7 @@
 //! The host keeps the connection to the broker alive between calls (plain
 //! http, https, the helper's Unix socket), and a connection the broker closed
-//! is replaced without the caller noticing.
+//! is replaced without the caller noticing when the request never left; a
+//! request the broker may have read is the component's to retry.
 
 use host_test::MockBroker;
 use host_test::tls::{TestCa, Validity};
@@ -114,4 +115,52 @@ async fn a_connection_the_broker_closed_is_replaced_transparently() {
         }
     }
     println!("{ROUNDS} tokens, {timed_out} calls timed out");
+}
+
+/// The broker reads the whole POST on a kept-alive connection and closes it
+/// without answering (and so on every later connection). The request may
+/// have been acted on, so the host does not send it again behind the
+/// component's back: every send is one of the component's attempts, and the
+/// broker's count of requests is the error's "after N attempts".
+#[tokio::test]
+async fn a_request_the_broker_read_is_not_resent_behind_the_components_back() {
+    use std::time::Duration;
+    use vd_cred_broker::retry::MAX_ATTEMPTS;
+
+    let f = Fixture::new();
+    let mut sandbox = f.sandbox().await;
+    let mut o = options();
+    o.disable_cache = true;
+    // Room for every attempt and backoff on a busy machine.
+    o.timeout_ms = Some(120_000);
+    let credential = sandbox.open(&o).await.unwrap().unwrap();
+    sandbox
+        .credential_get_token(credential, &[VAULT])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (f.broker.request_count(), f.broker.connection_count()),
+        (1, 1)
+    );
+    f.broker.set_default(host_test::Reply::Drop {
+        delay: Duration::ZERO,
+    });
+    let err = sandbox
+        .credential_get_token(credential, &[VAULT])
+        .await
+        .unwrap()
+        .unwrap_err();
+    let requests = f.broker.request_count() - 1;
+    let E::BrokerUnreachable(message) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.ends_with(&format!("(after {requests} attempts)")),
+        "{requests} requests, but: {message}"
+    );
+    assert_eq!(requests, MAX_ATTEMPTS as usize);
+    // The first attempt went out on the kept-alive connection, each later
+    // one (after the close) on a fresh one.
+    assert_eq!(f.broker.connection_count() - 1, requests - 1);
 }

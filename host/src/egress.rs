@@ -1,0 +1,788 @@
+//! An agent's own HTTP egress, deny by default: [`AgentEgress`].
+//!
+//! An agent running next to a linked credential gets HTTP only to the
+//! origins its runtime allows ([`AgentEgress::allow`]: `scheme://host[:port]`,
+//! the host exact, `*.example.com` for its subdomains or `*` for any), and
+//! never to the credential's broker or helper, whatever the allowlist says:
+//!
+//! - by name, before anything is resolved: the helper's origin
+//!   ([`crate::RUNTIME_ACCESS_URL`], any scheme or port) and the broker's host and
+//!   port as its URL spells them (host lower-cased, trailing dot removed);
+//! - by address, at connect time: the client resolves the request's host once
+//!   and asks [`decide`] about every address it got; the connection goes to
+//!   those addresses only, or the request fails with `HTTP-request-denied`
+//!   when any of them is refused. So every spelling of the broker is caught
+//!   (`localhost`, `[::ffff:127.0.0.1]`, `2130706433`, `0x7f.0.0.1`,
+//!   `0177.0.0.1`, `127.1`, a name that resolves to it), and a name cannot be
+//!   re-resolved elsewhere between the check and the connection. The broker's
+//!   own host is resolved at the same moment (its URL may name it). When the
+//!   broker is on this machine (its address is loopback, unspecified, or one
+//!   of this machine's), every loopback, unspecified or local address on its
+//!   port is refused too: a broker bound to `0.0.0.0` or `127.0.0.1` answers
+//!   on all of them.
+//!
+//! Link-local and cloud metadata addresses (`169.254.0.0/16`, `fe80::/10`,
+//! `fd00:ec2::254`, and their IPv4-mapped forms) are refused unless allowed
+//! explicitly: by an allowlisted origin whose host is that address literally
+//! (`http://169.254.169.254`), or for all of them with
+//! [`AgentEgress::allow_link_local`]. Redirects are the agent's own new
+//! requests (wasi:http never follows one) and meet the same checks.
+//!
+//! Every refusal is recorded ([`AgentEgress::denied`],
+//! [`AgentEgress::refusals`]). Requests let through are sent by the same
+//! pooled client the credential uses, verifying https peers against the
+//! public web roots unless [`AgentEgress::trust`] says otherwise, with request
+//! bodies up to [`AgentEgress::max_request_body`].
+//!
+//! What this does not cover: other machines that reach the broker (a broker
+//! on another host listening on several addresses is refused only at the
+//! addresses its URL resolves to), other cloud metadata endpoints outside
+//! these ranges, and anything the agent does without wasi:http.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, bail};
+use hyper::Uri;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::client::{Connections, Sent, Setup, Vet};
+use crate::policy::{helper_host, shown};
+use crate::tls::TrustedRoots;
+
+/// The largest request body an agent may send unless
+/// [`AgentEgress::max_request_body`] says otherwise (the body is held in
+/// host memory while it is sent).
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 16 << 20;
+
+/// A host as compared: lower-cased, without a trailing dot; an IP literal in
+/// its canonical text (IPv6 in brackets).
+fn normal_host(host: &str) -> Option<String> {
+    let host = host.to_ascii_lowercase();
+    if let Some(inner) = host.strip_prefix('[') {
+        let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
+        return Some(format!("[{ip}]"));
+    }
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    if host.is_empty() || host.contains(['/', '@', '[', ']']) {
+        return None;
+    }
+    Some(match host.parse::<Ipv4Addr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => host.to_string(),
+    })
+}
+
+/// The default port of `scheme` (`http`, `https`), `None` for any other.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// The IP address a normalised host names literally, if it does.
+fn literal_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// A request's origin: scheme, normalised host, port (made explicit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Lower-cased, no trailing dot, IP literals canonical (IPv6 in brackets).
+    pub host: String,
+    /// The URI's port, or the scheme's default.
+    pub port: u16,
+}
+
+impl Origin {
+    /// The origin of `uri`; `None` without an http(s) scheme and a usable host.
+    pub fn of(uri: &Uri) -> Option<Origin> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let port = uri.port_u16().or(default_port(&scheme))?;
+        default_port(&scheme)?;
+        let host = normal_host(uri.host()?)?;
+        Some(Origin { scheme, host, port })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Which hosts an allowlist entry covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// This host only.
+    Exact(String),
+    /// Hosts ending in `.` and this (not this host itself).
+    Subdomains(String),
+    /// Any host.
+    Any,
+}
+
+/// One allowlist entry: `scheme://host[:port]` with an optional trailing
+/// `/`; the host may be `*` (any) or `*.example.com` (its subdomains); the
+/// port defaults to the scheme's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigin {
+    scheme: String,
+    host: HostPattern,
+    port: u16,
+}
+
+impl AllowedOrigin {
+    /// Parse an allowlist entry.
+    pub fn parse(text: &str) -> Result<AllowedOrigin> {
+        let bad = |why: &str| anyhow::anyhow!("egress origin {text:?}: {why}");
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| bad("needs a scheme (http:// or https://)"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default =
+            default_port(&scheme).ok_or_else(|| bad("the scheme must be http or https"))?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#']) {
+            return Err(bad("an origin has no path, query or fragment"));
+        }
+        if authority.contains('@') {
+            return Err(bad("an origin has no user-info"));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(inner) => {
+                let (ip, after) = inner
+                    .split_once(']')
+                    .ok_or_else(|| bad("unclosed [ in the host"))?;
+                (format!("[{ip}]"), after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host.to_string(), Some(port)),
+                None => (authority.to_string(), None),
+            },
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| bad("the port must be a number from 0 to 65535"))?,
+            None => default,
+        };
+        let host = if host == "*" {
+            HostPattern::Any
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            HostPattern::Subdomains(normal_host(suffix).ok_or_else(|| bad("not a host"))?)
+        } else {
+            if host.contains('*') {
+                return Err(bad("a wildcard is `*` or `*.` before a domain"));
+            }
+            HostPattern::Exact(normal_host(&host).ok_or_else(|| bad("not a host"))?)
+        };
+        Ok(AllowedOrigin { scheme, host, port })
+    }
+
+    /// Whether `origin` is covered.
+    pub fn matches(&self, origin: &Origin) -> bool {
+        self.scheme == origin.scheme
+            && self.port == origin.port
+            && match &self.host {
+                HostPattern::Exact(h) => *h == origin.host,
+                HostPattern::Subdomains(s) => origin
+                    .host
+                    .strip_suffix(s.as_str())
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                HostPattern::Any => true,
+            }
+    }
+
+    /// The IP address this entry names literally (an explicit allowance for
+    /// a link-local or metadata address).
+    fn literal_ip(&self) -> Option<IpAddr> {
+        match &self.host {
+            HostPattern::Exact(h) => literal_ip(h),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Its origin is not on the allowlist (or is not an http(s) origin).
+    NotAllowed,
+    /// It names the runtime-access helper's origin.
+    Helper,
+    /// It would go to the credential's broker (by name or by address).
+    CredentialBroker,
+    /// A link-local or cloud metadata address not explicitly allowed.
+    LinkLocal,
+    /// The broker's host name did not resolve, so no address can be told
+    /// apart from it: refused rather than guessed.
+    BrokerUnresolved,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::NotAllowed => "the origin is not on the agent's egress allowlist",
+            Reason::Helper => "the runtime-access helper is the credential's",
+            Reason::CredentialBroker => "the destination is the credential broker",
+            Reason::LinkLocal => "a link-local or cloud metadata address, not explicitly allowed",
+            Reason::BrokerUnresolved => {
+                "the credential broker's host name did not resolve, so the destination \
+                 cannot be told apart from it"
+            }
+        })
+    }
+}
+
+/// What [`decide`] says about one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Connect.
+    Allow,
+    /// Do not connect.
+    Refuse(Reason),
+}
+
+/// What [`decide`] knows besides the address.
+pub struct Vetting<'a> {
+    /// The addresses the credential's broker resolved to.
+    pub broker: &'a [SocketAddr],
+    /// Every link-local and metadata address is allowed.
+    pub allow_link_local: bool,
+    /// These addresses are allowed even if link-local (allowlisted literally).
+    pub allowed_ips: &'a [IpAddr],
+    /// Whether an address belongs to this machine ([`is_local_address`]; a
+    /// test passes its own).
+    pub is_local: &'a dyn Fn(IpAddr) -> bool,
+}
+
+/// Whether `ip` (canonical) is link-local or a cloud metadata address:
+/// `169.254.0.0/16`, `fe80::/10`, `fd00:ec2::254`.
+pub fn is_link_local_or_metadata(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+/// Whether `ip` is an address of this machine: one a socket can be bound to.
+pub fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// May an agent connect to `addr`? Pure: the broker's addresses and the
+/// allowances come in `cx`. IPv4-mapped IPv6 addresses are compared as the
+/// IPv4 address they carry.
+pub fn decide(addr: SocketAddr, cx: &Vetting<'_>) -> Verdict {
+    let ip = addr.ip().to_canonical();
+    let here = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified() || (cx.is_local)(ip);
+    for broker in cx.broker {
+        if broker.port() != addr.port() {
+            continue;
+        }
+        let broker_ip = broker.ip().to_canonical();
+        // The broker's address, or (a broker on this machine) any address
+        // of this machine on its port.
+        if ip == broker_ip || (here(broker_ip) && here(ip)) {
+            return Verdict::Refuse(Reason::CredentialBroker);
+        }
+    }
+    if is_link_local_or_metadata(ip) && !cx.allow_link_local && !cx.allowed_ips.contains(&ip) {
+        return Verdict::Refuse(Reason::LinkLocal);
+    }
+    Verdict::Allow
+}
+
+/// One refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `scheme://authority` as the agent wrote it.
+    pub target: String,
+    /// The refused address, for a refusal at connect time.
+    pub address: Option<SocketAddr>,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// The record of refusals, shared with the policy's owner.
+#[derive(Clone, Default)]
+struct Record {
+    denied: Arc<Mutex<Vec<String>>>,
+    refusals: Arc<Mutex<Vec<Refusal>>>,
+}
+
+impl Record {
+    fn refuse(&self, target: String, address: Option<SocketAddr>, reason: Reason) {
+        self.denied.lock().unwrap().push(target.clone());
+        self.refusals.lock().unwrap().push(Refusal {
+            target,
+            address,
+            reason,
+        });
+    }
+}
+
+/// An agent's egress policy: only allowlisted origins (none by default),
+/// never the credential's broker or helper, no link-local or metadata
+/// address unless allowed. See the [module documentation](self).
+pub struct AgentEgress {
+    allowed: Vec<AllowedOrigin>,
+    /// The brokers' (host, port), host normalised.
+    brokers: Vec<(String, u16)>,
+    allow_link_local: bool,
+    roots: TrustedRoots,
+    max_request_body: usize,
+    record: Record,
+    /// Made on the first request let through.
+    connections: Option<Connections>,
+}
+
+impl Default for AgentEgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentEgress {
+    /// Deny everything (allow origins with [`AgentEgress::allow`]).
+    pub fn new() -> Self {
+        AgentEgress {
+            allowed: Vec::new(),
+            brokers: Vec::new(),
+            allow_link_local: false,
+            roots: TrustedRoots::public(),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            record: Record::default(),
+            connections: None,
+        }
+    }
+
+    /// Allow the origin `origin` (see [`AllowedOrigin::parse`]).
+    pub fn allow(&mut self, origin: &str) -> Result<&mut Self> {
+        self.allowed.push(AllowedOrigin::parse(origin)?);
+        self.connections = None;
+        Ok(self)
+    }
+
+    /// Never let a request reach the broker whose URL is `url` (the linked
+    /// credential's), by name or by address, whatever the allowlist says.
+    pub fn credential_broker(&mut self, url: &str) -> Result<&mut Self> {
+        let uri: Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(_) => bail!("broker URL {url:?} is not a URL"),
+        };
+        let Some(origin) = Origin::of(&uri) else {
+            bail!("broker URL {url:?} needs an http(s) scheme and a host");
+        };
+        self.brokers.push((origin.host, origin.port));
+        self.connections = None;
+        Ok(self)
+    }
+
+    /// Allow (`true`) every link-local and metadata address; by default
+    /// only those an allowlisted origin names literally. The broker stays
+    /// refused.
+    pub fn allow_link_local(&mut self, allow: bool) -> &mut Self {
+        self.allow_link_local = allow;
+        self.connections = None;
+        self
+    }
+
+    /// Verify https peers against `roots` (the public web roots by default).
+    pub fn trust(&mut self, roots: TrustedRoots) -> &mut Self {
+        self.roots = roots;
+        self.connections = None;
+        self
+    }
+
+    /// Refuse (`HTTP-request-body-size`) request bodies over `bytes`
+    /// (default [`DEFAULT_MAX_REQUEST_BODY`]).
+    pub fn max_request_body(&mut self, bytes: usize) -> &mut Self {
+        self.max_request_body = bytes;
+        self.connections = None;
+        self
+    }
+
+    /// The refused requests' `scheme://authority`, as written by the agent.
+    pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
+        self.record.denied.clone()
+    }
+
+    /// The refused requests, with the address and the reason.
+    pub fn refusals(&self) -> Arc<Mutex<Vec<Refusal>>> {
+        self.record.refusals.clone()
+    }
+
+    /// The check by name: the request's origin normalised, or why it is
+    /// refused before anything is resolved.
+    pub fn admit(&self, uri: &Uri) -> std::result::Result<Origin, Reason> {
+        let origin = Origin::of(uri).ok_or(Reason::NotAllowed)?;
+        if origin.host == helper_host() {
+            return Err(Reason::Helper);
+        }
+        if self
+            .brokers
+            .iter()
+            .any(|(host, port)| *host == origin.host && *port == origin.port)
+        {
+            return Err(Reason::CredentialBroker);
+        }
+        if !self.allowed.iter().any(|a| a.matches(&origin)) {
+            return Err(Reason::NotAllowed);
+        }
+        Ok(origin)
+    }
+
+    /// The connect-time check, for the client.
+    fn vet(&self) -> Vet {
+        let brokers = Arc::new(self.brokers.clone());
+        let allow_link_local = self.allow_link_local;
+        let allowed_ips: Arc<Vec<IpAddr>> = Arc::new(
+            self.allowed
+                .iter()
+                .filter_map(AllowedOrigin::literal_ip)
+                .collect(),
+        );
+        let record = self.record.clone();
+        Arc::new(move |uri: &Uri, addrs: &[SocketAddr]| {
+            let (brokers, allowed_ips, record) =
+                (brokers.clone(), allowed_ips.clone(), record.clone());
+            let (target, addrs) = (shown(uri), addrs.to_vec());
+            Box::pin(async move {
+                let mut broker = Vec::new();
+                for (host, port) in brokers.iter() {
+                    match resolve(host, *port).await {
+                        Some(found) => broker.extend(found),
+                        None => {
+                            record.refuse(target, None, Reason::BrokerUnresolved);
+                            return Err(Reason::BrokerUnresolved.to_string());
+                        }
+                    }
+                }
+                let cx = Vetting {
+                    broker: &broker,
+                    allow_link_local,
+                    allowed_ips: &allowed_ips,
+                    is_local: &is_local_address,
+                };
+                for addr in addrs {
+                    if let Verdict::Refuse(reason) = decide(addr, &cx) {
+                        record.refuse(target, Some(addr), reason);
+                        return Err(format!("{addr}: {reason}"));
+                    }
+                }
+                Ok(())
+            })
+        })
+    }
+}
+
+/// The addresses a broker host resolves to; `None` when it does not.
+async fn resolve(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    if let Some(ip) = literal_ip(host) {
+        return Some(vec![SocketAddr::new(ip, port)]);
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
+    (!found.is_empty()).then_some(found)
+}
+
+type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
+
+impl WasiHttpHooks for AgentEgress {
+    fn send_request(
+        &mut self,
+        mut request: hyper::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = std::result::Result<(), Error>> + Send>,
+    ) -> ResponseFuture {
+        drop(fut);
+        let target = shown(request.uri());
+        let admitted = self.admit(request.uri()).and_then(|origin| {
+            // Sent to the host as checked (lower-cased, no trailing dot).
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            format!("{}://{}:{}{path}", origin.scheme, origin.host, origin.port)
+                .parse::<Uri>()
+                .map_err(|_| Reason::NotAllowed)
+        });
+        match admitted {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(reason) => {
+                self.record.refuse(target, None, reason);
+                return Box::new(async { Err(Error::HttpRequestDenied) });
+            }
+        }
+        if self.connections.is_none() {
+            self.connections = Some(Connections::new(Setup {
+                roots: self.roots.clone(),
+                unix: None,
+                vet: Some(self.vet()),
+                max_request_body: self.max_request_body,
+            }));
+        }
+        let connections = self.connections.as_ref().expect("made above");
+        Box::new(connections.send(request, options))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RUNTIME_ACCESS_URL;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// `decide` with the broker at `broker`, nothing allowed, and a machine
+    /// whose only non-loopback address is 10.1.2.3.
+    fn verdict(broker: &[&str], target: &str) -> Verdict {
+        let broker: Vec<SocketAddr> = broker.iter().map(|b| addr(b)).collect();
+        let cx = Vetting {
+            broker: &broker,
+            allow_link_local: false,
+            allowed_ips: &[],
+            is_local: &|ip| ip == IpAddr::from([10, 1, 2, 3]),
+        };
+        decide(addr(target), &cx)
+    }
+
+    const BROKER: Verdict = Verdict::Refuse(Reason::CredentialBroker);
+    const LINK_LOCAL: Verdict = Verdict::Refuse(Reason::LinkLocal);
+
+    #[test]
+    fn every_address_of_a_local_broker_on_its_port_is_refused() {
+        let at = ["127.0.0.1:8080"];
+        for target in [
+            "127.0.0.1:8080",
+            "[::ffff:127.0.0.1]:8080",
+            "127.0.0.2:8080",
+            "127.255.255.254:8080",
+            "[::1]:8080",
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "[::ffff:0.0.0.0]:8080",
+            "10.1.2.3:8080",
+        ] {
+            assert_eq!(verdict(&at, target), BROKER, "{target}");
+        }
+        // Another port, another machine: not the broker.
+        for target in [
+            "127.0.0.1:8081",
+            "[::1]:80",
+            "10.9.9.9:8080",
+            "93.184.216.34:8080",
+        ] {
+            assert_eq!(verdict(&at, target), Verdict::Allow, "{target}");
+        }
+        // A broker bound to the unspecified address, or named by a local
+        // interface address.
+        for at in [["0.0.0.0:8080"], ["[::]:8080"], ["10.1.2.3:8080"]] {
+            assert_eq!(verdict(&at, "127.0.0.1:8080"), BROKER, "{at:?}");
+            assert_eq!(verdict(&at, "[::ffff:127.0.0.9]:8080"), BROKER, "{at:?}");
+        }
+        // Named by its IPv4-mapped form.
+        assert_eq!(
+            verdict(&["[::ffff:127.0.0.1]:8080"], "127.3.0.1:8080"),
+            BROKER
+        );
+    }
+
+    #[test]
+    fn a_remote_broker_is_refused_at_its_own_addresses() {
+        let at = ["172.17.0.1:8080", "[2001:db8::5]:8080"];
+        for target in [
+            "172.17.0.1:8080",
+            "[::ffff:172.17.0.1]:8080",
+            "[2001:db8::5]:8080",
+        ] {
+            assert_eq!(verdict(&at, target), BROKER, "{target}");
+        }
+        for target in ["172.17.0.2:8080", "172.17.0.1:443", "127.0.0.1:8080"] {
+            assert_eq!(verdict(&at, target), Verdict::Allow, "{target}");
+        }
+    }
+
+    #[test]
+    fn link_local_and_metadata_addresses_are_refused_unless_allowed() {
+        let targets = [
+            "169.254.169.254:80",
+            "169.254.0.1:443",
+            "[::ffff:169.254.169.254]:80",
+            "[fe80::1]:80",
+            "[febf::1]:80",
+            "[fd00:ec2::254]:80",
+        ];
+        for target in targets {
+            assert_eq!(verdict(&[], target), LINK_LOCAL, "{target}");
+        }
+        for target in ["169.255.0.1:80", "[fec0::1]:80", "[fd00:ec2::253]:80"] {
+            assert_eq!(verdict(&[], target), Verdict::Allow, "{target}");
+        }
+        let all = Vetting {
+            broker: &[],
+            allow_link_local: true,
+            allowed_ips: &[],
+            is_local: &|_| false,
+        };
+        let one = Vetting {
+            allow_link_local: false,
+            allowed_ips: &[ip("169.254.169.254")],
+            ..all
+        };
+        for target in targets {
+            assert_eq!(decide(addr(target), &all), Verdict::Allow, "{target}");
+        }
+        assert_eq!(decide(addr("169.254.169.254:80"), &one), Verdict::Allow);
+        assert_eq!(
+            decide(addr("[::ffff:169.254.169.254]:80"), &one),
+            Verdict::Allow
+        );
+        assert_eq!(decide(addr("169.254.169.253:80"), &one), LINK_LOCAL);
+        // The broker stays refused whatever is allowed.
+        let broker = [addr("169.254.1.1:8080")];
+        let everything = Vetting {
+            broker: &broker,
+            ..all
+        };
+        assert_eq!(decide(addr("169.254.1.1:8080"), &everything), BROKER);
+    }
+
+    #[test]
+    fn allowlist_entries_parse_and_match_normalised_origins() {
+        let origin = |s: &str| Origin::of(&s.parse().unwrap());
+        assert_eq!(
+            origin("HTTP://LocalHost.:80/x").unwrap().to_string(),
+            "http://localhost:80"
+        );
+        assert_eq!(
+            origin("https://[::FFFF:7f00:1]/").unwrap().to_string(),
+            "https://[::ffff:127.0.0.1]:443"
+        );
+        assert_eq!(origin("ftp://example.com/"), None);
+        assert_eq!(origin("/relative"), None);
+
+        let allows = |entry: &str, url: &str| {
+            AllowedOrigin::parse(entry)
+                .unwrap()
+                .matches(&origin(url).unwrap())
+        };
+        assert!(allows(
+            "https://API.example.com/",
+            "https://api.example.com./v1"
+        ));
+        assert!(allows(
+            "https://api.example.com",
+            "https://api.example.com:443"
+        ));
+        assert!(!allows("https://api.example.com", "http://api.example.com"));
+        assert!(!allows(
+            "https://api.example.com",
+            "https://api.example.com:8443"
+        ));
+        assert!(!allows("https://api.example.com", "https://example.com"));
+        assert!(allows("http://127.0.0.1:8080", "http://127.0.0.1:8080/x"));
+        assert!(allows("http://[::1]:8080", "http://[0::1]:8080/"));
+        assert!(allows("https://*.example.com", "https://a.b.example.com"));
+        assert!(!allows("https://*.example.com", "https://example.com"));
+        assert!(!allows("https://*.example.com", "https://badexample.com"));
+        assert!(allows("https://*", "https://anything.test"));
+        assert!(!allows("https://*", "https://anything.test:444"));
+        for bad in [
+            "example.com",
+            "ftp://example.com",
+            "https://example.com/path",
+            "https://user@example.com",
+            "https://example.com?q",
+            "https://example.com:99999",
+            "https://ex*ample.com",
+            "https://[::1",
+        ] {
+            assert!(AllowedOrigin::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_helper_and_the_broker_are_refused_by_name_whatever_the_allowlist() {
+        let mut egress = AgentEgress::new();
+        egress
+            .allow("http://runtime-access")
+            .unwrap()
+            .allow("http://127.0.0.1:8080")
+            .unwrap()
+            .allow("http://localhost:8080")
+            .unwrap()
+            .allow("http://other:9")
+            .unwrap()
+            .credential_broker("http://LOCALHOST.:8080/api/v1/credential-broker")
+            .unwrap();
+        let admit = |url: &str| egress.admit(&url.parse().unwrap());
+        assert_eq!(admit(RUNTIME_ACCESS_URL), Err(Reason::Helper));
+        assert_eq!(admit("https://runtime-access:8443/x"), Err(Reason::Helper));
+        assert_eq!(
+            admit("http://localhost:8080/token"),
+            Err(Reason::CredentialBroker)
+        );
+        assert_eq!(
+            admit("http://localhost.:8080/token"),
+            Err(Reason::CredentialBroker)
+        );
+        assert_eq!(admit("http://elsewhere:8080/"), Err(Reason::NotAllowed));
+        // By name the broker is only its URL's spelling; 127.0.0.1 is
+        // caught at connect time, by address.
+        assert!(admit("http://127.0.0.1:8080/token").is_ok());
+        assert_eq!(
+            admit("http://other:9/").unwrap().to_string(),
+            "http://other:9"
+        );
+        assert_eq!(
+            AgentEgress::new().admit(&"http://other:9/".parse().unwrap()),
+            Err(Reason::NotAllowed)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_connect_time_check_refuses_the_brokers_addresses_and_records_them() {
+        let mut egress = AgentEgress::new();
+        egress
+            .allow("http://*:8080")
+            .unwrap()
+            .credential_broker("http://localhost:8080/api")
+            .unwrap();
+        let vet = egress.vet();
+        let uri: Uri = "http://2130706433:8080/token".parse().unwrap();
+        let refused = vet(&uri, &[addr("127.0.0.1:8080")]).await.unwrap_err();
+        assert!(refused.contains("the credential broker"), "{refused}");
+        // One refused address refuses the request.
+        let mixed = [
+            addr("127.0.0.1:8081"),
+            addr("[::ffff:169.254.169.254]:8081"),
+        ];
+        let refused = vet(&uri, &mixed).await.unwrap_err();
+        assert!(refused.contains("link-local"), "{refused}");
+        assert_eq!(vet(&uri, &[addr("127.0.0.1:8081")]).await, Ok(()));
+        assert_eq!(
+            *egress.denied().lock().unwrap(),
+            ["http://2130706433:8080", "http://2130706433:8080"]
+        );
+        let refusals = egress.refusals().lock().unwrap().clone();
+        assert_eq!(refusals[0].address, Some(addr("127.0.0.1:8080")));
+        assert_eq!(refusals[0].reason, Reason::CredentialBroker);
+        assert_eq!(refusals[1].reason, Reason::LinkLocal);
+    }
+}
