@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use wasmtime_wasi::HostWallClock;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 
 /// A shared, settable wall clock. Clones see the same time.
 ///
@@ -59,5 +59,17 @@ impl HostWallClock for TestClock {
 
     fn now(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// The same clock as a monotonic one (nanoseconds since the Unix epoch), for
+/// the linked credential's mint budget.
+impl HostMonotonicClock for TestClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        self.nanos.load(Ordering::SeqCst)
     }
 }

@@ -77,6 +77,7 @@ impl PlainHost {
             table: ResourceTable::new(),
         };
         let mut store = Store::new(&self.engine, state);
+        vd_cred_host::yield_on_epoch(&mut store);
         let instance =
             CredBroker::instantiate_async(&mut store, &self.component, &self.linker).await?;
         Ok(PlainInstance { store, instance })

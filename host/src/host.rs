@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::Result;
 use wasmtime::component::Component;
@@ -48,9 +49,16 @@ impl Default for HostOptions {
     }
 }
 
-/// The engine configuration a [`Host`] uses.
+/// How often a [`Host`]'s engine ticks its epoch: the granularity at which a
+/// call into the credential can be stopped, and at which an agent store set
+/// up with [`yield_on_epoch`] gives its thread back.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The engine configuration a [`Host`] uses: epoch interruption on (every
+/// store of the engine needs a deadline; see [`yield_on_epoch`]).
 pub fn engine_config(pooling: Option<u32>) -> Config {
     let mut config = Config::new();
+    config.epoch_interruption(true);
     if let Some(instances) = pooling {
         let mut pool = PoolingAllocationConfig::default();
         // A component instance of this crate holds a few core instances, one
@@ -64,6 +72,24 @@ pub fn engine_config(pooling: Option<u32>) -> Config {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
+}
+
+/// Tick `engine`'s epoch every [`EPOCH_TICK`] on a thread of its own, until
+/// the engine is dropped.
+fn tick(engine: &Engine) -> Result<()> {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("vd-cred-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Let a store of `host`'s engine (an agent's, say) run without a deadline,
@@ -134,8 +160,10 @@ impl Host {
     }
 
     /// Link an already compiled component.
+    /// Its engine must have epoch interruption on ([`engine_config`]).
     pub fn from_component(engine: Engine, component: Component, source: Source) -> Result<Host> {
         let pre = CredBrokerPre::new(link(&engine, &component)?)?;
+        tick(&engine)?;
         Ok(Host {
             engine,
             pre,

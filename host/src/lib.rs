@@ -30,6 +30,7 @@
 //! ```
 
 mod client;
+pub mod egress;
 mod error;
 pub mod from_env;
 mod host;
@@ -39,6 +40,7 @@ pub mod precompiled;
 mod sandbox;
 mod state;
 mod tls;
+mod withheld;
 
 /// Host bindings for the `cred-broker` world.
 pub mod bindings {
@@ -49,11 +51,15 @@ pub mod bindings {
     });
 }
 
-pub use host::{COMPONENT, COMPONENT_WASM, Host, HostOptions, engine_config, yield_on_epoch};
+pub use host::{
+    COMPONENT, COMPONENT_WASM, EPOCH_TICK, Host, HostOptions, engine_config, yield_on_epoch,
+};
 pub use policy::RUNTIME_ACCESS_URL;
 pub use sandbox::{
-    AccessToken, AccessTokenInfo, CredentialOptions, Sandbox, SandboxBuilder, TokenInfoResult,
-    TokenRequestOptions, TokenResult, default_options,
+    AccessToken, AccessTokenInfo, CALL_MARGIN, CredentialOptions, DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TABLE_LIMIT, Sandbox, SandboxBuilder, TokenInfoResult, TokenRequestOptions,
+    TokenResult, default_options,
 };
 pub use state::{State, link};
 pub use tls::TrustedRoots;
+pub use withheld::Withheld;

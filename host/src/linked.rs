@@ -31,12 +31,14 @@
 //! ```
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Result;
+use slab::Slab;
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceAny};
+use wasmtime_wasi::HostMonotonicClock;
 
 use crate::sandbox::{Sandbox, default_options};
 
@@ -56,17 +58,51 @@ use bindings::vibedata::cred_broker::token_credential as wit;
 /// The host's side of an agent's `credential` resource.
 pub struct LinkedHandle;
 
-/// Which tokens an agent may have.
+/// What one agent may use, per [`LinkedCredential`]. Going over a limit is
+/// refused with a typed error; the agent keeps working afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Credentials open at once (`open` beyond it: `configuration`).
+    pub credentials: usize,
+    /// Scopes in one call (`invalid-scopes` beyond it).
+    pub scopes_per_call: usize,
+    /// Bytes in one scope (`invalid-scopes` beyond it).
+    pub scope_bytes: usize,
+    /// Calls that reach the broker, per audience, per minute: a token
+    /// bucket holding this many, refilled evenly over a minute. A call over
+    /// budget gets the credential's cached token while one is valid and
+    /// fresh, else `broker-failed` with status 429 saying so.
+    pub mints_per_minute: u32,
+    /// The largest `timeout-ms` an agent may set (`configuration` beyond it).
+    pub max_timeout_ms: u32,
+}
+
+impl Default for AgentLimits {
+    /// 16 credentials, 16 scopes of at most 1 KiB per call, 30 mints per
+    /// audience per minute, `timeout-ms` up to 60 s.
+    fn default() -> Self {
+        AgentLimits {
+            credentials: 16,
+            scopes_per_call: 16,
+            scope_bytes: 1024,
+            mints_per_minute: 30,
+            max_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Which tokens an agent may have, and its [`AgentLimits`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPolicy {
     agent_id: String,
     /// Resources (normalised) and audiences the agent may ask for.
     allowed: Vec<String>,
+    limits: AgentLimits,
 }
 
 impl AgentPolicy {
     /// An agent called `agent_id` (shown in [`TokenEvent`]s), allowed the six
-    /// default resources.
+    /// default resources, with the default [`AgentLimits`].
     pub fn new(agent_id: impl Into<String>) -> Self {
         AgentPolicy {
             agent_id: agent_id.into(),
@@ -74,6 +110,7 @@ impl AgentPolicy {
                 .iter()
                 .map(|(r, _)| r.to_string())
                 .collect(),
+            limits: AgentLimits::default(),
         }
     }
 
@@ -87,13 +124,24 @@ impl AgentPolicy {
         self
     }
 
+    /// Replace the agent's limits.
+    pub fn limits(mut self, limits: AgentLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The agent's id.
     pub fn agent_id(&self) -> &str {
         &self.agent_id
     }
 
+    /// The agent's limits.
+    pub fn agent_limits(&self) -> &AgentLimits {
+        &self.limits
+    }
+
     /// The audience `scope` maps to, if the agent may ask for it.
-    fn check(&self, map: &AudienceMap, scope: &str) -> Option<String> {
+    fn allowed_audience(&self, map: &AudienceMap, scope: &str) -> Option<String> {
         let audience = map.lookup(scope)?;
         let resource = normalize_scope(scope);
         let allowed = |e: &String| e == resource || e == audience;
@@ -119,9 +167,9 @@ impl AgentPolicy {
 /// credential's cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
-    /// The broker (or helper) minted it for this call.
+    /// The host sent the broker (or helper) a request during the call.
     Minted,
-    /// The credential's cache served a token handed out before.
+    /// No request left the host: the credential's cache served it.
     Cached,
 }
 
@@ -138,29 +186,64 @@ pub struct TokenEvent<'a> {
     pub source: TokenSource,
 }
 
-type AuditHook = Arc<dyn Fn(&TokenEvent<'_>) + Send + Sync>;
+/// One call of an agent's that failed, for an audit log: the error in full
+/// (the agent got it with the broker's URL, the bearer's path and the
+/// helper's socket withheld).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorEvent<'a> {
+    /// The agent, as its [`AgentPolicy`] names it.
+    pub agent_id: &'a str,
+    /// The audience asked for, when the scopes named one.
+    pub audience: Option<&'a str>,
+    /// The full error, or the host's reason for a trap in the credential.
+    pub error: &'a str,
+}
 
-/// One opened `credential` of the agent's: the resource in the credential's
-/// store, and a keyed digest of the last token handed out per audience (to
-/// tell a cached token from a minted one without keeping the token).
-struct Opened {
-    credential: ResourceAny,
-    last: HashMap<String, u64>,
+type AuditHook = Arc<dyn Fn(&TokenEvent<'_>) + Send + Sync>;
+type ErrorHook = Arc<dyn Fn(&ErrorEvent<'_>) + Send + Sync>;
+
+/// One `credential` the agent opened: its options, and the resource in the
+/// credential's store (opened again after the instance was replaced).
+struct Handle {
+    options: crate::CredentialOptions,
+    resource: Option<(u64, ResourceAny)>,
+}
+
+/// A token bucket of mints for one audience.
+struct Bucket {
+    tokens: f64,
+    at: u64,
 }
 
 /// The credential an agent's import is linked to: a credential instance in
-/// its own [`Sandbox`], the agent's [`AgentPolicy`], and an optional audit
-/// hook. Keep one in each agent's store data; many agents share one compiled
-/// credential through [`crate::Host`].
+/// its own [`Sandbox`], the agent's [`AgentPolicy`], and optional audit
+/// hooks. Keep one in each agent's store data; many agents share one
+/// compiled credential through [`crate::Host`].
 pub struct LinkedCredential {
     sandbox: Sandbox,
     policy: AgentPolicy,
     audiences: AudienceMap,
-    opened: HashMap<u32, Opened>,
-    next_rep: u32,
-    digest: RandomState,
-    audit: Option<AuditHook>,
+    handles: Slab<Handle>,
+    budget: HashMap<String, Bucket>,
+    clock: Box<dyn HostMonotonicClock + Sync>,
+    on_token: Option<AuditHook>,
+    on_error: Option<ErrorHook>,
 }
+
+/// The real monotonic clock, for the mint budget.
+struct RealClock(Instant);
+
+impl HostMonotonicClock for RealClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+const MINUTE_NS: f64 = 60e9;
 
 impl LinkedCredential {
     /// Forward an agent's calls to the credential in `sandbox`, under `policy`.
@@ -169,16 +252,31 @@ impl LinkedCredential {
             sandbox,
             policy,
             audiences: AudienceMap::default(),
-            opened: HashMap::new(),
-            next_rep: 0,
-            digest: RandomState::new(),
-            audit: None,
+            handles: Slab::new(),
+            budget: HashMap::new(),
+            clock: Box::new(RealClock(Instant::now())),
+            on_token: None,
+            on_error: None,
         }
     }
 
     /// Call `hook` for every token handed to the agent.
     pub fn on_token(mut self, hook: impl Fn(&TokenEvent<'_>) + Send + Sync + 'static) -> Self {
-        self.audit = Some(Arc::new(hook));
+        self.on_token = Some(Arc::new(hook));
+        self
+    }
+
+    /// Call `hook` for every call of the agent's that failed, with the error
+    /// in full.
+    pub fn on_error(mut self, hook: impl Fn(&ErrorEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Measure the mint budget's minute on `clock` (a test's, say) rather
+    /// than the real monotonic clock.
+    pub fn budget_clock(mut self, clock: impl HostMonotonicClock + Sync + 'static) -> Self {
+        self.clock = Box::new(clock);
         self
     }
 
@@ -192,12 +290,35 @@ impl LinkedCredential {
         &self.sandbox
     }
 
-    /// The audience every scope maps to, if the policy allows them all; else
-    /// the error the agent gets, before anything is read or sent.
-    fn check(&self, scopes: &[String]) -> Result<String, CredentialError> {
+    /// How many credentials the agent has open.
+    pub fn open_credentials(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// The audience every scope maps to, if the limits and the policy allow
+    /// them all; else the error the agent gets, before anything is read or
+    /// sent.
+    fn audience_for(&self, scopes: &[String]) -> Result<String, CredentialError> {
+        let limits = &self.policy.limits;
+        if scopes.len() > limits.scopes_per_call {
+            return Err(CredentialError::InvalidScopes(format!(
+                "{} scopes in one call; the host allows an agent at most {} (one scope, such as \
+                 https://vault.azure.net/.default, is what a token needs)",
+                scopes.len(),
+                limits.scopes_per_call
+            )));
+        }
+        if let Some(long) = scopes.iter().find(|s| s.len() > limits.scope_bytes) {
+            return Err(CredentialError::InvalidScopes(format!(
+                "a scope of {} bytes; the host allows an agent at most {} (a scope is a resource \
+                 URL such as https://vault.azure.net/.default)",
+                long.len(),
+                limits.scope_bytes
+            )));
+        }
         let mut audience = None;
         for scope in scopes {
-            match self.policy.check(&self.audiences, scope) {
+            match self.policy.allowed_audience(&self.audiences, scope) {
                 Some(a) => audience = audience.or(Some(a)),
                 None => {
                     return Err(CredentialError::ScopeNotAllowed {
@@ -211,64 +332,224 @@ impl LinkedCredential {
         Ok(audience.unwrap_or_default())
     }
 
-    /// Report a token handed out for `audience`; `rep` is the agent's
-    /// credential (`None`: the free functions, which never cache).
-    fn audit(&mut self, rep: Option<u32>, audience: &str, token: &str, expires_on: u64) {
-        let digest = self.digest.hash_one(token);
-        let source = match rep.and_then(|rep| self.opened.get_mut(&rep)) {
-            Some(opened) => match opened.last.insert(audience.to_string(), digest) {
-                Some(previous) if previous == digest => TokenSource::Cached,
-                _ => TokenSource::Minted,
-            },
-            None => TokenSource::Minted,
-        };
-        if let Some(hook) = &self.audit {
-            hook(&TokenEvent {
-                agent_id: &self.policy.agent_id,
-                audience,
-                expires_on,
-                source,
-            });
+    /// Whether the agent may mint for `audience` now (refilling its bucket).
+    fn may_mint(&mut self, audience: &str) -> bool {
+        let per_minute = f64::from(self.policy.limits.mints_per_minute);
+        let now = self.clock.now();
+        let bucket = self.budget.entry(audience.to_string()).or_insert(Bucket {
+            tokens: per_minute,
+            at: now,
+        });
+        let elapsed = now.saturating_sub(bucket.at) as f64;
+        bucket.tokens = (bucket.tokens + elapsed * per_minute / MINUTE_NS).min(per_minute);
+        bucket.at = now;
+        bucket.tokens >= 1.0
+    }
+
+    /// Count a call that reached the broker against `audience`'s budget.
+    fn spend(&mut self, audience: &str) {
+        if let Some(bucket) = self.budget.get_mut(audience) {
+            bucket.tokens = (bucket.tokens - 1.0).max(0.0);
         }
     }
 
-    fn opened(&self, handle: &Resource<LinkedHandle>) -> wasmtime::Result<ResourceAny> {
-        self.opened
-            .get(&handle.rep())
-            .map(|o| o.credential)
-            .ok_or_else(|| wasmtime::format_err!("unknown credential handle {}", handle.rep()))
+    /// Tell the error hook, and hand the agent the error with the
+    /// credential's whereabouts withheld.
+    fn refuse(&self, audience: Option<&str>, error: CredentialError) -> CredentialError {
+        if let Some(hook) = &self.on_error {
+            hook(&ErrorEvent {
+                agent_id: &self.policy.agent_id,
+                audience: audience.filter(|a| !a.is_empty()),
+                error: &error.to_string(),
+            });
+        }
+        self.sandbox.withheld().error(error)
     }
 
-    /// `credential`: the agent's handle and the credential it stands for;
-    /// `None` for the free functions.
-    async fn token_info(
+    /// A trap in the credential's store (it is replaced on the next call):
+    /// the full reason to the error hook, a typed error to the agent.
+    fn trapped(&self, audience: Option<&str>, trap: anyhow::Error) -> CredentialError {
+        if let Some(hook) = &self.on_error {
+            hook(&ErrorEvent {
+                agent_id: &self.policy.agent_id,
+                audience: audience.filter(|a| !a.is_empty()),
+                error: &format!("{trap:#}"),
+            });
+        }
+        CredentialError::BrokerUnreachable(
+            "the credential stopped inside the host (it ran out of its memory or time limit, or \
+             failed) and is restarted for the next call: try again; the host's audit log has the \
+             details"
+                .into(),
+        )
+    }
+
+    /// The agent's credential `key` in the current instance, opened again
+    /// if the instance was replaced since.
+    async fn resource(&mut self, key: u32) -> Result<ResourceAny, Fault> {
+        if let Err(trap) = self.sandbox.renew().await {
+            return Err(Fault::Trapped(None, trap));
+        }
+        let generation = self.sandbox.generation();
+        let handle = self
+            .handles
+            .get(key as usize)
+            .ok_or(Fault::UnknownHandle(key))?;
+        if let Some((g, resource)) = handle.resource
+            && g == generation
+        {
+            return Ok(resource);
+        }
+        let options = handle.options.clone();
+        let resource = match self.sandbox.open(&options).await {
+            Ok(Ok(resource)) => resource,
+            Ok(Err(e)) => return Err(Fault::Refused(None, e)),
+            Err(trap) => return Err(Fault::Trapped(None, trap)),
+        };
+        let generation = self.sandbox.generation();
+        if let Some(handle) = self.handles.get_mut(key as usize) {
+            handle.resource = Some((generation, resource));
+        }
+        Ok(resource)
+    }
+
+    /// Forward one token call: the agent's credential `key`, or the free
+    /// functions (`None`).
+    async fn forward(
         &mut self,
-        credential: Option<(u32, ResourceAny)>,
+        key: Option<u32>,
         scopes: Vec<String>,
         options: &crate::TokenRequestOptions,
     ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
-        let audience = match self.check(&scopes) {
-            Ok(audience) => audience,
-            Err(e) => return Ok(Err(e)),
-        };
-        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-        let result = match credential {
-            Some((_, credential)) => self
-                .sandbox
-                .credential_get_token_info(credential, &scopes, options)
-                .await
-                .map_err(trap)?,
-            None => self
-                .sandbox
-                .get_token_info(&scopes, options)
-                .await
-                .map_err(trap)?,
-        };
-        if let Ok(info) = &result {
-            let rep = credential.map(|(rep, _)| rep);
-            self.audit(rep, &audience, &info.token, info.expires_on);
+        match self.forward_checked(key, scopes, options).await {
+            Ok(info) => Ok(Ok(info)),
+            Err(Fault::UnknownHandle(key)) => {
+                Err(wasmtime::format_err!("unknown credential handle {key}"))
+            }
+            Err(Fault::Refused(audience, e)) => Ok(Err(self.refuse(audience.as_deref(), e))),
+            Err(Fault::Trapped(audience, trap)) => Ok(Err(self.trapped(audience.as_deref(), trap))),
         }
-        Ok(result)
+    }
+
+    async fn forward_checked(
+        &mut self,
+        key: Option<u32>,
+        scopes: Vec<String>,
+        options: &crate::TokenRequestOptions,
+    ) -> Result<crate::AccessTokenInfo, Fault> {
+        let audience = self
+            .audience_for(&scopes)
+            .map_err(|e| Fault::Refused(None, e))?;
+        let at = |f: fn(Option<String>, _) -> Fault| {
+            let audience = audience.clone();
+            move |e| f(Some(audience), e)
+        };
+        let resource = match key {
+            Some(key) => Some(self.resource(key).await.map_err(|f| f.about(&audience))?),
+            None => None,
+        };
+        let over_budget = !self.may_mint(&audience);
+        let traffic = self.sandbox.traffic();
+        traffic.hold(over_budget);
+        let (sent, held_back) = (traffic.sent(), traffic.held_back());
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        let result = match resource {
+            Some(resource) => {
+                self.sandbox
+                    .credential_get_token_info(resource, &scopes, options)
+                    .await
+            }
+            None => self.sandbox.get_token_info(&scopes, options).await,
+        };
+        // A trap replaces the instance, whose traffic starts from zero.
+        let traffic = self.sandbox.traffic();
+        let reached_broker = traffic.sent() > sent;
+        let was_held = traffic.held_back() > held_back;
+        traffic.hold(false);
+        if reached_broker {
+            self.spend(&audience);
+        }
+        let result = result.map_err(at(Fault::Trapped))?;
+        let info = match result {
+            Ok(info) => info,
+            Err(_) if was_held && !reached_broker => {
+                return Err(Fault::Refused(
+                    Some(audience.clone()),
+                    CredentialError::BrokerFailed {
+                        status: 429,
+                        detail: format!(
+                            "agent {} is over its mint budget for {audience} ({} per minute); \
+                             a credential kept open serves its cached token meanwhile",
+                            self.policy.agent_id, self.policy.limits.mints_per_minute
+                        ),
+                    },
+                ));
+            }
+            Err(e) => return Err(Fault::Refused(Some(audience), e)),
+        };
+        if let Some(hook) = &self.on_token {
+            hook(&TokenEvent {
+                agent_id: &self.policy.agent_id,
+                audience: &audience,
+                expires_on: info.expires_on,
+                source: match reached_broker {
+                    true => TokenSource::Minted,
+                    false => TokenSource::Cached,
+                },
+            });
+        }
+        Ok(info)
+    }
+
+    /// `open` for the agent: its options checked, a credential opened in the
+    /// sandbox, a handle from the slab.
+    async fn open_checked(&mut self, options: wit::CredentialOptions) -> Result<u32, Fault> {
+        let limits = self.policy.limits;
+        if self.handles.len() >= limits.credentials {
+            return Err(Fault::Refused(
+                None,
+                CredentialError::Configuration(format!(
+                    "agent {} has {} credentials open, as many as the host allows: reuse one, or \
+                     drop one before opening another",
+                    self.policy.agent_id,
+                    self.handles.len()
+                )),
+            ));
+        }
+        let options = agent_options(options, &limits).map_err(|e| Fault::Refused(None, e))?;
+        let resource = match self.sandbox.open(&options).await {
+            Ok(Ok(resource)) => resource,
+            Ok(Err(e)) => return Err(Fault::Refused(None, e)),
+            Err(trap) => return Err(Fault::Trapped(None, trap)),
+        };
+        let generation = self.sandbox.generation();
+        let key = self.handles.insert(Handle {
+            options,
+            resource: Some((generation, resource)),
+        });
+        Ok(u32::try_from(key).expect("at most `credentials` handles"))
+    }
+}
+
+/// Why a forwarded call did not return a token.
+enum Fault {
+    /// A handle the agent does not have (wasmtime checks ownership, so a
+    /// bug of the host's): a trap.
+    UnknownHandle(u32),
+    /// A typed error for the agent (the audience, when known).
+    Refused(Option<String>, CredentialError),
+    /// The credential's store trapped; it is replaced on the next call.
+    Trapped(Option<String>, anyhow::Error),
+}
+
+impl Fault {
+    /// The fault, about `audience`.
+    fn about(self, audience: &str) -> Fault {
+        match self {
+            Fault::Refused(_, e) => Fault::Refused(Some(audience.to_string()), e),
+            Fault::Trapped(_, e) => Fault::Trapped(Some(audience.to_string()), e),
+            other => other,
+        }
     }
 }
 
@@ -283,7 +564,10 @@ fn request_options(o: wit::TokenRequestOptions) -> crate::TokenRequestOptions {
 
 /// The host's credential options with what an agent may set (`timeout-ms`,
 /// `disable-cache`); anything else the agent set is refused.
-fn agent_options(o: wit::CredentialOptions) -> Result<crate::CredentialOptions, CredentialError> {
+fn agent_options(
+    o: wit::CredentialOptions,
+    limits: &AgentLimits,
+) -> Result<crate::CredentialOptions, CredentialError> {
     let mut refused = Vec::new();
     for (set, name) in [
         (o.broker_url.is_some(), "broker-url"),
@@ -305,20 +589,27 @@ fn agent_options(o: wit::CredentialOptions) -> Result<crate::CredentialOptions, 
             refused.join(", ")
         )));
     }
+    if let Some(ms) = o.timeout_ms.filter(|&ms| ms > limits.max_timeout_ms) {
+        return Err(CredentialError::Configuration(format!(
+            "timeout-ms {ms} is over the {} the host allows an agent: set it lower, or leave it \
+             unset for the default",
+            limits.max_timeout_ms
+        )));
+    }
     let mut options = default_options();
     options.timeout_ms = o.timeout_ms;
     options.disable_cache = o.disable_cache;
     Ok(options)
 }
 
-fn token(info: crate::AccessTokenInfo) -> wit::AccessToken {
+fn to_token(info: crate::AccessTokenInfo) -> wit::AccessToken {
     wit::AccessToken {
         token: info.token,
         expires_on: info.expires_on,
     }
 }
 
-fn token_info(info: crate::AccessTokenInfo) -> wit::AccessTokenInfo {
+fn to_token_info(info: crate::AccessTokenInfo) -> wit::AccessTokenInfo {
     wit::AccessTokenInfo {
         token: info.token,
         expires_on: info.expires_on,
@@ -339,24 +630,14 @@ type Answer<T> = wasmtime::Result<Result<T, wit::CredentialError>>;
 
 impl wit::HostCredential for LinkedCredential {
     async fn open(&mut self, options: wit::CredentialOptions) -> Answer<Resource<LinkedHandle>> {
-        let options = match agent_options(options) {
-            Ok(options) => options,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let credential = match self.sandbox.open(&options).await.map_err(trap)? {
-            Ok(credential) => credential,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let rep = self.next_rep;
-        self.next_rep += 1;
-        self.opened.insert(
-            rep,
-            Opened {
-                credential,
-                last: HashMap::new(),
-            },
-        );
-        Ok(Ok(Resource::new_own(rep)))
+        Ok(match self.open_checked(options).await {
+            Ok(key) => Ok(Resource::new_own(key)),
+            Err(Fault::Refused(a, e)) => Err(self.refuse(a.as_deref(), e).into()),
+            Err(Fault::Trapped(a, trap)) => Err(self.trapped(a.as_deref(), trap).into()),
+            Err(Fault::UnknownHandle(key)) => {
+                return Err(wasmtime::format_err!("unknown credential handle {key}"));
+            }
+        })
     }
 
     async fn get_token(
@@ -364,15 +645,10 @@ impl wit::HostCredential for LinkedCredential {
         handle: Resource<LinkedHandle>,
         scopes: Vec<String>,
     ) -> Answer<wit::AccessToken> {
-        let credential = self.opened(&handle)?;
         let result = self
-            .token_info(
-                Some((handle.rep(), credential)),
-                scopes,
-                &no_request_options(),
-            )
+            .forward(Some(handle.rep()), scopes, &no_request_options())
             .await?;
-        Ok(result.map(token).map_err(Into::into))
+        Ok(result.map(to_token).map_err(Into::into))
     }
 
     async fn get_token_info(
@@ -381,23 +657,20 @@ impl wit::HostCredential for LinkedCredential {
         scopes: Vec<String>,
         options: wit::TokenRequestOptions,
     ) -> Answer<wit::AccessTokenInfo> {
-        let credential = self.opened(&handle)?;
         let result = self
-            .token_info(
-                Some((handle.rep(), credential)),
-                scopes,
-                &request_options(options),
-            )
+            .forward(Some(handle.rep()), scopes, &request_options(options))
             .await?;
-        Ok(result.map(token_info).map_err(Into::into))
+        Ok(result.map(to_token_info).map_err(Into::into))
     }
 
     async fn drop(&mut self, handle: Resource<LinkedHandle>) -> wasmtime::Result<()> {
-        if let Some(opened) = self.opened.remove(&handle.rep()) {
-            self.sandbox
-                .drop_credential(opened.credential)
-                .await
-                .map_err(trap)?;
+        let key = handle.rep() as usize;
+        if let Some(handle) = self.handles.try_remove(key)
+            && let Some((generation, resource)) = handle.resource
+            && generation == self.sandbox.generation()
+        {
+            // A trap here replaces the instance; the agent's drop succeeds.
+            let _ = self.sandbox.drop_credential(resource).await;
         }
         Ok(())
     }
@@ -405,8 +678,8 @@ impl wit::HostCredential for LinkedCredential {
 
 impl wit::Host for LinkedCredential {
     async fn get_token(&mut self, scopes: Vec<String>) -> Answer<wit::AccessToken> {
-        let result = self.token_info(None, scopes, &no_request_options()).await?;
-        Ok(result.map(token).map_err(Into::into))
+        let result = self.forward(None, scopes, &no_request_options()).await?;
+        Ok(result.map(to_token).map_err(Into::into))
     }
 
     async fn get_token_info(
@@ -415,16 +688,15 @@ impl wit::Host for LinkedCredential {
         options: wit::TokenRequestOptions,
     ) -> Answer<wit::AccessTokenInfo> {
         let result = self
-            .token_info(None, scopes, &request_options(options))
+            .forward(None, scopes, &request_options(options))
             .await?;
-        Ok(result.map(token_info).map_err(Into::into))
+        Ok(result.map(to_token_info).map_err(Into::into))
     }
 
+    /// Rendered by the core the component is built from (the same `Display`),
+    /// without a call into the credential's store.
     async fn describe_error(&mut self, error: wit::CredentialError) -> wasmtime::Result<String> {
-        self.sandbox
-            .describe_error(&error.into())
-            .await
-            .map_err(trap)
+        Ok(CredentialError::from(error).to_string())
     }
 }
 
@@ -438,10 +710,4 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(wit::add_to_linker::<T, HasSelf<LinkedCredential>>(
         linker, get,
     )?)
-}
-
-/// A failure of the credential's own store (a trap in the credential), as a
-/// trap of the agent's call.
-fn trap(error: anyhow::Error) -> wasmtime::Error {
-    wasmtime::Error::from_anyhow(error)
 }

@@ -8,20 +8,36 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre, ResourceAny, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, HostWallClock, WasiCtx};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use crate::bindings::CredBroker;
 use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
+use crate::bindings::{CredBroker, CredBrokerPre};
 use crate::host::Host;
-use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL};
+use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL, Traffic};
 use crate::state::State;
 use crate::tls::TrustedRoots;
+use crate::withheld::Withheld;
+
+/// The most memory the credential's instance may grow to, by default.
+pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+
+/// The most elements any of the instance's tables may grow to, by default.
+pub const DEFAULT_TABLE_LIMIT: usize = 20_000;
+
+/// How long a call into the credential may run past the longest
+/// `timeout-ms` the sandbox was given (10 s when none was) before the host
+/// stops it.
+pub const CALL_MARGIN: Duration = Duration::from_secs(5);
+
+/// The component's own default `timeout-ms`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Host {
     /// Start configuring a sandbox: nothing is granted unless asked for.
@@ -35,6 +51,9 @@ impl Host {
             also_allow: Vec::new(),
             clock: None,
             roots: TrustedRoots::public(),
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            table_limit: DEFAULT_TABLE_LIMIT,
+            call_limit: None,
         }
     }
 }
@@ -47,8 +66,11 @@ pub struct SandboxBuilder<'h> {
     broker: Option<String>,
     runtime_access: Option<PathBuf>,
     also_allow: Vec<String>,
-    clock: Option<Box<dyn HostWallClock>>,
+    clock: Option<Arc<dyn HostWallClock + Sync>>,
     roots: TrustedRoots,
+    memory_limit: usize,
+    table_limit: usize,
+    call_limit: Option<Duration>,
 }
 
 impl SandboxBuilder<'_> {
@@ -105,8 +127,34 @@ impl SandboxBuilder<'_> {
 
     /// The component's wall clock (a test's settable clock, say); the real
     /// clock when unset.
-    pub fn clock(mut self, clock: impl HostWallClock + 'static) -> Self {
-        self.clock = Some(Box::new(clock));
+    pub fn clock(mut self, clock: impl HostWallClock + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The most linear memory the credential's instance may grow to
+    /// ([`DEFAULT_MEMORY_LIMIT`] unless set). Growing past it fails in the
+    /// guest, whose call then traps: the call fails and the next one runs
+    /// in a fresh instance.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// The most elements any table of the instance may grow to
+    /// ([`DEFAULT_TABLE_LIMIT`] unless set).
+    pub fn table_limit(mut self, elements: usize) -> Self {
+        self.table_limit = elements;
+        self
+    }
+
+    /// How long one call into the credential may run before the host stops
+    /// it (the call fails; the next one runs in a fresh instance). Unset:
+    /// the longest `timeout-ms` the sandbox was opened with (10 s by
+    /// default) plus [`CALL_MARGIN`], so only a credential that ignores its
+    /// own deadline is ever stopped.
+    pub fn call_limit(mut self, limit: Duration) -> Self {
+        self.call_limit = Some(limit);
         self
     }
 
@@ -127,37 +175,94 @@ impl SandboxBuilder<'_> {
 
     /// Instantiate the component in a fresh store.
     pub async fn build(self) -> Result<Sandbox> {
-        let host = self.host;
-        let (mut store, stdout, stderr, denied) = self.store()?;
-        let instance = host.pre.instantiate_async(&mut store).await?;
+        let withheld = Withheld::new(
+            &self.env,
+            self.broker.as_deref(),
+            self.runtime_access.as_deref(),
+        );
+        let recipe = Recipe {
+            engine: self.host.engine.clone(),
+            pre: self.host.pre.clone(),
+            env: self.env,
+            preopen: self.preopen,
+            broker: self.broker,
+            runtime_access: self.runtime_access,
+            also_allow: self.also_allow,
+            clock: self.clock,
+            roots: self.roots,
+            memory_limit: self.memory_limit,
+            table_limit: self.table_limit,
+        };
+        let (instance, parts) = recipe.instantiate().await?;
         Ok(Sandbox {
-            store,
             instance,
-            stdout,
-            stderr,
-            denied,
+            parts,
+            recipe,
+            call_limit: self.call_limit,
+            longest_timeout: DEFAULT_TIMEOUT,
+            generation: 0,
+            poisoned: false,
+            withheld,
         })
     }
 
     /// Instantiate any component linked with [`crate::link`] in this sandbox;
     /// for worlds other than the credential's (a composed consumer, a test
-    /// probe).
+    /// probe). Its store has the sandbox's limits and no call deadline.
     pub async fn instantiate(self, pre: &InstancePre<State>) -> Result<(Store<State>, Instance)> {
-        let (mut store, ..) = self.store()?;
-        let instance = pre.instantiate_async(&mut store).await?;
-        Ok((store, instance))
+        let recipe = Recipe {
+            engine: self.host.engine.clone(),
+            pre: self.host.pre.clone(),
+            env: self.env,
+            preopen: self.preopen,
+            broker: self.broker,
+            runtime_access: self.runtime_access,
+            also_allow: self.also_allow,
+            clock: self.clock,
+            roots: self.roots,
+            memory_limit: self.memory_limit,
+            table_limit: self.table_limit,
+        };
+        let mut parts = recipe.store()?;
+        let instance = pre.instantiate_async(&mut parts.store).await?;
+        Ok((parts.store, instance))
+    }
+}
+
+/// Everything a sandbox is made from, kept to make it again after a trap.
+struct Recipe {
+    engine: Engine,
+    pre: CredBrokerPre<State>,
+    env: Vec<(String, String)>,
+    preopen: Option<(PathBuf, String)>,
+    broker: Option<String>,
+    runtime_access: Option<PathBuf>,
+    also_allow: Vec<String>,
+    clock: Option<Arc<dyn HostWallClock + Sync>>,
+    roots: TrustedRoots,
+    memory_limit: usize,
+    table_limit: usize,
+}
+
+/// A store and what the sandbox's owner watches of it.
+struct Parts {
+    store: Store<State>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    denied: Arc<Mutex<Vec<String>>>,
+    traffic: Arc<Traffic>,
+}
+
+impl Recipe {
+    /// The credential in a fresh store.
+    async fn instantiate(&self) -> Result<(CredBroker, Parts)> {
+        let mut parts = self.store()?;
+        let instance = self.pre.instantiate_async(&mut parts.store).await?;
+        Ok((instance, parts))
     }
 
-    /// A fresh store holding the sandbox's WASI context and HTTP policy.
-    #[allow(clippy::type_complexity)]
-    fn store(
-        self,
-    ) -> Result<(
-        Store<State>,
-        MemoryOutputPipe,
-        MemoryOutputPipe,
-        Arc<Mutex<Vec<String>>>,
-    )> {
+    /// A fresh store holding the sandbox's WASI context, HTTP policy and limits.
+    fn store(&self) -> Result<Parts> {
         let stdout = MemoryOutputPipe::new(64 * 1024);
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut wasi = WasiCtx::builder();
@@ -178,8 +283,8 @@ impl SandboxBuilder<'_> {
                     anyhow::Error::from(e).context(format!("preopening {}", dir.display()))
                 })?;
         }
-        if let Some(clock) = self.clock {
-            wasi.wall_clock(Clock(clock));
+        if let Some(clock) = &self.clock {
+            wasi.wall_clock(Clock(clock.clone()));
         }
         let mut hooks = match (&self.runtime_access, &self.broker) {
             (Some(socket), _) => BrokerOnly::runtime_access(socket),
@@ -189,25 +294,61 @@ impl SandboxBuilder<'_> {
         for url in &self.also_allow {
             hooks.also_allow(url)?;
         }
-        hooks.trust(self.roots);
+        hooks.trust(self.roots.clone());
         let denied = hooks.denied();
+        let traffic = hooks.traffic();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .table_elements(self.table_limit)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .build();
         let state = State {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks,
+            limits,
+            deadline: None,
         };
-        Ok((Store::new(&self.host.engine, state), stdout, stderr, denied))
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        // The engine interrupts wasm at every epoch tick: give the thread
+        // back to the runtime, and stop a call that ran past its deadline.
+        store.epoch_deadline_callback(|store| match store.data().deadline {
+            Some(deadline) if Instant::now() >= deadline => {
+                Err(wasmtime::format_err!("the call ran past its deadline"))
+            }
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        store.set_epoch_deadline(1);
+        Ok(Parts {
+            store,
+            stdout,
+            stderr,
+            denied,
+            traffic,
+        })
     }
 }
 
 /// One instance of the component in its sandbox.
+///
+/// A call that traps (the guest ran out of its memory limit, or ran past
+/// its deadline) fails with an error; the next call runs in a fresh instance
+/// built the same way ([`Sandbox::generation`] counts them), in which
+/// credentials opened before no longer exist.
 pub struct Sandbox {
-    store: Store<State>,
     instance: CredBroker,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    denied: Arc<Mutex<Vec<String>>>,
+    parts: Parts,
+    recipe: Recipe,
+    call_limit: Option<Duration>,
+    /// The longest `timeout-ms` a credential was opened with.
+    longest_timeout: Duration,
+    generation: u64,
+    poisoned: bool,
+    withheld: Withheld,
 }
 
 /// A token as the component returns it.
@@ -224,15 +365,59 @@ pub type TokenRequestOptions = wit::TokenRequestOptions;
 pub type TokenInfoResult = std::result::Result<AccessTokenInfo, vd_cred_broker::CredentialError>;
 
 impl Sandbox {
-    fn iface(&self) -> &wit::Guest {
-        self.instance.vibedata_cred_broker_token_credential()
+    /// Run one call into the instance (a fresh one if the last call
+    /// trapped), bounded by the call limit; a trap or an overrun leaves the
+    /// instance to be replaced.
+    async fn call<R>(
+        &mut self,
+        call: impl AsyncFnOnce(&mut Store<State>, wit::Guest) -> wasmtime::Result<R>,
+    ) -> Result<R> {
+        self.renew().await?;
+        let limit = self
+            .call_limit
+            .unwrap_or(self.longest_timeout + CALL_MARGIN);
+        let iface = self
+            .instance
+            .vibedata_cred_broker_token_credential()
+            .clone();
+        let store = &mut self.parts.store;
+        store.data_mut().deadline = Some(Instant::now() + limit);
+        let outcome = tokio::time::timeout(limit, call(store, iface)).await;
+        self.parts.store.data_mut().deadline = None;
+        match outcome {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(trap)) => {
+                self.poisoned = true;
+                Err(anyhow::Error::from(trap).context("the credential trapped"))
+            }
+            Err(_) => {
+                self.poisoned = true;
+                anyhow::bail!(
+                    "the credential's call ran past its limit of {} ms and was stopped",
+                    limit.as_millis()
+                )
+            }
+        }
+    }
+
+    /// Replace the instance now if the last call trapped (the next call
+    /// would): afterwards [`Sandbox::generation`] is the one calls run in.
+    pub async fn renew(&mut self) -> Result<()> {
+        if self.poisoned {
+            let (instance, parts) = self.recipe.instantiate().await?;
+            (self.instance, self.parts) = (instance, parts);
+            self.generation += 1;
+            self.poisoned = false;
+        }
+        Ok(())
     }
 
     /// The free function `get-token`: a credential from the environment, one call.
     pub async fn get_token(&mut self, scopes: &[&str]) -> Result<TokenResult> {
         let scopes = owned(scopes);
-        let iface = self.iface().clone();
-        let result = iface.call_get_token(&mut self.store, &scopes).await?;
+        let result = self
+            .call(async |store, iface| iface.call_get_token(store, &scopes).await)
+            .await?;
         Ok(result.map_err(Into::into))
     }
 
@@ -241,10 +426,11 @@ impl Sandbox {
         &mut self,
         options: &CredentialOptions,
     ) -> Result<std::result::Result<ResourceAny, vd_cred_broker::CredentialError>> {
-        let iface = self.iface().clone();
-        let result = iface
-            .credential()
-            .call_open(&mut self.store, options)
+        if let Some(ms) = options.timeout_ms {
+            self.longest_timeout = self.longest_timeout.max(Duration::from_millis(ms.into()));
+        }
+        let result = self
+            .call(async |store, iface| iface.credential().call_open(store, options).await)
             .await?;
         Ok(result.map_err(Into::into))
     }
@@ -256,10 +442,13 @@ impl Sandbox {
         scopes: &[&str],
     ) -> Result<TokenResult> {
         let scopes = owned(scopes);
-        let iface = self.iface().clone();
-        let result = iface
-            .credential()
-            .call_get_token(&mut self.store, credential, &scopes)
+        let result = self
+            .call(async |store, iface| {
+                iface
+                    .credential()
+                    .call_get_token(store, credential, &scopes)
+                    .await
+            })
             .await?;
         Ok(result.map_err(Into::into))
     }
@@ -271,9 +460,8 @@ impl Sandbox {
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
-        let iface = self.iface().clone();
-        let result = iface
-            .call_get_token_info(&mut self.store, &scopes, options)
+        let result = self
+            .call(async |store, iface| iface.call_get_token_info(store, &scopes, options).await)
             .await?;
         Ok(result.map_err(Into::into))
     }
@@ -286,17 +474,21 @@ impl Sandbox {
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
-        let iface = self.iface().clone();
-        let result = iface
-            .credential()
-            .call_get_token_info(&mut self.store, credential, &scopes, options)
+        let result = self
+            .call(async |store, iface| {
+                iface
+                    .credential()
+                    .call_get_token_info(store, credential, &scopes, options)
+                    .await
+            })
             .await?;
         Ok(result.map_err(Into::into))
     }
 
-    /// Drop a credential resource.
+    /// Drop a credential resource (of this [`Sandbox::generation`]).
     pub async fn drop_credential(&mut self, credential: ResourceAny) -> Result<()> {
-        Ok(credential.resource_drop_async(&mut self.store).await?)
+        self.call(async |store, _| credential.resource_drop_async(store).await)
+            .await
     }
 
     /// `describe-error`, rendered by the component.
@@ -304,28 +496,46 @@ impl Sandbox {
         &mut self,
         error: &vd_cred_broker::CredentialError,
     ) -> Result<String> {
-        let iface = self.iface().clone();
-        Ok(iface
-            .call_describe_error(&mut self.store, &error.clone().into())
-            .await?)
+        let error = error.clone().into();
+        self.call(async |store, iface| iface.call_describe_error(store, &error).await)
+            .await
     }
 
-    /// What the component wrote to stdout and stderr so far.
+    /// What the component wrote to stdout and stderr so far (in this instance).
     pub fn output(&self) -> (Vec<u8>, Vec<u8>) {
         (
-            self.stdout.contents().to_vec(),
-            self.stderr.contents().to_vec(),
+            self.parts.stdout.contents().to_vec(),
+            self.parts.stderr.contents().to_vec(),
         )
     }
 
-    /// Every outgoing request the policy denied, as `scheme://authority`.
+    /// Every outgoing request the policy denied (in this instance), as
+    /// `scheme://authority`.
     pub fn denied_requests(&self) -> Vec<String> {
-        self.denied.lock().unwrap().clone()
+        self.parts.denied.lock().unwrap().clone()
+    }
+
+    /// How many requests the policy let through (in this instance), and the
+    /// switch that holds back requests to the broker.
+    pub fn traffic(&self) -> &Traffic {
+        &self.parts.traffic
+    }
+
+    /// How often the instance was replaced after a trap: credentials opened
+    /// in an earlier generation are gone.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The credential's broker URL, bearer path and helper socket, which
+    /// messages passed to an agent name only generically.
+    pub fn withheld(&self) -> &Withheld {
+        &self.withheld
     }
 }
 
-/// A boxed wall clock, as wasmtime-wasi takes one.
-struct Clock(Box<dyn HostWallClock>);
+/// A shared wall clock, as wasmtime-wasi takes one.
+struct Clock(Arc<dyn HostWallClock + Sync>);
 
 impl HostWallClock for Clock {
     fn resolution(&self) -> std::time::Duration {

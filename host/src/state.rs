@@ -1,20 +1,25 @@
 //! What a store holds for one sandboxed instance, and the linker every
 //! sandbox shares.
 
+use std::time::Instant;
+
 use anyhow::Result;
-use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::policy::BrokerOnly;
 
-/// The per-instance state: WASI, wasi:http, and the broker-only HTTP policy.
+/// The per-instance state: WASI, wasi:http, the broker-only HTTP policy,
+/// the store's limits and the running call's deadline.
 pub struct State {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
     pub(crate) hooks: BrokerOnly,
+    pub(crate) limits: StoreLimits,
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl WasiView for State {

@@ -18,7 +18,7 @@ use crate::{Fixture, GUEST_FILE, VAULT};
 
 const STORAGE: &str = "https://storage.azure.com/.default";
 
-fn agent_pre() -> &'static InstancePre<AgentState> {
+pub fn agent_pre() -> &'static InstancePre<AgentState> {
     static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
     PRE.get_or_init(|| test_agent::load(Host::shared().engine()).unwrap())
 }
@@ -39,7 +39,7 @@ async fn agent(f: &Fixture, policy: AgentPolicy, builder: AgentBuilder) -> (Test
             e.source,
         ))
     });
-    let builder = builder.deny(f.broker.url());
+    let builder = builder.credential_broker(f.broker.url());
     let agent = TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
         .await
         .unwrap();
@@ -220,7 +220,8 @@ async fn the_agent_never_touches_the_bearer_the_broker_or_the_helper() {
     let elsewhere = MockBroker::start().unwrap();
     let builder = AgentBuilder::default()
         .dir(workspace.path(), "/workspace")
-        .env("AGENT_NAME", "a");
+        .env("AGENT_NAME", "a")
+        .egress(format!("http://{}", elsewhere.addr()));
     let (mut a, _) = agent(&f, AgentPolicy::new("a"), builder).await;
     assert!(a.token(&options(), &[VAULT], 1).await.unwrap().is_ok());
     let host_path = f.dir.path().join("credential");
@@ -261,7 +262,7 @@ async fn the_agent_never_touches_the_bearer_the_broker_or_the_helper() {
             .await
             .unwrap(),
         Ok(200),
-        "the agent's own egress is the runtime's"
+        "an origin the runtime allowed"
     );
     assert_eq!(f.broker.request_count(), 1, "only the credential's mint");
 }

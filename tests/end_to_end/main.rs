@@ -7,6 +7,7 @@ mod egress;
 mod errors;
 mod from_env;
 mod hostile;
+mod hostile_agent;
 mod keepalive;
 mod lifetime;
 mod linked;

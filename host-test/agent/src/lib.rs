@@ -66,5 +66,66 @@ mod guest {
         fn http_get(url: String) -> Result<u16, String> {
             probes::http_get(url)
         }
+
+        fn open_many(options: CredentialOptions, count: u32) -> (u32, Option<CredentialError>) {
+            let mut open = Vec::new();
+            let mut refused = None;
+            for _ in 0..count {
+                match Credential::open(&options) {
+                    Ok(credential) => open.push(credential),
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                    }
+                }
+            }
+            (open.len() as u32, refused)
+        }
+
+        fn open_drop(options: CredentialOptions, count: u32) -> (u32, Option<CredentialError>) {
+            let mut opened = 0;
+            let mut refused = None;
+            for _ in 0..count {
+                match Credential::open(&options) {
+                    Ok(credential) => {
+                        opened += 1;
+                        drop(credential);
+                    }
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                    }
+                }
+            }
+            (opened, refused)
+        }
+
+        fn mint_loop(
+            options: CredentialOptions,
+            scopes: Vec<String>,
+            count: u32,
+            free: bool,
+        ) -> (u32, u32, Option<CredentialError>) {
+            let credential = match free {
+                true => None,
+                false => match Credential::open(&options) {
+                    Ok(credential) => Some(credential),
+                    Err(e) => return (0, count, Some(e)),
+                },
+            };
+            let (mut tokens, mut errors, mut last) = (0, 0, None);
+            for _ in 0..count {
+                let result = match &credential {
+                    Some(credential) => credential.get_token(&scopes),
+                    None => credential::get_token(&scopes),
+                };
+                match result {
+                    Ok(_) => tokens += 1,
+                    Err(e) => {
+                        errors += 1;
+                        last = Some(e);
+                    }
+                }
+            }
+            (tokens, errors, last)
+        }
     }
 }
