@@ -202,11 +202,11 @@ impl AllowedOrigin {
             }
     }
 
-    /// The IP address this entry names literally (an explicit allowance for
-    /// a link-local or metadata address).
-    fn literal_ip(&self) -> Option<IpAddr> {
+    /// The IP address and port this entry names literally (an explicit
+    /// allowance for a link-local or metadata address, on that port only).
+    fn literal_address(&self) -> Option<SocketAddr> {
         match &self.host {
-            HostPattern::Exact(h) => literal_ip(h),
+            HostPattern::Exact(h) => literal_ip(h).map(|ip| SocketAddr::new(ip, self.port)),
             _ => None,
         }
     }
@@ -258,18 +258,24 @@ pub struct Vetting<'a> {
     pub broker: &'a [SocketAddr],
     /// Every link-local and metadata address is allowed.
     pub allow_link_local: bool,
-    /// These addresses are allowed even if link-local (allowlisted literally).
-    pub allowed_ips: &'a [IpAddr],
+    /// These addresses (and ports) are allowed even if link-local or
+    /// metadata: allowlisted literally.
+    pub allowed_ips: &'a [SocketAddr],
     /// Whether an address belongs to this machine ([`is_local_address`]; a
     /// test passes its own).
     pub is_local: &'a dyn Fn(IpAddr) -> bool,
 }
 
+/// Azure's platform address (WireServer: VM agent configuration,
+/// extensions' settings), refused like the metadata service.
+pub const AZURE_WIRESERVER: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
+
 /// Whether `ip` (canonical) is link-local or a cloud metadata address:
-/// `169.254.0.0/16`, `fe80::/10`, `fd00:ec2::254`.
+/// `169.254.0.0/16`, `fe80::/10`, `fd00:ec2::254`, and Azure's
+/// [`AZURE_WIRESERVER`].
 pub fn is_link_local_or_metadata(ip: IpAddr) -> bool {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V4(v4) => v4.is_link_local() || v4 == AZURE_WIRESERVER,
         IpAddr::V6(v6) => {
             (v6.segments()[0] & 0xffc0) == 0xfe80
                 || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
@@ -299,7 +305,11 @@ pub fn decide(addr: SocketAddr, cx: &Vetting<'_>) -> Verdict {
             return Verdict::Refuse(Reason::CredentialBroker);
         }
     }
-    if is_link_local_or_metadata(ip) && !cx.allow_link_local && !cx.allowed_ips.contains(&ip) {
+    let literal = cx
+        .allowed_ips
+        .iter()
+        .any(|a| a.ip().to_canonical() == ip && a.port() == addr.port());
+    if is_link_local_or_metadata(ip) && !cx.allow_link_local && !literal {
         return Verdict::Refuse(Reason::LinkLocal);
     }
     Verdict::Allow
@@ -449,10 +459,10 @@ impl AgentEgress {
     fn vet(&self) -> Vet {
         let brokers = Arc::new(self.brokers.clone());
         let allow_link_local = self.allow_link_local;
-        let allowed_ips: Arc<Vec<IpAddr>> = Arc::new(
+        let allowed_ips: Arc<Vec<SocketAddr>> = Arc::new(
             self.allowed
                 .iter()
-                .filter_map(AllowedOrigin::literal_ip)
+                .filter_map(AllowedOrigin::literal_address)
                 .collect(),
         );
         let record = self.record.clone();
@@ -542,10 +552,6 @@ mod tests {
     use crate::RUNTIME_ACCESS_URL;
 
     fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -642,7 +648,7 @@ mod tests {
         };
         let one = Vetting {
             allow_link_local: false,
-            allowed_ips: &[ip("169.254.169.254")],
+            allowed_ips: &[addr("169.254.169.254:80")],
             ..all
         };
         for target in targets {
@@ -654,6 +660,11 @@ mod tests {
             Verdict::Allow
         );
         assert_eq!(decide(addr("169.254.169.253:80"), &one), LINK_LOCAL);
+        // Allowed literally on one port, not on another.
+        assert_eq!(decide(addr("169.254.169.254:8080"), &one), LINK_LOCAL);
+        // Azure's WireServer is a metadata address too.
+        assert_eq!(verdict(&[], "168.63.129.16:80"), LINK_LOCAL);
+        assert_eq!(verdict(&[], "[::ffff:168.63.129.16]:32526"), LINK_LOCAL);
         // The broker stays refused whatever is allowed.
         let broker = [addr("169.254.1.1:8080")];
         let everything = Vetting {

@@ -66,7 +66,8 @@ pub struct AgentLimits {
     pub credentials: usize,
     /// Scopes in one call (`invalid-scopes` beyond it).
     pub scopes_per_call: usize,
-    /// Bytes in one scope (`invalid-scopes` beyond it).
+    /// Bytes in one scope (`invalid-scopes` beyond it), and in a request
+    /// option's `claims` (`unsupported`) or `tenant-id` (`configuration`).
     pub scope_bytes: usize,
     /// Calls that reach the broker, per audience, per minute: a token
     /// bucket holding this many, refilled evenly over a minute. A call over
@@ -346,11 +347,33 @@ impl LinkedCredential {
         bucket.tokens >= 1.0
     }
 
-    /// Count a call that reached the broker against `audience`'s budget.
-    fn spend(&mut self, audience: &str) {
+    /// Count `requests` sent to the broker against `audience`'s budget (a
+    /// call the credential retried counts each attempt).
+    fn spend(&mut self, audience: &str, requests: u64) {
         if let Some(bucket) = self.budget.get_mut(audience) {
-            bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+            bucket.tokens = (bucket.tokens - requests as f64).max(0.0);
         }
+    }
+
+    /// Request options the credential takes at most `scope_bytes` of:
+    /// larger ones are refused here, before they reach its memory.
+    fn check_request(&self, options: &crate::TokenRequestOptions) -> Result<(), CredentialError> {
+        let most = self.policy.limits.scope_bytes;
+        if options.claims.as_ref().is_some_and(|c| c.len() > most) {
+            return Err(CredentialError::Unsupported(format!(
+                "a claims challenge of more than {most} bytes was passed; the Studio credential \
+                 broker mints tokens without claims and cannot meet any: ask Studio for an \
+                 intent that grants the access directly"
+            )));
+        }
+        if let Some(tenant) = options.tenant_id.as_ref().filter(|t| t.len() > most) {
+            return Err(CredentialError::Configuration(format!(
+                "a tenant-id of {} bytes; the host allows an agent at most {most} (a tenant id is \
+                 a GUID or a domain, and the broker decides the tenant anyway)",
+                tenant.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Tell the error hook, and hand the agent the error with the
@@ -439,6 +462,7 @@ impl LinkedCredential {
     ) -> Result<crate::AccessTokenInfo, Fault> {
         let audience = self
             .audience_for(&scopes)
+            .and_then(|a| self.check_request(options).map(|()| a))
             .map_err(|e| Fault::Refused(None, e))?;
         let at = |f: fn(Option<String>, _) -> Fault| {
             let audience = audience.clone();
@@ -461,14 +485,13 @@ impl LinkedCredential {
             }
             None => self.sandbox.get_token_info(&scopes, options).await,
         };
-        // A trap replaces the instance, whose traffic starts from zero.
+        // The sandbox keeps its traffic across the instances it replaces.
         let traffic = self.sandbox.traffic();
-        let reached_broker = traffic.sent() > sent;
+        let requests = traffic.sent() - sent;
+        let reached_broker = requests > 0;
         let was_held = traffic.held_back() > held_back;
         traffic.hold(false);
-        if reached_broker {
-            self.spend(&audience);
-        }
+        self.spend(&audience, requests);
         let result = result.map_err(at(Fault::Trapped))?;
         let info = match result {
             Ok(info) => info,
@@ -665,8 +688,11 @@ impl wit::HostCredential for LinkedCredential {
 
     async fn drop(&mut self, handle: Resource<LinkedHandle>) -> wasmtime::Result<()> {
         let key = handle.rep() as usize;
+        // A credential of an instance that trapped is gone with it.
+        let renewed = self.sandbox.renew().await.is_ok();
         if let Some(handle) = self.handles.try_remove(key)
             && let Some((generation, resource)) = handle.resource
+            && renewed
             && generation == self.sandbox.generation()
         {
             // A trap here replaces the instance; the agent's drop succeeds.

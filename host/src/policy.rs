@@ -166,6 +166,13 @@ impl BrokerOnly {
     pub fn traffic(&self) -> Arc<Traffic> {
         self.traffic.clone()
     }
+
+    /// Record denials and traffic in these (a sandbox's, kept across the
+    /// instances it replaces) rather than in the policy's own.
+    pub fn record_into(&mut self, denied: Arc<Mutex<Vec<String>>>, traffic: Arc<Traffic>) {
+        self.denied = denied;
+        self.traffic = traffic;
+    }
 }
 
 impl WasiHttpHooks for BrokerOnly {

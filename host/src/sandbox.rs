@@ -192,16 +192,15 @@ impl SandboxBuilder<'_> {
             roots: self.roots,
             memory_limit: self.memory_limit,
             table_limit: self.table_limit,
+            records: Records::default(),
         };
-        let (instance, parts) = recipe.instantiate().await?;
+        let live = recipe.instantiate().await?;
         Ok(Sandbox {
-            instance,
-            parts,
+            live: Some(live),
             recipe,
             call_limit: self.call_limit,
             longest_timeout: DEFAULT_TIMEOUT,
             generation: 0,
-            poisoned: false,
             withheld,
         })
     }
@@ -222,10 +221,11 @@ impl SandboxBuilder<'_> {
             roots: self.roots,
             memory_limit: self.memory_limit,
             table_limit: self.table_limit,
+            records: Records::default(),
         };
-        let mut parts = recipe.store()?;
-        let instance = pre.instantiate_async(&mut parts.store).await?;
-        Ok((parts.store, instance))
+        let mut store = recipe.store()?;
+        let instance = pre.instantiate_async(&mut store).await?;
+        Ok((store, instance))
     }
 }
 
@@ -242,32 +242,43 @@ struct Recipe {
     roots: TrustedRoots,
     memory_limit: usize,
     table_limit: usize,
+    records: Records,
 }
 
-/// A store and what the sandbox's owner watches of it.
-struct Parts {
-    store: Store<State>,
+/// What the sandbox's owner watches, kept across the instances it replaces.
+#[derive(Clone)]
+struct Records {
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     denied: Arc<Mutex<Vec<String>>>,
     traffic: Arc<Traffic>,
 }
 
+impl Default for Records {
+    fn default() -> Self {
+        Records {
+            stdout: MemoryOutputPipe::new(64 * 1024),
+            stderr: MemoryOutputPipe::new(64 * 1024),
+            denied: Arc::default(),
+            traffic: Arc::default(),
+        }
+    }
+}
+
 impl Recipe {
     /// The credential in a fresh store.
-    async fn instantiate(&self) -> Result<(CredBroker, Parts)> {
-        let mut parts = self.store()?;
-        let instance = self.pre.instantiate_async(&mut parts.store).await?;
-        Ok((instance, parts))
+    async fn instantiate(&self) -> Result<(CredBroker, Store<State>)> {
+        let mut store = self.store()?;
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        Ok((instance, store))
     }
 
     /// A fresh store holding the sandbox's WASI context, HTTP policy and limits.
-    fn store(&self) -> Result<Parts> {
-        let stdout = MemoryOutputPipe::new(64 * 1024);
-        let stderr = MemoryOutputPipe::new(64 * 1024);
+    fn store(&self) -> Result<Store<State>> {
+        let records = self.records.clone();
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone())
-            .stderr(stderr.clone())
+        wasi.stdout(records.stdout)
+            .stderr(records.stderr)
             .envs(&self.env)
             // No raw sockets or name lookups (wasmtime's defaults, stated):
             // the only way out is wasi:http, through the egress policy.
@@ -295,8 +306,7 @@ impl Recipe {
             hooks.also_allow(url)?;
         }
         hooks.trust(self.roots.clone());
-        let denied = hooks.denied();
-        let traffic = hooks.traffic();
+        hooks.record_into(records.denied, records.traffic);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
             .table_elements(self.table_limit)
@@ -323,13 +333,7 @@ impl Recipe {
             _ => Ok(UpdateDeadline::Yield(1)),
         });
         store.set_epoch_deadline(1);
-        Ok(Parts {
-            store,
-            stdout,
-            stderr,
-            denied,
-            traffic,
-        })
+        Ok(store)
     }
 }
 
@@ -340,14 +344,13 @@ impl Recipe {
 /// built the same way ([`Sandbox::generation`] counts them), in which
 /// credentials opened before no longer exist.
 pub struct Sandbox {
-    instance: CredBroker,
-    parts: Parts,
+    /// The instance and its store; `None` after a trap, until replaced.
+    live: Option<(CredBroker, Store<State>)>,
     recipe: Recipe,
     call_limit: Option<Duration>,
     /// The longest `timeout-ms` a credential was opened with.
     longest_timeout: Duration,
     generation: u64,
-    poisoned: bool,
     withheld: Withheld,
 }
 
@@ -376,22 +379,23 @@ impl Sandbox {
         let limit = self
             .call_limit
             .unwrap_or(self.longest_timeout + CALL_MARGIN);
-        let iface = self
-            .instance
-            .vibedata_cred_broker_token_credential()
-            .clone();
-        let store = &mut self.parts.store;
-        store.data_mut().deadline = Some(Instant::now() + limit);
-        let outcome = tokio::time::timeout(limit, call(store, iface)).await;
-        self.parts.store.data_mut().deadline = None;
+        let (instance, store) = self.live.as_mut().expect("renewed");
+        let iface = instance.vibedata_cred_broker_token_credential().clone();
+        // No deadline at all for a limit past the clock's range.
+        store.data_mut().deadline = Instant::now().checked_add(limit);
+        let outcome = match store.data().deadline {
+            Some(_) => tokio::time::timeout(limit, call(store, iface)).await,
+            None => Ok(call(store, iface).await),
+        };
+        store.data_mut().deadline = None;
         match outcome {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(trap)) => {
-                self.poisoned = true;
+                self.live = None;
                 Err(anyhow::Error::from(trap).context("the credential trapped"))
             }
             Err(_) => {
-                self.poisoned = true;
+                self.live = None;
                 anyhow::bail!(
                     "the credential's call ran past its limit of {} ms and was stopped",
                     limit.as_millis()
@@ -403,11 +407,11 @@ impl Sandbox {
     /// Replace the instance now if the last call trapped (the next call
     /// would): afterwards [`Sandbox::generation`] is the one calls run in.
     pub async fn renew(&mut self) -> Result<()> {
-        if self.poisoned {
-            let (instance, parts) = self.recipe.instantiate().await?;
-            (self.instance, self.parts) = (instance, parts);
+        // The old instance was dropped when its call failed, so a pooling
+        // allocator has its slot back.
+        if self.live.is_none() {
+            self.live = Some(self.recipe.instantiate().await?);
             self.generation += 1;
-            self.poisoned = false;
         }
         Ok(())
     }
@@ -501,24 +505,24 @@ impl Sandbox {
             .await
     }
 
-    /// What the component wrote to stdout and stderr so far (in this instance).
+    /// What the component wrote to stdout and stderr so far.
     pub fn output(&self) -> (Vec<u8>, Vec<u8>) {
+        let records = &self.recipe.records;
         (
-            self.parts.stdout.contents().to_vec(),
-            self.parts.stderr.contents().to_vec(),
+            records.stdout.contents().to_vec(),
+            records.stderr.contents().to_vec(),
         )
     }
 
-    /// Every outgoing request the policy denied (in this instance), as
-    /// `scheme://authority`.
+    /// Every outgoing request the policy denied, as `scheme://authority`.
     pub fn denied_requests(&self) -> Vec<String> {
-        self.parts.denied.lock().unwrap().clone()
+        self.recipe.records.denied.lock().unwrap().clone()
     }
 
-    /// How many requests the policy let through (in this instance), and the
-    /// switch that holds back requests to the broker.
+    /// How many requests the policy let through, and the switch that holds
+    /// back requests to the broker.
     pub fn traffic(&self) -> &Traffic {
-        &self.parts.traffic
+        &self.recipe.records.traffic
     }
 
     /// How often the instance was replaced after a trap: credentials opened

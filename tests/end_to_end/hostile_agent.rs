@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex};
 
 use host_test::agent::AgentBuilder;
-use host_test::agent::test_agent::{self, CredentialError as W, CredentialOptions, TestAgent};
+use host_test::agent::test_agent::{
+    self, CredentialError as W, CredentialOptions, TestAgent, TokenRequestOptions,
+};
 use host_test::{Reply, TestClock};
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
 use vd_cred_host::{Host, Sandbox};
@@ -99,8 +101,42 @@ async fn too_many_or_too_long_scopes_are_refused_before_anything_is_sent() {
         matches!(&err, W::InvalidScopes(m) if m.contains("bytes; the host allows an agent at most 1024")),
         "{err:?}"
     );
+    let huge = "x".repeat(64 << 20);
+    let claims = TokenRequestOptions {
+        claims: Some(huge.clone()),
+        tenant_id: None,
+        enable_cae: false,
+    };
+    let err = a
+        .token_info(&options(), &[VAULT], &claims)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, W::Unsupported(m) if m.contains("more than 1024 bytes")),
+        "{err:?}"
+    );
+    let tenant = TokenRequestOptions {
+        claims: None,
+        tenant_id: Some(huge),
+        enable_cae: false,
+    };
+    let err = a
+        .token_info(&options(), &[VAULT], &tenant)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, W::Configuration(m) if m.contains("tenant-id of 67108864 bytes")),
+        "{err:?}"
+    );
     assert_eq!(f.broker.request_count(), 0);
     assert!(a.token(&options(), &[VAULT], 1).await.unwrap().is_ok());
+    assert_eq!(
+        a.store.data().linked.sandbox().generation(),
+        0,
+        "nothing trapped"
+    );
 }
 
 #[tokio::test]
@@ -279,28 +315,9 @@ async fn errors_crossing_the_link_withhold_the_credentials_whereabouts() {
 #[tokio::test]
 async fn a_trapping_credential_is_a_typed_error_and_is_replaced() {
     let f = Fixture::new();
-    // The smallest ceiling (in 128 KiB steps) the credential works in: found
-    // by trying, so the test follows the component's size.
-    let mut ceiling = None;
-    for step in 8..=256 {
-        let limit = step * 128 * 1024;
-        let Ok(mut sandbox) = f.builder().memory_limit(limit).build().await else {
-            continue;
-        };
-        if let Ok(Ok(_)) = sandbox.get_token(&[VAULT]).await {
-            ceiling = Some(limit);
-            break;
-        }
-    }
-    let ceiling = ceiling.expect("the credential works in 32 MiB");
-    f.broker.take_requests();
-
-    // An answer of almost 1 MiB (under the component's cap) needs more.
-    let padding = "a".repeat(900 * 1024);
-    f.broker.push(Reply::json(
-        200,
-        format!(r#"{{"access_token":"big","expires_in":3600,"pad":"{padding}"}}"#),
-    ));
+    let ceiling = smallest_ceiling(&f).await;
+    // An answer of almost 1 MiB needs more.
+    f.broker.push(big_answer());
     let sandbox = f.builder().memory_limit(ceiling).build().await.unwrap();
     let (mut a, errors, _) = agent_in(sandbox, AgentPolicy::new("bloater"), &f.clock).await;
     let (tokens, failed, last) = a.mint_loop(&options(), &[VAULT], 2, false).await.unwrap();
@@ -316,6 +333,64 @@ async fn a_trapping_credential_is_a_typed_error_and_is_replaced() {
     assert_eq!(a.store.data().linked.sandbox().generation(), 1);
     assert_eq!(errors.lock().unwrap().len(), 1);
     assert_eq!(f.broker.request_count(), 2);
+
+    // A credential dropped while its instance is gone is not dropped into
+    // the next one (which would trap again): one trap, one replacement.
+    f.broker.push(big_answer());
+    let (_, failed, _) = a.mint_loop(&options(), &[VAULT], 1, false).await.unwrap();
+    assert_eq!(failed, 1);
+    assert!(a.token(&options(), &[VAULT], 1).await.unwrap().is_ok());
+    assert_eq!(a.store.data().linked.sandbox().generation(), 2);
+}
+
+/// An answer of almost 1 MiB (under the component's cap).
+fn big_answer() -> Reply {
+    let padding = "a".repeat(900 * 1024);
+    Reply::json(
+        200,
+        format!(r#"{{"access_token":"big","expires_in":3600,"pad":"{padding}"}}"#),
+    )
+}
+
+/// The smallest memory ceiling (in 128 KiB steps) the credential works in,
+/// found by trying, so the tests follow the component's size.
+async fn smallest_ceiling(f: &Fixture) -> usize {
+    for step in 8..=256 {
+        let limit = step * 128 * 1024;
+        let Ok(mut sandbox) = f.builder().memory_limit(limit).build().await else {
+            continue;
+        };
+        if let Ok(Ok(_)) = sandbox.get_token(&[VAULT]).await {
+            f.broker.take_requests();
+            return limit;
+        }
+    }
+    panic!("the credential works in 32 MiB")
+}
+
+/// The budget holds across a trap: the replaced instance is held back too,
+/// and what the trapped call sent was counted.
+#[tokio::test]
+async fn a_trap_does_not_reset_the_mint_budget() {
+    let f = Fixture::new();
+    let ceiling = smallest_ceiling(&f).await;
+    f.broker.push(big_answer());
+    let sandbox = f.builder().memory_limit(ceiling).build().await.unwrap();
+    let limits = AgentLimits {
+        mints_per_minute: 1,
+        ..AgentLimits::default()
+    };
+    let policy = AgentPolicy::new("trapper").limits(limits);
+    let (mut a, _, sources) = agent_in(sandbox, policy, &f.clock).await;
+    let trapped = a.free_token(&[VAULT]).await.unwrap().unwrap_err();
+    assert!(matches!(trapped, W::BrokerUnreachable(_)), "{trapped:?}");
+    let held = a.free_token(&[VAULT]).await.unwrap().unwrap_err();
+    assert!(
+        matches!(&held, W::BrokerFailed(failure) if failure.status == 429),
+        "{held:?}"
+    );
+    assert_eq!(f.broker.request_count(), 1);
+    assert!(sources.lock().unwrap().is_empty());
 }
 
 /// A call into the credential cannot outlive its limit: against a broker
