@@ -129,7 +129,7 @@ impl AgentBuilder {
         for (dir, guest) in &self.dirs {
             wasi.preopened_dir(dir, guest, FsPerms::ReadWrite)?;
         }
-        let mut hooks = AgentEgress::new();
+        let mut hooks = AgentEgress::for_agent_of(&linked)?;
         for origin in &self.egress {
             hooks.allow(origin)?;
         }

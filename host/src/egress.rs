@@ -379,6 +379,17 @@ impl AgentEgress {
         }
     }
 
+    /// Deny everything, and never the broker of `linked` (the agent's own
+    /// linked credential) whatever is allowed later: the way to start an
+    /// agent's policy, so that the broker cannot be forgotten.
+    pub fn for_agent_of(linked: &crate::linked::LinkedCredential) -> Result<Self> {
+        let mut egress = AgentEgress::new();
+        for url in linked.sandbox().broker_urls() {
+            egress.credential_broker(&url)?;
+        }
+        Ok(egress)
+    }
+
     /// Allow the origin `origin` (see [`AllowedOrigin::parse`]).
     pub fn allow(&mut self, origin: &str) -> Result<&mut Self> {
         self.allowed.push(AllowedOrigin::parse(origin)?);

@@ -525,6 +525,21 @@ impl Sandbox {
         &self.recipe.records.traffic
     }
 
+    /// The broker URLs the credential is configured with (the builder's
+    /// and `VD_CREDENTIAL_BROKER_URL`'s), for an agent's egress policy to
+    /// refuse.
+    pub fn broker_urls(&self) -> Vec<String> {
+        let from_env = self
+            .recipe
+            .env
+            .iter()
+            .filter(|(k, v)| k == vd_cred_broker::ENV_BROKER_URL && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string());
+        let mut urls: Vec<String> = self.recipe.broker.iter().cloned().chain(from_env).collect();
+        urls.dedup();
+        urls
+    }
+
     /// How often the instance was replaced after a trap: credentials opened
     /// in an earlier generation are gone.
     pub fn generation(&self) -> u64 {

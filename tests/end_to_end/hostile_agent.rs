@@ -469,3 +469,29 @@ async fn a_flood_is_refused_and_the_agent_goes_on() {
         assert!(peak_kib < 512 * 1024, "peak RSS {peak_kib} KiB");
     }
 }
+
+/// An agent store built from its linked credential refuses that
+/// credential's broker even when the runtime forgot to name it and allows
+/// every host on its port.
+#[tokio::test]
+async fn the_agents_egress_knows_its_credentials_broker_without_being_told() {
+    let f = Fixture::new();
+    let linked = LinkedCredential::new(f.sandbox().await, AgentPolicy::new("forgetful"));
+    let port = f.broker.addr().port();
+    let builder = AgentBuilder::default().egress(format!("http://*:{port}"));
+    let mut a = TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
+        .await
+        .unwrap();
+    for url in [
+        format!("{}/token", f.broker.url()),
+        format!("http://localhost:{port}/token"),
+    ] {
+        assert_eq!(
+            a.http_get(&url).await.unwrap(),
+            Err("ErrorCode::HttpRequestDenied".to_string()),
+            "{url}"
+        );
+    }
+    assert_eq!(f.broker.connection_count(), 0);
+    assert!(a.token(&options(), &[VAULT], 1).await.unwrap().is_ok());
+}
