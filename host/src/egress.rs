@@ -22,10 +22,12 @@
 //!   on all of them.
 //!
 //! Link-local and cloud metadata addresses (`169.254.0.0/16`, `fe80::/10`,
-//! `fd00:ec2::254`, and their IPv4-mapped forms) are refused unless allowed
-//! explicitly: by an allowlisted origin whose host is that address literally
-//! (`http://169.254.169.254`), or for all of them with
-//! [`AgentEgress::allow_link_local`]. Redirects are the agent's own new
+//! `fd00:ec2::254`, Azure's `168.63.129.16`, and their IPv4-mapped forms)
+//! are refused unless allowed explicitly: by an allowlisted origin whose host
+//! is that address literally (`http://169.254.169.254`: that address, on
+//! that port only), or for all of them with
+//! [`AgentEgress::allow_link_local`]. Start an agent's policy with
+//! [`AgentEgress::for_agent_of`], which knows its credential's broker. Redirects are the agent's own new
 //! requests (wasi:http never follows one) and meet the same checks.
 //!
 //! Every refusal is recorded ([`AgentEgress::denied`],
