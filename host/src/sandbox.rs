@@ -44,15 +44,17 @@ impl Host {
     pub fn sandbox(&self) -> SandboxBuilder<'_> {
         SandboxBuilder {
             host: self,
-            env: Vec::new(),
-            preopen: None,
-            broker: None,
-            runtime_access: None,
-            also_allow: Vec::new(),
-            clock: None,
-            roots: TrustedRoots::public(),
-            memory_limit: DEFAULT_MEMORY_LIMIT,
-            table_limit: DEFAULT_TABLE_LIMIT,
+            plan: Plan {
+                env: Vec::new(),
+                preopen: None,
+                broker: None,
+                runtime_access: None,
+                also_allow: Vec::new(),
+                clock: None,
+                roots: TrustedRoots::public(),
+                memory_limit: DEFAULT_MEMORY_LIMIT,
+                table_limit: DEFAULT_TABLE_LIMIT,
+            },
             call_limit: None,
         }
     }
@@ -61,6 +63,12 @@ impl Host {
 /// How one sandbox is set up. Nothing is granted unless asked for.
 pub struct SandboxBuilder<'h> {
     host: &'h Host,
+    plan: Plan,
+    call_limit: Option<Duration>,
+}
+
+/// What goes into a sandbox's store: its environment, grants and limits.
+struct Plan {
     env: Vec<(String, String)>,
     preopen: Option<(PathBuf, String)>,
     broker: Option<String>,
@@ -70,15 +78,14 @@ pub struct SandboxBuilder<'h> {
     roots: TrustedRoots,
     memory_limit: usize,
     table_limit: usize,
-    call_limit: Option<Duration>,
 }
 
 impl SandboxBuilder<'_> {
     /// Set (or replace) one environment variable; nothing is inherited from the host.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let key = key.into();
-        self.env.retain(|(k, _)| *k != key);
-        self.env.push((key, value.into()));
+        self.plan.env.retain(|(k, _)| *k != key);
+        self.plan.env.push((key, value.into()));
         self
     }
 
@@ -89,14 +96,14 @@ impl SandboxBuilder<'_> {
         host_dir: impl Into<PathBuf>,
         guest_path: impl Into<String>,
     ) -> Self {
-        self.preopen = Some((host_dir.into(), guest_path.into()));
+        self.plan.preopen = Some((host_dir.into(), guest_path.into()));
         self
     }
 
     /// The broker's base URL: HTTP to its scheme and authority is allowed,
     /// everything else denied. Without it, all HTTP is denied.
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
-        self.broker = Some(url.into());
+        self.plan.broker = Some(url.into());
         self
     }
 
@@ -105,15 +112,15 @@ impl SandboxBuilder<'_> {
     /// (`VD_RUNTIME_ACCESS_URL`). This replaces any broker origin; combine it
     /// with no `bearer_dir`, so the bearer never enters the sandbox.
     pub fn runtime_access(mut self, socket: impl Into<PathBuf>) -> Self {
-        self.runtime_access = Some(socket.into());
-        self.broker = None;
+        self.plan.runtime_access = Some(socket.into());
+        self.plan.broker = None;
         self.env(vd_cred_broker::ENV_RUNTIME_ACCESS_URL, RUNTIME_ACCESS_URL)
     }
 
     /// Also allow HTTP to the origin of `url`: for a composed component that
     /// calls one more service (the Key Vault example). Use sparingly.
     pub fn also_allow(mut self, url: impl Into<String>) -> Self {
-        self.also_allow.push(url.into());
+        self.plan.also_allow.push(url.into());
         self
     }
 
@@ -121,14 +128,14 @@ impl SandboxBuilder<'_> {
     /// private CA added to them. A handshake that fails is never retried over
     /// plain http.
     pub fn trusted_roots(mut self, roots: TrustedRoots) -> Self {
-        self.roots = roots;
+        self.plan.roots = roots;
         self
     }
 
     /// The component's wall clock (a test's settable clock, say); the real
     /// clock when unset.
     pub fn clock(mut self, clock: impl HostWallClock + Sync + 'static) -> Self {
-        self.clock = Some(Arc::new(clock));
+        self.plan.clock = Some(Arc::new(clock));
         self
     }
 
@@ -137,14 +144,14 @@ impl SandboxBuilder<'_> {
     /// guest, whose call then traps: the call fails and the next one runs
     /// in a fresh instance.
     pub fn memory_limit(mut self, bytes: usize) -> Self {
-        self.memory_limit = bytes;
+        self.plan.memory_limit = bytes;
         self
     }
 
     /// The most elements any table of the instance may grow to
     /// ([`DEFAULT_TABLE_LIMIT`] unless set).
     pub fn table_limit(mut self, elements: usize) -> Self {
-        self.table_limit = elements;
+        self.plan.table_limit = elements;
         self
     }
 
@@ -165,40 +172,28 @@ impl SandboxBuilder<'_> {
 
     /// The environment the component will see, in order.
     pub fn env_vars(&self) -> &[(String, String)] {
-        &self.env
+        &self.plan.env
     }
 
     /// The one preopened directory, if any: `(host path, guest path)`.
     pub fn preopen(&self) -> Option<&(PathBuf, String)> {
-        self.preopen.as_ref()
+        self.plan.preopen.as_ref()
     }
 
     /// Instantiate the component in a fresh store.
     pub async fn build(self) -> Result<Sandbox> {
+        let call_limit = self.call_limit;
+        let recipe = self.recipe();
         let withheld = Withheld::new(
-            &self.env,
-            self.broker.as_deref(),
-            self.runtime_access.as_deref(),
+            &recipe.plan.env,
+            recipe.plan.broker.as_deref(),
+            recipe.plan.runtime_access.as_deref(),
         );
-        let recipe = Recipe {
-            engine: self.host.engine.clone(),
-            pre: self.host.pre.clone(),
-            env: self.env,
-            preopen: self.preopen,
-            broker: self.broker,
-            runtime_access: self.runtime_access,
-            also_allow: self.also_allow,
-            clock: self.clock,
-            roots: self.roots,
-            memory_limit: self.memory_limit,
-            table_limit: self.table_limit,
-            records: Records::default(),
-        };
         let live = recipe.instantiate().await?;
         Ok(Sandbox {
             live: Some(live),
             recipe,
-            call_limit: self.call_limit,
+            call_limit,
             longest_timeout: DEFAULT_TIMEOUT,
             generation: 0,
             withheld,
@@ -209,23 +204,19 @@ impl SandboxBuilder<'_> {
     /// for worlds other than the credential's (a composed consumer, a test
     /// probe). Its store has the sandbox's limits and no call deadline.
     pub async fn instantiate(self, pre: &InstancePre<State>) -> Result<(Store<State>, Instance)> {
-        let recipe = Recipe {
-            engine: self.host.engine.clone(),
-            pre: self.host.pre.clone(),
-            env: self.env,
-            preopen: self.preopen,
-            broker: self.broker,
-            runtime_access: self.runtime_access,
-            also_allow: self.also_allow,
-            clock: self.clock,
-            roots: self.roots,
-            memory_limit: self.memory_limit,
-            table_limit: self.table_limit,
-            records: Records::default(),
-        };
-        let mut store = recipe.store()?;
+        let mut store = self.recipe().store()?;
         let instance = pre.instantiate_async(&mut store).await?;
         Ok((store, instance))
+    }
+
+    /// What the sandbox is made from, and made again from after a trap.
+    fn recipe(self) -> Recipe {
+        Recipe {
+            engine: self.host.engine.clone(),
+            pre: self.host.pre.clone(),
+            plan: self.plan,
+            records: Records::default(),
+        }
     }
 }
 
@@ -233,15 +224,7 @@ impl SandboxBuilder<'_> {
 struct Recipe {
     engine: Engine,
     pre: CredBrokerPre<State>,
-    env: Vec<(String, String)>,
-    preopen: Option<(PathBuf, String)>,
-    broker: Option<String>,
-    runtime_access: Option<PathBuf>,
-    also_allow: Vec<String>,
-    clock: Option<Arc<dyn HostWallClock + Sync>>,
-    roots: TrustedRoots,
-    memory_limit: usize,
-    table_limit: usize,
+    plan: Plan,
     records: Records,
 }
 
@@ -279,7 +262,7 @@ impl Recipe {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(records.stdout)
             .stderr(records.stderr)
-            .envs(&self.env)
+            .envs(&self.plan.env)
             // No raw sockets or name lookups (wasmtime's defaults, stated):
             // the only way out is wasi:http, through the egress policy.
             .allow_tcp(false)
@@ -288,28 +271,28 @@ impl Recipe {
             // Filesystem calls are tiny: run them on this thread rather than
             // tokio's blocking pool (several times faster per call).
             .allow_blocking_current_thread(true);
-        if let Some((dir, guest)) = &self.preopen {
+        if let Some((dir, guest)) = &self.plan.preopen {
             wasi.preopened_dir(dir, guest, FsPerms::ReadOnly)
                 .map_err(|e| {
                     anyhow::Error::from(e).context(format!("preopening {}", dir.display()))
                 })?;
         }
-        if let Some(clock) = &self.clock {
+        if let Some(clock) = &self.plan.clock {
             wasi.wall_clock(Clock(clock.clone()));
         }
-        let mut hooks = match (&self.runtime_access, &self.broker) {
+        let mut hooks = match (&self.plan.runtime_access, &self.plan.broker) {
             (Some(socket), _) => BrokerOnly::runtime_access(socket),
             (None, Some(url)) => BrokerOnly::for_url(url)?,
             (None, None) => BrokerOnly::deny_all(),
         };
-        for url in &self.also_allow {
+        for url in &self.plan.also_allow {
             hooks.also_allow(url)?;
         }
-        hooks.trust(self.roots.clone());
+        hooks.trust(self.plan.roots.clone());
         hooks.record_into(records.denied, records.traffic);
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.memory_limit)
-            .table_elements(self.table_limit)
+            .memory_size(self.plan.memory_limit)
+            .table_elements(self.plan.table_limit)
             .instances(64)
             .tables(64)
             .memories(16)
@@ -529,13 +512,20 @@ impl Sandbox {
     /// and `VD_CREDENTIAL_BROKER_URL`'s), for an agent's egress policy to
     /// refuse.
     pub fn broker_urls(&self) -> Vec<String> {
-        let from_env = self
-            .recipe
+        let plan = &self.recipe.plan;
+        let from_env = plan
             .env
             .iter()
             .filter(|(k, v)| k == vd_cred_broker::ENV_BROKER_URL && !v.trim().is_empty())
             .map(|(_, v)| v.trim().to_string());
-        let mut urls: Vec<String> = self.recipe.broker.iter().cloned().chain(from_env).collect();
+        let mut urls: Vec<String> = self
+            .recipe
+            .plan
+            .broker
+            .iter()
+            .cloned()
+            .chain(from_env)
+            .collect();
         urls.dedup();
         urls
     }
