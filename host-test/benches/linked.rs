@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::{self, TestAgent};
 use host_test::{MockBroker, rss_kib};
-use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential};
 use vd_cred_host::{Host, Sandbox, default_options};
 
 const VAULT: &str = "https://vault.azure.net/.default";
@@ -46,7 +46,13 @@ fn main() {
     };
     let pre = test_agent::load(host.engine()).unwrap();
     let agent = |s: Sandbox| {
-        let linked = LinkedCredential::new(s, AgentPolicy::new("bench"));
+        // Each export call opens a credential and mints once: a budget that
+        // never holds the benchmark back (the bucket is still checked).
+        let limits = AgentLimits {
+            mints_per_minute: u32::MAX,
+            ..AgentLimits::default()
+        };
+        let linked = LinkedCredential::new(s, AgentPolicy::new("bench").limits(limits));
         let builder = AgentBuilder::default().credential_broker(broker.url());
         rt.block_on(TestAgent::new(builder, host.engine(), &pre, linked))
             .unwrap()
