@@ -424,16 +424,37 @@ impl LinkedCredential {
             return Ok(resource);
         }
         let options = handle.options.clone();
-        let resource = match self.sandbox.open(&options).await {
-            Ok(Ok(resource)) => resource,
-            Ok(Err(e)) => return Err(Fault::Refused(None, e)),
-            Err(trap) => return Err(Fault::Trapped(None, trap)),
-        };
-        let generation = self.sandbox.generation();
+        let opened = self.open_in_sandbox(&options).await?;
         if let Some(handle) = self.handles.get_mut(key as usize) {
-            handle.resource = Some((generation, resource));
+            handle.resource = Some(opened);
         }
-        Ok(resource)
+        Ok(opened.1)
+    }
+
+    /// `open` in the credential's sandbox: the resource, and the instance
+    /// generation it belongs to.
+    async fn open_in_sandbox(
+        &mut self,
+        options: &crate::CredentialOptions,
+    ) -> Result<(u64, ResourceAny), Fault> {
+        match self.sandbox.open(options).await {
+            Ok(Ok(resource)) => Ok((self.sandbox.generation(), resource)),
+            Ok(Err(e)) => Err(Fault::Refused(None, e)),
+            Err(trap) => Err(Fault::Trapped(None, trap)),
+        }
+    }
+
+    /// What the agent gets for `fault`: a typed error (reported in full to
+    /// the error hook, handed over withheld), or a trap for a handle it does
+    /// not have.
+    fn answer(&self, fault: Fault) -> wasmtime::Result<CredentialError> {
+        match fault {
+            Fault::UnknownHandle(key) => {
+                Err(wasmtime::format_err!("unknown credential handle {key}"))
+            }
+            Fault::Refused(audience, e) => Ok(self.refuse(audience.as_deref(), e)),
+            Fault::Trapped(audience, trap) => Ok(self.trapped(audience.as_deref(), trap)),
+        }
     }
 
     /// Forward one token call: the agent's credential `key`, or the free
@@ -446,11 +467,7 @@ impl LinkedCredential {
     ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
         match self.forward_checked(key, scopes, options).await {
             Ok(info) => Ok(Ok(info)),
-            Err(Fault::UnknownHandle(key)) => {
-                Err(wasmtime::format_err!("unknown credential handle {key}"))
-            }
-            Err(Fault::Refused(audience, e)) => Ok(Err(self.refuse(audience.as_deref(), e))),
-            Err(Fault::Trapped(audience, trap)) => Ok(Err(self.trapped(audience.as_deref(), trap))),
+            Err(fault) => Ok(Err(self.answer(fault)?)),
         }
     }
 
@@ -464,10 +481,6 @@ impl LinkedCredential {
             .audience_for(&scopes)
             .and_then(|a| self.check_request(options).map(|()| a))
             .map_err(|e| Fault::Refused(None, e))?;
-        let at = |f: fn(Option<String>, _) -> Fault| {
-            let audience = audience.clone();
-            move |e| f(Some(audience), e)
-        };
         let resource = match key {
             Some(key) => Some(self.resource(key).await.map_err(|f| f.about(&audience))?),
             None => None,
@@ -492,7 +505,7 @@ impl LinkedCredential {
         let was_held = traffic.held_back() > held_back;
         traffic.hold(false);
         self.spend(&audience, requests);
-        let result = result.map_err(at(Fault::Trapped))?;
+        let result = result.map_err(|trap| Fault::Trapped(Some(audience.clone()), trap))?;
         let info = match result {
             Ok(info) => info,
             Err(_) if was_held && !reached_broker => {
@@ -540,15 +553,10 @@ impl LinkedCredential {
             ));
         }
         let options = agent_options(options, &limits).map_err(|e| Fault::Refused(None, e))?;
-        let resource = match self.sandbox.open(&options).await {
-            Ok(Ok(resource)) => resource,
-            Ok(Err(e)) => return Err(Fault::Refused(None, e)),
-            Err(trap) => return Err(Fault::Trapped(None, trap)),
-        };
-        let generation = self.sandbox.generation();
+        let opened = self.open_in_sandbox(&options).await?;
         let key = self.handles.insert(Handle {
             options,
-            resource: Some((generation, resource)),
+            resource: Some(opened),
         });
         Ok(u32::try_from(key).expect("at most `credentials` handles"))
     }
@@ -653,14 +661,10 @@ type Answer<T> = wasmtime::Result<Result<T, wit::CredentialError>>;
 
 impl wit::HostCredential for LinkedCredential {
     async fn open(&mut self, options: wit::CredentialOptions) -> Answer<Resource<LinkedHandle>> {
-        Ok(match self.open_checked(options).await {
-            Ok(key) => Ok(Resource::new_own(key)),
-            Err(Fault::Refused(a, e)) => Err(self.refuse(a.as_deref(), e).into()),
-            Err(Fault::Trapped(a, trap)) => Err(self.trapped(a.as_deref(), trap).into()),
-            Err(Fault::UnknownHandle(key)) => {
-                return Err(wasmtime::format_err!("unknown credential handle {key}"));
-            }
-        })
+        match self.open_checked(options).await {
+            Ok(key) => Ok(Ok(Resource::new_own(key))),
+            Err(fault) => Ok(Err(self.answer(fault)?.into())),
+        }
     }
 
     async fn get_token(
