@@ -337,10 +337,15 @@ impl LinkedCredential {
     fn may_mint(&mut self, audience: &str) -> bool {
         let per_minute = f64::from(self.policy.limits.mints_per_minute);
         let now = self.clock.now();
-        let bucket = self.budget.entry(audience.to_string()).or_insert(Bucket {
-            tokens: per_minute,
-            at: now,
-        });
+        // Looked up by `&str`: a key is allocated once per audience, not per call.
+        if !self.budget.contains_key(audience) {
+            let full = Bucket {
+                tokens: per_minute,
+                at: now,
+            };
+            self.budget.insert(audience.to_string(), full);
+        }
+        let bucket = self.budget.get_mut(audience).expect("inserted above");
         let elapsed = now.saturating_sub(bucket.at) as f64;
         bucket.tokens = (bucket.tokens + elapsed * per_minute / MINUTE_NS).min(per_minute);
         bucket.at = now;

@@ -367,7 +367,7 @@ impl Sandbox {
         // No deadline at all for a limit past the clock's range.
         store.data_mut().deadline = Instant::now().checked_add(limit);
         let outcome = match store.data().deadline {
-            Some(_) => within(limit, call(store, iface)).await,
+            Some(deadline) => within(deadline, call(store, iface)).await,
             None => Ok(call(store, iface).await),
         };
         store.data_mut().deadline = None;
@@ -543,14 +543,13 @@ impl Sandbox {
     }
 }
 
-/// `future`, or `Err(())` once `limit` has passed. The timer is armed only
-/// if the first poll does not finish: a cached call, which does, never
-/// touches the runtime's timer (arming it wakes the timer's thread: about
-/// 10 us per call on a 2-core machine).
-async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Result<T, ()> {
-    let Some(deadline) = tokio::time::Instant::now().checked_add(limit) else {
-        return Ok(future.await);
-    };
+/// `future`, or `Err(())` once `deadline` (the one the epoch callback
+/// checks) has passed. The timer is armed only if the first poll does not
+/// finish: a cached call, which does, never touches the runtime's timer
+/// (arming it wakes the timer's thread: about 10 us per call on a 2-core
+/// machine).
+async fn within<T>(deadline: Instant, future: impl Future<Output = T>) -> Result<T, ()> {
+    let deadline = tokio::time::Instant::from_std(deadline);
     let mut future = std::pin::pin!(future);
     let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
