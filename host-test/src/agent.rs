@@ -6,14 +6,21 @@
 //! [`AgentBuilder::egress`] (none by default) and never to the credential's
 //! broker or helper ([`AgentEgress`]).
 //!
+//! With [`AgentBuilder::inject`] the host adds Azure tokens to the agent's
+//! own https requests to the hosts the rules name ([`vd_cred_host::inject`]):
+//! the agent then needs no token and no credential import at all.
+//!
 //! This is the shape a runtime author would write around `vd-cred-host`;
 //! here it serves the tests, the demo and `host-test run-agent`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use vd_cred_host::TrustedRoots;
 use vd_cred_host::egress::AgentEgress;
+use vd_cred_host::inject::{DEFAULT_RULES, InjectEvent, Injection};
 use vd_cred_host::linked::{self, LinkedCredential};
 use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -75,7 +82,12 @@ pub struct AgentBuilder {
     brokers: Vec<String>,
     allow_link_local: bool,
     roots: Option<TrustedRoots>,
+    inject: Vec<String>,
+    on_inject: Option<InjectHook>,
+    connect_to: Vec<(String, u16, SocketAddr)>,
 }
+
+type InjectHook = Arc<dyn Fn(&InjectEvent<'_>) + Send + Sync>;
 
 impl AgentBuilder {
     /// An environment variable for the agent (nothing is inherited).
@@ -122,6 +134,35 @@ impl AgentBuilder {
         self
     }
 
+    /// Add the token for the rule's audience to the agent's https requests
+    /// it matches (`*.vault.azure.net=vault`; see
+    /// [`vd_cred_host::inject::InjectRule::parse`]); rules are tried in
+    /// the order added.
+    pub fn inject(mut self, rule: impl Into<String>) -> Self {
+        self.inject.push(rule.into());
+        self
+    }
+
+    /// The default injection rules ([`DEFAULT_RULES`]), after any added so far.
+    pub fn inject_defaults(mut self) -> Self {
+        self.inject
+            .extend(DEFAULT_RULES.iter().map(|r| r.to_string()));
+        self
+    }
+
+    /// Call `hook` for every request the host adds a token to.
+    pub fn on_inject(mut self, hook: impl Fn(&InjectEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_inject = Some(Arc::new(hook));
+        self
+    }
+
+    /// Connect to `addr` for the agent's requests to `host:port` (see
+    /// [`AgentEgress::connect_to`]): an Azure name served by a loopback mock.
+    pub fn connect_to(mut self, host: &str, port: u16, addr: SocketAddr) -> Self {
+        self.connect_to.push((host.to_string(), port, addr));
+        self
+    }
+
     /// The agent's store, holding `linked`.
     pub fn store(self, engine: &Engine, linked: LinkedCredential) -> Result<Store<AgentState>> {
         let mut wasi = WasiCtx::builder();
@@ -139,6 +180,19 @@ impl AgentBuilder {
         hooks.allow_link_local(self.allow_link_local);
         if let Some(roots) = self.roots {
             hooks.trust(roots);
+        }
+        for (host, port, addr) in &self.connect_to {
+            hooks.connect_to(host, *port, *addr)?;
+        }
+        if !self.inject.is_empty() {
+            let mut injection = Injection::new(&linked);
+            for rule in &self.inject {
+                injection = injection.rule(rule)?;
+            }
+            if let Some(hook) = self.on_inject {
+                injection = injection.on_inject(move |e| hook(e));
+            }
+            hooks.inject(injection);
         }
         let state = AgentState {
             wasi: wasi.build(),
@@ -183,6 +237,9 @@ pub mod test_agent {
     pub use vd_cred_host::linked::bindings::vibedata::cred_broker::token_credential::{
         AccessToken, AccessTokenInfo, CredentialError, CredentialOptions, TokenRequestOptions,
     };
+
+    /// What the agent's [`TestAgent::http_request`] got back.
+    pub use bindings::exports::vibedata::test_agent::agent::HttpAnswer;
 
     /// Path of the test agent built by this crate's build script.
     pub const TEST_AGENT_WASM: &str = env!("VD_TEST_AGENT_WASM");
@@ -291,6 +348,25 @@ pub mod test_agent {
         /// `GET url` from inside the agent.
         pub async fn http_get(&mut self, url: &str) -> Result<Result<u16, String>> {
             Ok(self.iface().call_http_get(&mut self.store, url).await?)
+        }
+
+        /// `method url` with `headers` and `body` from inside the agent (no
+        /// redirect followed): the whole answer, or the error code.
+        pub async fn http_request(
+            &mut self,
+            method: &str,
+            url: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+        ) -> Result<Result<HttpAnswer, String>> {
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Ok(self
+                .iface()
+                .call_http_request(&mut self.store, method, url, &headers, body)
+                .await?)
         }
 
         /// Open `count` credentials, all kept open until the end: how many

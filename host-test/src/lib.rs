@@ -33,6 +33,7 @@
 //! ```
 
 pub mod agent;
+pub mod azure;
 pub mod broker;
 pub mod clock;
 pub mod fast_broker;

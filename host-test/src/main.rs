@@ -19,6 +19,8 @@ usage:
                                   VD_CREDENTIAL_LANE, VD_CREDENTIAL_CONFIGURATION_REVISION)
   host-test run-agent <agent.wasm> --invoke '<fn>(<args>)'... [--allow <resource-or-audience>,...]
                   [--egress <origin>,...] [--dir <host-dir>::<guest-dir>] [--env <KEY>=<VALUE>]
+                  [--inject <host[:port]>=<audience>,...|defaults] [--reveal-tokens yes|no]
+                  [--trust <ca.pem>] [--connect-to <host>:<port>=<ip>:<port>]
                                   run an agent component whose token-credential import the host
                                   links to the credential in a sandbox of its own (set up as
                                   get-token sets it up); the agent gets only --dir, --env and HTTP
@@ -30,7 +32,14 @@ usage:
                                   arguments (each --invoke in turn, in one store), prints each
                                   result in WAVE, and prints an audit line for each token handed
                                   to the agent and each call refused (default --allow: the six
-                                  default resources)
+                                  default resources). --inject: the host adds the token for
+                                  <audience> to the agent's https requests to <host> (exact or
+                                  *.domain; \"defaults\": Key Vault, Storage, OneLake, Fabric,
+                                  Power BI, ARM), removing any Authorization the agent set, and
+                                  prints an audit line per request; --reveal-tokens no: the
+                                  agent's get-token calls are refused (it never holds a token);
+                                  --trust: also trust this CA for the agent's https;
+                                  --connect-to: send requests for <host>:<port> to that address
   host-test fast-broker           run a minimal loopback broker for benchmarks (one write per
                                   answer, TCP_NODELAY, keep-alive; always the same token): prints
                                   its URL, serves until stdin closes
@@ -276,6 +285,34 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
                 let (k, v) = value.split_once('=').unwrap_or((value, ""));
                 builder = builder.env(k, v);
             }
+            "--inject" => {
+                for rule in value.split(',').filter(|r| !r.is_empty()) {
+                    builder = match rule {
+                        "defaults" => builder.inject_defaults(),
+                        rule => builder.inject(rule),
+                    };
+                }
+            }
+            "--reveal-tokens" => match value.as_str() {
+                "yes" => policy = policy.reveal_tokens(true),
+                "no" => policy = policy.reveal_tokens(false),
+                other => anyhow::bail!("--reveal-tokens {other}: yes or no\n{USAGE}"),
+            },
+            "--trust" => {
+                let mut roots = vd_cred_host::TrustedRoots::public();
+                roots.add_pem_file(value)?;
+                builder = builder.trust(roots);
+            }
+            "--connect-to" => {
+                let parsed = value.split_once('=').and_then(|(from, to)| {
+                    let (host, port) = from.rsplit_once(':')?;
+                    Some((host, port.parse::<u16>().ok()?, to.parse().ok()?))
+                });
+                let Some((host, port, addr)) = parsed else {
+                    anyhow::bail!("--connect-to {value}: <host>:<port>=<ip>:<port>\n{USAGE}");
+                };
+                builder = builder.connect_to(host, port, addr);
+            }
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -291,6 +328,24 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
         builder = builder.credential_broker(url);
     }
     let sandbox = setup.sandbox(host)?.build().await?;
+    let builder = builder.on_inject(|e| {
+        eprintln!(
+            "audit: agent {}'s request to {}: {} token {}, {:?}{}",
+            e.agent_id,
+            e.destination,
+            e.audience,
+            match e.source {
+                Some(vd_cred_host::linked::TokenSource::Minted) => "minted and added",
+                Some(vd_cred_host::linked::TokenSource::Cached) => "from the cache added",
+                None => "not had",
+            },
+            e.outcome,
+            match e.removed_agent_authorization {
+                true => "; the agent's own Authorization was removed",
+                false => "",
+            }
+        )
+    });
     let linked = LinkedCredential::new(sandbox, policy)
         .on_token(|e| {
             eprintln!(

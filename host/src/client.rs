@@ -92,6 +92,9 @@ pub(crate) struct Setup {
     pub(crate) vet: Option<Vet>,
     /// Refuse (`HTTP-request-body-size`) request bodies larger than this.
     pub(crate) max_request_body: usize,
+    /// Connect to this address for this (host, port), host normalised;
+    /// the TLS name stays the host.
+    pub(crate) connect_to: Vec<((String, u16), SocketAddr)>,
 }
 
 impl Setup {
@@ -102,11 +105,13 @@ impl Setup {
             unix,
             vet: None,
             max_request_body: CREDENTIAL_MAX_REQUEST_BODY,
+            connect_to: Vec::new(),
         }
     }
 }
 
-/// A sandbox's connections.
+/// A sandbox's connections (a clone shares the pool).
+#[derive(Clone)]
 pub(crate) struct Connections {
     client: Client<Connector, Full<Bytes>>,
     max_request_body: usize,
@@ -122,6 +127,7 @@ impl Connections {
             roots: setup.roots,
             unix: setup.unix.map(Arc::new),
             vet: setup.vet,
+            connect_to: Arc::new(setup.connect_to),
             watches: watches.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
@@ -138,6 +144,11 @@ impl Connections {
             max_request_body: setup.max_request_body,
             watches,
         }
+    }
+
+    /// The largest request body sent.
+    pub(crate) fn max_request_body(&self) -> usize {
+        self.max_request_body
     }
 
     /// Send `request` (already allowed by the policy), honouring the
@@ -231,6 +242,7 @@ struct Connector {
     roots: TrustedRoots,
     unix: Option<Arc<UnixRoute>>,
     vet: Option<Vet>,
+    connect_to: Arc<Vec<((String, u16), SocketAddr)>>,
     watches: Watches,
 }
 
@@ -267,10 +279,19 @@ impl Connector {
             return Ok(Stream::Unix(stream));
         }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-            .await
-            .map_err(ConnectError::Dns)?
+        let mapped: Vec<SocketAddr> = self
+            .connect_to
+            .iter()
+            .filter(|((h, p), _)| h == host && *p == port)
+            .map(|(_, addr)| *addr)
             .collect();
+        let addrs: Vec<SocketAddr> = match mapped.is_empty() {
+            false => mapped,
+            true => tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+                .await
+                .map_err(ConnectError::Dns)?
+                .collect(),
+        };
         if let Some(vet) = &self.vet {
             vet(&uri, &addrs).await.map_err(ConnectError::Refused)?;
         }

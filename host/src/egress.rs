@@ -49,6 +49,7 @@ use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::client::{Connections, Sent, Setup, Vet};
+use crate::inject::Injection;
 use crate::policy::{helper_host, shown};
 use crate::tls::TrustedRoots;
 
@@ -59,7 +60,7 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 16 << 20;
 
 /// A host as compared: lower-cased, without a trailing dot; an IP literal in
 /// its canonical text (IPv6 in brackets).
-fn normal_host(host: &str) -> Option<String> {
+pub(crate) fn normal_host(host: &str) -> Option<String> {
     let host = host.to_ascii_lowercase();
     if let Some(inner) = host.strip_prefix('[') {
         let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
@@ -346,6 +347,13 @@ impl Record {
     }
 }
 
+/// A host name sent to another address ([`AgentEgress::connect_to`]).
+struct ConnectTo {
+    host: String,
+    port: u16,
+    addr: SocketAddr,
+}
+
 /// An agent's egress policy: only allowlisted origins (none by default),
 /// never the credential's broker or helper, no link-local or metadata
 /// address unless allowed. See the [module documentation](self).
@@ -357,6 +365,10 @@ pub struct AgentEgress {
     roots: TrustedRoots,
     max_request_body: usize,
     record: Record,
+    /// Tokens the host adds to the agent's requests.
+    injection: Option<Injection>,
+    /// Host names sent to other addresses (`connect_to`).
+    connect_to: Vec<ConnectTo>,
     /// Made on the first request let through.
     connections: Option<Connections>,
 }
@@ -377,6 +389,8 @@ impl AgentEgress {
             roots: TrustedRoots::public(),
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             record: Record::default(),
+            injection: None,
+            connect_to: Vec::new(),
             connections: None,
         }
     }
@@ -386,8 +400,8 @@ impl AgentEgress {
     /// agent's policy, so that the broker cannot be forgotten.
     pub fn for_agent_of(linked: &crate::linked::LinkedCredential) -> Result<Self> {
         let mut egress = AgentEgress::new();
-        for url in linked.sandbox().broker_urls() {
-            egress.credential_broker(&url)?;
+        for url in linked.broker_urls() {
+            egress.credential_broker(url)?;
         }
         Ok(egress)
     }
@@ -421,6 +435,28 @@ impl AgentEgress {
         self.allow_link_local = allow;
         self.connections = None;
         self
+    }
+
+    /// Add Azure tokens to the agent's requests that `injection`'s rules
+    /// match (see [`crate::inject`]); a rule also lets the agent reach its
+    /// destination over https. Replaces earlier rules.
+    pub fn inject(&mut self, injection: Injection) -> &mut Self {
+        self.injection = Some(injection);
+        self
+    }
+
+    /// Connect to `addr` for requests to `host:port`, the way curl's
+    /// `--connect-to` does: the request, its `Host` and the name its TLS
+    /// certificate must have stay `host`; only the address changes, and it
+    /// is vetted like any other. For tests (an Azure host name served by a
+    /// loopback mock) and split-horizon networks.
+    pub fn connect_to(&mut self, host: &str, port: u16, addr: SocketAddr) -> Result<&mut Self> {
+        let Some(host) = normal_host(host) else {
+            bail!("{host:?} is not a host name");
+        };
+        self.connect_to.push(ConnectTo { host, port, addr });
+        self.connections = None;
+        Ok(self)
     }
 
     /// Verify https peers against `roots` (the public web roots by default).
@@ -462,7 +498,12 @@ impl AgentEgress {
         {
             return Err(Reason::CredentialBroker);
         }
-        if !self.allowed.iter().any(|a| a.matches(&origin)) {
+        let injected = || {
+            self.injection
+                .as_ref()
+                .is_some_and(|i| i.rule_for(&origin).is_some())
+        };
+        if !self.allowed.iter().any(|a| a.matches(&origin)) && !injected() {
             return Err(Reason::NotAllowed);
         }
         Ok(origin)
@@ -535,26 +576,41 @@ impl WasiHttpHooks for AgentEgress {
         let admitted = self.admit(request.uri()).and_then(|origin| {
             // Sent to the host as checked (lower-cased, no trailing dot).
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            format!("{}://{}:{}{path}", origin.scheme, origin.host, origin.port)
+            let uri = format!("{}://{}:{}{path}", origin.scheme, origin.host, origin.port)
                 .parse::<Uri>()
-                .map_err(|_| Reason::NotAllowed)
+                .map_err(|_| Reason::NotAllowed)?;
+            Ok((origin, uri))
         });
-        match admitted {
-            Ok(uri) => *request.uri_mut() = uri,
+        let origin = match admitted {
+            Ok((origin, uri)) => {
+                *request.uri_mut() = uri;
+                origin
+            }
             Err(reason) => {
                 self.record.refuse(target, None, reason);
                 return Box::new(async { Err(Error::HttpRequestDenied) });
             }
-        }
+        };
         if self.connections.is_none() {
             self.connections = Some(Connections::new(Setup {
                 roots: self.roots.clone(),
                 unix: None,
                 vet: Some(self.vet()),
                 max_request_body: self.max_request_body,
+                connect_to: self
+                    .connect_to
+                    .iter()
+                    .map(|c| ((c.host.clone(), c.port), c.addr))
+                    .collect(),
             }));
         }
         let connections = self.connections.as_ref().expect("made above");
+        if let Some(injection) = &self.injection
+            && let Some(rule) = injection.rule_for(&origin)
+        {
+            let sent = injection.send(rule, &origin, connections.clone(), request, options);
+            return Box::new(sent);
+        }
         Box::new(connections.send(request, options))
     }
 }

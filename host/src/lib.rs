@@ -34,6 +34,7 @@ pub mod egress;
 mod error;
 pub mod from_env;
 mod host;
+pub mod inject;
 pub mod linked;
 pub mod policy;
 pub mod precompiled;

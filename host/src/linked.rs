@@ -34,6 +34,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
 use anyhow::Result;
 use slab::Slab;
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
@@ -99,6 +101,7 @@ pub struct AgentPolicy {
     /// Resources (normalised) and audiences the agent may ask for.
     allowed: Vec<String>,
     limits: AgentLimits,
+    reveal_tokens: bool,
 }
 
 impl AgentPolicy {
@@ -112,6 +115,7 @@ impl AgentPolicy {
                 .map(|(r, _)| r.to_string())
                 .collect(),
             limits: AgentLimits::default(),
+            reveal_tokens: true,
         }
     }
 
@@ -129,6 +133,20 @@ impl AgentPolicy {
     pub fn limits(mut self, limits: AgentLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Whether the agent may read tokens (`get-token`, `get-token-info`;
+    /// `true` by default). With `false` they return `unsupported`: the
+    /// agent can still reach Azure through the host's injection rules
+    /// ([`crate::inject`]), and never holds a token.
+    pub fn reveal_tokens(mut self, reveal: bool) -> Self {
+        self.reveal_tokens = reveal;
+        self
+    }
+
+    /// Whether the agent may read tokens ([`AgentPolicy::reveal_tokens`]).
+    pub fn reveals_tokens(&self) -> bool {
+        self.reveal_tokens
     }
 
     /// The agent's id.
@@ -220,15 +238,42 @@ struct Bucket {
 /// its own [`Sandbox`], the agent's [`AgentPolicy`], and optional audit
 /// hooks. Keep one in each agent's store data; many agents share one
 /// compiled credential through [`crate::Host`].
+///
+/// Cloning gives another handle to the same credential: the agent's import
+/// and the host's injection of tokens into the agent's requests
+/// ([`crate::inject`]) share one sandbox, one cache and one mint budget,
+/// and take turns (one call at a time).
+#[derive(Clone)]
 pub struct LinkedCredential {
+    linked: Arc<Mutex<Linked>>,
+    policy: Arc<AgentPolicy>,
+    broker_urls: Arc<[String]>,
+}
+
+/// What a [`LinkedCredential`] shares between its handles.
+struct Linked {
     sandbox: Sandbox,
-    policy: AgentPolicy,
+    policy: Arc<AgentPolicy>,
     audiences: AudienceMap,
     handles: Slab<Handle>,
+    /// The credential the host's injection uses (never the agent's).
+    injector: Option<Handle>,
     budget: HashMap<String, Bucket>,
     clock: Box<dyn HostMonotonicClock + Sync>,
     on_token: Option<AuditHook>,
     on_error: Option<ErrorHook>,
+}
+
+/// Which credential a token call goes to.
+#[derive(Clone, Copy)]
+enum Caller {
+    /// The agent's credential with this handle.
+    Handle(u32),
+    /// The agent's free functions.
+    Free,
+    /// The host, injecting a token into the agent's request; `fresh` opens
+    /// a new credential first (no cached token).
+    Injector { fresh: bool },
 }
 
 /// The real monotonic clock, for the mint budget.
@@ -249,35 +294,50 @@ const MINUTE_NS: f64 = 60e9;
 impl LinkedCredential {
     /// Forward an agent's calls to the credential in `sandbox`, under `policy`.
     pub fn new(sandbox: Sandbox, policy: AgentPolicy) -> Self {
-        LinkedCredential {
+        let policy = Arc::new(policy);
+        let broker_urls = sandbox.broker_urls().into();
+        let linked = Linked {
             sandbox,
-            policy,
+            policy: policy.clone(),
             audiences: AudienceMap::default(),
             handles: Slab::new(),
+            injector: None,
             budget: HashMap::new(),
             clock: Box::new(RealClock(Instant::now())),
             on_token: None,
             on_error: None,
+        };
+        LinkedCredential {
+            linked: Arc::new(Mutex::new(linked)),
+            policy,
+            broker_urls,
         }
+    }
+
+    /// The shared state, while this is the only handle (the builder calls).
+    fn configure(&mut self) -> &mut Linked {
+        Arc::get_mut(&mut self.linked)
+            .expect("configure a LinkedCredential before cloning it")
+            .get_mut()
     }
 
     /// Call `hook` for every token handed to the agent.
     pub fn on_token(mut self, hook: impl Fn(&TokenEvent<'_>) + Send + Sync + 'static) -> Self {
-        self.on_token = Some(Arc::new(hook));
+        self.configure().on_token = Some(Arc::new(hook));
         self
     }
 
     /// Call `hook` for every call of the agent's that failed, with the error
     /// in full.
     pub fn on_error(mut self, hook: impl Fn(&ErrorEvent<'_>) + Send + Sync + 'static) -> Self {
-        self.on_error = Some(Arc::new(hook));
+        self.configure().on_error = Some(Arc::new(hook));
         self
     }
 
     /// Measure the mint budget's minute on `clock` (a test's, say) rather
     /// than the real monotonic clock.
     pub fn budget_clock(mut self, clock: impl HostMonotonicClock + Sync + 'static) -> Self {
-        self.clock = Box::new(clock);
+        self.configure().clock = Box::new(clock);
         self
     }
 
@@ -286,16 +346,45 @@ impl LinkedCredential {
         &self.policy
     }
 
-    /// The credential's sandbox (its output, its denied requests).
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
+    /// The credential's broker URLs (see [`Sandbox::broker_urls`]).
+    pub fn broker_urls(&self) -> &[String] {
+        &self.broker_urls
+    }
+
+    /// The credential's sandbox (its output, its denied requests), once no
+    /// call is in progress.
+    pub async fn sandbox(&self) -> MappedMutexGuard<'_, Sandbox> {
+        MutexGuard::map(self.linked.lock().await, |l| &mut l.sandbox)
     }
 
     /// How many credentials the agent has open.
-    pub fn open_credentials(&self) -> usize {
-        self.handles.len()
+    pub async fn open_credentials(&self) -> usize {
+        self.linked.lock().await.handles.len()
     }
 
+    /// A token for `audience` (a name such as `vault`) for the host to add
+    /// to the agent's request: under the agent's policy, limits and mint
+    /// budget, from a credential of the host's own (its cache, unless
+    /// `fresh`). Never handed to the agent; no [`TokenEvent`] (the injection
+    /// has its own audit). The error is the agent-facing one (withheld), and
+    /// goes to the error hook in full.
+    pub(crate) async fn injection_token(
+        &self,
+        scope: &str,
+        fresh: bool,
+    ) -> Result<(crate::AccessTokenInfo, TokenSource), CredentialError> {
+        let mut linked = self.linked.lock().await;
+        let scopes = vec![scope.to_string()];
+        let caller = Caller::Injector { fresh };
+        match linked.token(caller, scopes, &no_request_options()).await {
+            Ok((info, source, _)) => Ok((info, source)),
+            Err(Fault::UnknownHandle(_)) => unreachable!("the injector has no handle"),
+            Err(fault) => Err(linked.answer(fault).expect("not a trap")),
+        }
+    }
+}
+
+impl Linked {
     /// The audience every scope maps to, if the limits and the policy allow
     /// them all; else the error the agent gets, before anything is read or
     /// sent.
@@ -436,6 +525,40 @@ impl LinkedCredential {
         Ok(opened.1)
     }
 
+    /// The host's own credential for injection in the current instance:
+    /// opened on first use, again after the instance was replaced, and
+    /// anew (its cache dropped with the old one) when `fresh`.
+    async fn injector_resource(&mut self, fresh: bool) -> Result<ResourceAny, Fault> {
+        if let Err(trap) = self.sandbox.renew().await {
+            return Err(Fault::Trapped(None, trap));
+        }
+        let generation = self.sandbox.generation();
+        let current = self
+            .injector
+            .as_ref()
+            .and_then(|h| h.resource)
+            .filter(|(g, _)| *g == generation);
+        match (current, fresh) {
+            (Some((_, resource)), false) => return Ok(resource),
+            (Some((_, resource)), true) => {
+                self.injector = None;
+                // A trap here replaces the instance; the open below renews it.
+                let _ = self.sandbox.drop_credential(resource).await;
+                if let Err(trap) = self.sandbox.renew().await {
+                    return Err(Fault::Trapped(None, trap));
+                }
+            }
+            (None, _) => {}
+        }
+        let options = default_options();
+        let opened = self.open_in_sandbox(&options).await?;
+        self.injector = Some(Handle {
+            options,
+            resource: Some(opened),
+        });
+        Ok(opened.1)
+    }
+
     /// `open` in the credential's sandbox: the resource, and the instance
     /// generation it belongs to.
     async fn open_in_sandbox(
@@ -462,33 +585,59 @@ impl LinkedCredential {
         }
     }
 
-    /// Forward one token call: the agent's credential `key`, or the free
-    /// functions (`None`).
+    /// Forward one token call of the agent's: its credential `key`, or the
+    /// free functions (`None`). The token goes to the agent (and an event
+    /// to the audit hook), unless the policy keeps tokens from it.
     async fn forward(
         &mut self,
         key: Option<u32>,
         scopes: Vec<String>,
         options: &crate::TokenRequestOptions,
     ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
-        match self.forward_checked(key, scopes, options).await {
-            Ok(info) => Ok(Ok(info)),
-            Err(fault) => Ok(Err(self.answer(fault)?)),
+        if !self.policy.reveal_tokens {
+            let refusal = CredentialError::Unsupported(format!(
+                "agent {} may not read tokens: the host adds them to the agent's requests to \
+                 the Azure services it may use; send the request without one",
+                self.policy.agent_id
+            ));
+            return Ok(Err(self.answer(Fault::Refused(None, refusal))?));
         }
+        let caller = key.map_or(Caller::Free, Caller::Handle);
+        let (info, source, audience) = match self.token(caller, scopes, options).await {
+            Ok(answer) => answer,
+            Err(fault) => return Ok(Err(self.answer(fault)?)),
+        };
+        if let Some(hook) = &self.on_token {
+            hook(&TokenEvent {
+                agent_id: &self.policy.agent_id,
+                audience: &audience,
+                expires_on: info.expires_on,
+                source,
+            });
+        }
+        Ok(Ok(info))
     }
 
-    async fn forward_checked(
+    /// A token for `caller`, within the agent's policy, limits and budget:
+    /// the token, where it came from, and its audience.
+    async fn token(
         &mut self,
-        key: Option<u32>,
+        caller: Caller,
         scopes: Vec<String>,
         options: &crate::TokenRequestOptions,
-    ) -> Result<crate::AccessTokenInfo, Fault> {
+    ) -> Result<(crate::AccessTokenInfo, TokenSource, String), Fault> {
         let audience = self
             .audience_for(&scopes)
             .and_then(|a| self.check_request(options).map(|()| a))
             .map_err(|e| Fault::Refused(None, e))?;
-        let resource = match key {
-            Some(key) => Some(self.resource(key).await.map_err(|f| f.about(&audience))?),
-            None => None,
+        let resource = match caller {
+            Caller::Handle(key) => Some(self.resource(key).await.map_err(|f| f.about(&audience))?),
+            Caller::Free => None,
+            Caller::Injector { fresh } => Some(
+                self.injector_resource(fresh)
+                    .await
+                    .map_err(|f| f.about(&audience))?,
+            ),
         };
         let over_budget = !self.may_mint(&audience);
         let traffic = self.sandbox.traffic();
@@ -528,18 +677,11 @@ impl LinkedCredential {
             }
             Err(e) => return Err(Fault::Refused(Some(audience), e)),
         };
-        if let Some(hook) = &self.on_token {
-            hook(&TokenEvent {
-                agent_id: &self.policy.agent_id,
-                audience: &audience,
-                expires_on: info.expires_on,
-                source: match reached_broker {
-                    true => TokenSource::Minted,
-                    false => TokenSource::Cached,
-                },
-            });
-        }
-        Ok(info)
+        let source = match reached_broker {
+            true => TokenSource::Minted,
+            false => TokenSource::Cached,
+        };
+        Ok((info, source, audience))
     }
 
     /// `open` for the agent: its options checked, a credential opened in the
@@ -666,9 +808,10 @@ type Answer<T> = wasmtime::Result<Result<T, wit::CredentialError>>;
 
 impl wit::HostCredential for LinkedCredential {
     async fn open(&mut self, options: wit::CredentialOptions) -> Answer<Resource<LinkedHandle>> {
-        match self.open_checked(options).await {
+        let mut linked = self.linked.lock().await;
+        match linked.open_checked(options).await {
             Ok(key) => Ok(Ok(Resource::new_own(key))),
-            Err(fault) => Ok(Err(self.answer(fault)?.into())),
+            Err(fault) => Ok(Err(linked.answer(fault)?.into())),
         }
     }
 
@@ -677,7 +820,7 @@ impl wit::HostCredential for LinkedCredential {
         handle: Resource<LinkedHandle>,
         scopes: Vec<String>,
     ) -> Answer<wit::AccessToken> {
-        let result = self
+        let result = (self.linked.lock().await)
             .forward(Some(handle.rep()), scopes, &no_request_options())
             .await?;
         Ok(result.map(to_token).map_err(Into::into))
@@ -689,7 +832,7 @@ impl wit::HostCredential for LinkedCredential {
         scopes: Vec<String>,
         options: wit::TokenRequestOptions,
     ) -> Answer<wit::AccessTokenInfo> {
-        let result = self
+        let result = (self.linked.lock().await)
             .forward(Some(handle.rep()), scopes, &request_options(options))
             .await?;
         Ok(result.map(to_token_info).map_err(Into::into))
@@ -697,15 +840,16 @@ impl wit::HostCredential for LinkedCredential {
 
     async fn drop(&mut self, handle: Resource<LinkedHandle>) -> wasmtime::Result<()> {
         let key = handle.rep() as usize;
+        let linked = &mut *self.linked.lock().await;
         // A credential of an instance that trapped is gone with it.
-        let renewed = self.sandbox.renew().await.is_ok();
-        if let Some(handle) = self.handles.try_remove(key)
+        let renewed = linked.sandbox.renew().await.is_ok();
+        if let Some(handle) = linked.handles.try_remove(key)
             && let Some((generation, resource)) = handle.resource
             && renewed
-            && generation == self.sandbox.generation()
+            && generation == linked.sandbox.generation()
         {
             // A trap here replaces the instance; the agent's drop succeeds.
-            let _ = self.sandbox.drop_credential(resource).await;
+            let _ = linked.sandbox.drop_credential(resource).await;
         }
         Ok(())
     }
@@ -713,7 +857,9 @@ impl wit::HostCredential for LinkedCredential {
 
 impl wit::Host for LinkedCredential {
     async fn get_token(&mut self, scopes: Vec<String>) -> Answer<wit::AccessToken> {
-        let result = self.forward(None, scopes, &no_request_options()).await?;
+        let result = (self.linked.lock().await)
+            .forward(None, scopes, &no_request_options())
+            .await?;
         Ok(result.map(to_token).map_err(Into::into))
     }
 
@@ -722,7 +868,7 @@ impl wit::Host for LinkedCredential {
         scopes: Vec<String>,
         options: wit::TokenRequestOptions,
     ) -> Answer<wit::AccessTokenInfo> {
-        let result = self
+        let result = (self.linked.lock().await)
             .forward(None, scopes, &request_options(options))
             .await?;
         Ok(result.map(to_token_info).map_err(Into::into))

@@ -8,6 +8,7 @@ mod errors;
 mod from_env;
 mod hostile;
 mod hostile_agent;
+mod injection;
 mod keepalive;
 mod lifetime;
 mod linked;

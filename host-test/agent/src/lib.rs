@@ -7,6 +7,113 @@
 #[allow(dead_code)] // the agent uses only some of the probe's probes
 mod probes;
 
+/// Any HTTP request through the raw wasi:http calls, as the `http_get` probe
+/// makes its GET, with headers and a body, reading the whole answer.
+#[cfg(target_arch = "wasm32")]
+mod http {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme};
+    use wasi::io::streams::StreamError;
+
+    use crate::guest::exports::vibedata::test_agent::agent::HttpAnswer;
+
+    /// Status, headers and body of `method url`, or why there is none.
+    pub fn request(
+        method: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> Result<HttpAnswer, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("not absolute")?;
+        let (authority, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+        let scheme = match scheme {
+            "https" => Scheme::Https,
+            "http" => Scheme::Http,
+            other => Scheme::Other(other.to_string()),
+        };
+        let method = match method {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "CONNECT" => Method::Connect,
+            "OPTIONS" => Method::Options,
+            "TRACE" => Method::Trace,
+            "PATCH" => Method::Patch,
+            other => Method::Other(other.to_string()),
+        };
+        let fields: Vec<(String, Vec<u8>)> = headers
+            .into_iter()
+            .map(|(name, value)| (name, value.into_bytes()))
+            .collect();
+        let fields = Fields::from_list(&fields).map_err(|e| format!("headers: {e:?}"))?;
+        let request = OutgoingRequest::new(fields);
+        request.set_method(&method).map_err(|()| "method")?;
+        request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
+        request
+            .set_authority(Some(authority))
+            .map_err(|()| "authority")?;
+        request
+            .set_path_with_query(Some(&path))
+            .map_err(|()| "path")?;
+        let outgoing = request.body().map_err(|()| "body")?;
+        let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+        // A write that fails (the server answered early, say) is reported
+        // only when no answer comes.
+        let written = write_body(&outgoing, body)
+            .and_then(|()| OutgoingBody::finish(outgoing, None).map_err(|e| format!("{e:?}")));
+        pending.subscribe().block();
+        let response = match pending.get() {
+            Some(Ok(Ok(response))) => response,
+            Some(Ok(Err(code))) => return Err(format!("{code:?}")),
+            _ => return Err(written.err().unwrap_or_else(|| "no response".into())),
+        };
+        let status = response.status();
+        let headers = response
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect();
+        let incoming = response.consume().map_err(|()| "response body")?;
+        let body = read_body(&incoming)?;
+        drop(IncomingBody::finish(incoming));
+        Ok(HttpAnswer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn write_body(outgoing: &OutgoingBody, body: &[u8]) -> Result<(), String> {
+        if body.is_empty() {
+            return Ok(());
+        }
+        let stream = outgoing.write().map_err(|()| "body stream")?;
+        for chunk in body.chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| format!("writing the body: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn read_body(incoming: &IncomingBody) -> Result<Vec<u8>, String> {
+        let stream = incoming.stream().map_err(|()| "response body stream")?;
+        let mut body = Vec::new();
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => body.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => return Ok(body),
+                Err(e) => return Err(format!("reading the body: {e:?}")),
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 mod guest {
     wit_bindgen::generate!({
@@ -15,8 +122,8 @@ mod guest {
         generate_all,
     });
 
-    use crate::probes;
-    use exports::vibedata::test_agent::agent::Guest;
+    use crate::{http, probes};
+    use exports::vibedata::test_agent::agent::{Guest, HttpAnswer};
     use vibedata::cred_broker::token_credential::{
         self as credential, AccessToken, AccessTokenInfo, Credential, CredentialError,
         CredentialOptions, TokenRequestOptions,
@@ -65,6 +172,15 @@ mod guest {
 
         fn http_get(url: String) -> Result<u16, String> {
             probes::http_get(url)
+        }
+
+        fn http_request(
+            method: String,
+            url: String,
+            headers: Vec<(String, String)>,
+            body: Vec<u8>,
+        ) -> Result<HttpAnswer, String> {
+            http::request(&method, &url, headers, &body)
         }
 
         fn open_many(options: CredentialOptions, count: u32) -> (u32, Option<CredentialError>) {

@@ -1,0 +1,602 @@
+//! Tokens an agent never holds: the host adds the Azure token to the
+//! agent's own requests ([`Injection`]).
+//!
+//! A runtime author maps request destinations to audiences
+//! ([`InjectRule`]: `*.vault.azure.net=vault`, `management.azure.com=arm`,
+//! or [`DEFAULT_RULES`]) and gives the rules to the agent's egress
+//! ([`crate::egress::AgentEgress::inject`]). For a request from the agent
+//! whose destination matches a rule (https only; the host exact or one
+//! label under a `*.` wildcard; port 443 unless the rule names one):
+//!
+//! - an `Authorization` or `Proxy-Authorization` header the agent set is
+//!   **removed** (not refused: an SDK inside the agent may attach a
+//!   placeholder of its own), and the audit event says so;
+//! - the host gets a token for the rule's audience from the agent's
+//!   [`LinkedCredential`] (its cache, its policy's allowlist, its limits and
+//!   mint budget) and sends the request with `Authorization: Bearer <token>`,
+//!   the header marked sensitive; the agent needs no token and no
+//!   `token-credential` import;
+//! - a `401` whose `WWW-Authenticate: Bearer` challenge names no claims and
+//!   no other resource (Key Vault's `resource="https://vault.azure.net"`,
+//!   Storage's `resource_id=https://storage.azure.com`) is answered once:
+//!   the host drops its cached token (it may be revoked), gets a fresh one
+//!   and sends the request again, as azure-core's challenge policy does. A
+//!   claims challenge, which the broker cannot meet, and a challenge for
+//!   another resource reach the agent as the 401 they are; the audit says
+//!   which;
+//! - the answer goes to the agent as it came: the host follows no redirect,
+//!   so a 3xx reaches the agent, and its request to the new location is a new
+//!   request that gets a token only if that destination matches a rule.
+//!
+//! Plain http is never injected, and a rule does not open plain http. A
+//! rule lets the agent reach its destination over https (the egress
+//! policy's other checks, such as the broker's addresses, still apply).
+//! The host sends a token with the first request: it knows the audience
+//! from the rule, so Key Vault's unauthenticated discovery request is not
+//! needed. Each request is an audit event ([`InjectEvent`]: agent,
+//! audience, destination, minted or cached, what happened), never the
+//! token. With [`crate::linked::AgentPolicy::reveal_tokens`] off, the agent
+//! can use the services and cannot read a token by any call.
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{AUTHORIZATION, HeaderValue, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::{HeaderMap, StatusCode};
+use vd_cred_broker::{AudienceMap, DEFAULT_AUDIENCES, normalize_scope};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+use crate::client::{Connections, Sent};
+use crate::egress::{Origin, normal_host};
+use crate::linked::{LinkedCredential, TokenSource};
+
+/// The rules [`Injection::defaults`] starts from: every Azure data-plane
+/// and management host the original's audiences serve over HTTP (Azure SQL
+/// speaks TDS, not HTTP, and has none).
+pub const DEFAULT_RULES: [&str; 8] = [
+    "*.vault.azure.net=vault",
+    "*.blob.core.windows.net=storage",
+    "*.dfs.core.windows.net=storage",
+    "onelake.dfs.fabric.microsoft.com=storage",
+    "onelake.blob.fabric.microsoft.com=storage",
+    "api.fabric.microsoft.com=fabric_api",
+    "api.powerbi.com=fabric_cli",
+    "management.azure.com=arm",
+];
+
+/// Which hosts a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Destination {
+    /// This host only.
+    Exact(String),
+    /// One label, then `.` and this (`*.vault.azure.net`: `x.vault.azure.net`,
+    /// not `vault.azure.net`, not `a.b.vault.azure.net`).
+    OneLabelUnder(String),
+}
+
+/// One rule: requests to `host[:port]` over https get a token for an
+/// audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectRule {
+    destination: Destination,
+    port: u16,
+    audience: String,
+    scope: String,
+}
+
+impl InjectRule {
+    /// Parse `host[:port]=audience`. The host is exact (`api.powerbi.com`)
+    /// or a one-label wildcard (`*.vault.azure.net`); the port defaults to
+    /// 443. The audience is one of the credential's names (`vault`,
+    /// `storage`, `fabric_api`, `fabric_cli`, `arm`, `sql`) or its resource
+    /// (`https://vault.azure.net`, with or without `/.default`).
+    ///
+    /// ```
+    /// use vd_cred_host::inject::InjectRule;
+    /// let rule = InjectRule::parse("*.vault.azure.net=vault").unwrap();
+    /// assert_eq!(rule.audience(), "vault");
+    /// assert!(InjectRule::parse("*=vault").is_err());
+    /// assert!(InjectRule::parse("vault.azure.net=https://example.com").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<InjectRule> {
+        let Some((destination, audience)) = text.trim().split_once('=') else {
+            bail!(
+                "injection rule {text:?} is not host[:port]=audience (e.g. *.vault.azure.net=vault)"
+            );
+        };
+        let (host, port) = match destination.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => (host, port),
+                _ => bail!("injection rule {text:?}: {port:?} is not a port"),
+            },
+            None => (destination, 443),
+        };
+        let destination = match host.strip_prefix("*.") {
+            Some(rest) => Destination::OneLabelUnder(
+                normal_host(rest)
+                    .filter(|r| r.contains('.') && !r.contains('*'))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "injection rule {text:?}: a wildcard needs a domain of two labels or \
+                             more under it (*.vault.azure.net)"
+                        )
+                    })?,
+            ),
+            None => Destination::Exact(
+                normal_host(host)
+                    .filter(|h| !h.contains('*') && !h.is_empty())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "injection rule {text:?}: {host:?} is not a host name (use an exact \
+                             name or *.domain)"
+                        )
+                    })?,
+            ),
+        };
+        let wanted = normalize_scope(audience.trim());
+        let Some((resource, audience)) = DEFAULT_AUDIENCES
+            .iter()
+            .find(|(r, a)| *r == wanted || *a == wanted)
+        else {
+            bail!(
+                "injection rule {text:?}: {wanted:?} is not an audience the credential knows ({})",
+                DEFAULT_AUDIENCES
+                    .iter()
+                    .map(|(_, a)| *a)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        Ok(InjectRule {
+            destination,
+            port,
+            audience: audience.to_string(),
+            scope: format!("{resource}/.default"),
+        })
+    }
+
+    /// The audience its tokens are for (`vault`).
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Whether a request to `origin` gets a token by this rule: https, this
+    /// port, the host exact or one label under the wildcard.
+    pub fn matches(&self, origin: &Origin) -> bool {
+        if origin.scheme != "https" || origin.port != self.port {
+            return false;
+        }
+        match &self.destination {
+            Destination::Exact(host) => origin.host == *host,
+            Destination::OneLabelUnder(domain) => origin
+                .host
+                .strip_suffix(domain.as_str())
+                .and_then(|label| label.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
+}
+
+/// What became of one request the host added a token to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectOutcome {
+    /// Sent with the token; the answer went to the agent.
+    Sent,
+    /// The destination answered 401 with a Bearer challenge; the host got a
+    /// fresh token and sent the request once more.
+    ChallengeAnswered,
+    /// A claims challenge (the broker cannot meet one): the 401 went to the
+    /// agent.
+    ClaimsChallenge,
+    /// A challenge naming a resource other than the rule's audience: the
+    /// 401 went to the agent.
+    OtherResource,
+    /// A Bearer challenge the fresh token could not be had for (the error
+    /// went to the error hook): the 401 went to the agent.
+    ChallengeUnanswered,
+    /// No token could be had (the agent's policy, its budget, the broker):
+    /// the request was not sent and the agent got an error.
+    NoToken,
+}
+
+/// One request the host added a token to (or tried to), for an audit log.
+/// It never holds the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectEvent<'a> {
+    /// The agent, as its policy names it.
+    pub agent_id: &'a str,
+    /// The audience of the token.
+    pub audience: &'a str,
+    /// The destination, `host:port`.
+    pub destination: &'a str,
+    /// Minted for this request, or from the cache (the last token sent);
+    /// `None` when none was had.
+    pub source: Option<TokenSource>,
+    /// What happened.
+    pub outcome: InjectOutcome,
+    /// The agent had set `Authorization` or `Proxy-Authorization`: removed.
+    pub removed_agent_authorization: bool,
+}
+
+type InjectHook = Arc<dyn Fn(&InjectEvent<'_>) + Send + Sync>;
+
+/// An agent's injection rules, and the linked credential the tokens come
+/// from. Give it to [`crate::egress::AgentEgress::inject`].
+#[derive(Clone)]
+pub struct Injection {
+    rules: Vec<InjectRule>,
+    linked: LinkedCredential,
+    on_inject: Option<InjectHook>,
+}
+
+impl Injection {
+    /// No rules yet: tokens from `linked` (the agent's own linked
+    /// credential).
+    pub fn new(linked: &LinkedCredential) -> Self {
+        Injection {
+            rules: Vec::new(),
+            linked: linked.clone(),
+            on_inject: None,
+        }
+    }
+
+    /// [`DEFAULT_RULES`].
+    pub fn defaults(linked: &LinkedCredential) -> Self {
+        let mut injection = Injection::new(linked);
+        for rule in DEFAULT_RULES {
+            injection
+                .rules
+                .push(InjectRule::parse(rule).expect("a valid default rule"));
+        }
+        injection
+    }
+
+    /// Add a rule (see [`InjectRule::parse`]); the first rule that matches
+    /// a request decides.
+    pub fn rule(mut self, rule: &str) -> Result<Self> {
+        self.rules.push(InjectRule::parse(rule)?);
+        Ok(self)
+    }
+
+    /// Call `hook` for every request the host adds a token to.
+    pub fn on_inject(mut self, hook: impl Fn(&InjectEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_inject = Some(Arc::new(hook));
+        self
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[InjectRule] {
+        &self.rules
+    }
+
+    /// The rule a request to `origin` gets its token by, if any.
+    pub fn rule_for(&self, origin: &Origin) -> Option<&InjectRule> {
+        self.rules.iter().find(|r| r.matches(origin))
+    }
+
+    /// Send `request` (already admitted, to a destination `rule` matches)
+    /// with a token for the rule's audience, answering one challenge.
+    pub(crate) fn send(
+        &self,
+        rule: &InjectRule,
+        origin: &Origin,
+        connections: Connections,
+        request: hyper::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        let linked = self.linked.clone();
+        let hook = self.on_inject.clone();
+        let (audience, scope) = (rule.audience.clone(), rule.scope.clone());
+        let destination = format!("{}:{}", origin.host, origin.port);
+        async move {
+            let (mut parts, body) = request.into_parts();
+            let removed = remove_authorization(&mut parts.headers);
+            let body = Limited::new(body, connections.max_request_body())
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<Error>() {
+                    Ok(e) => *e,
+                    Err(_) => Error::HttpRequestBodySize(None),
+                })?
+                .to_bytes();
+            let audit = |source: Option<TokenSource>, outcome: InjectOutcome| {
+                if let Some(hook) = &hook {
+                    hook(&InjectEvent {
+                        agent_id: linked.policy().agent_id(),
+                        audience: &audience,
+                        destination: &destination,
+                        source,
+                        outcome,
+                        removed_agent_authorization: removed,
+                    });
+                }
+            };
+            let (token, source) = match linked.injection_token(&scope, false).await {
+                Ok((info, source)) => (info.token, source),
+                Err(e) => {
+                    audit(None, InjectOutcome::NoToken);
+                    return Err(Error::InternalError(Some(format!(
+                        "the host could not add a {audience} token to this request: {e}"
+                    ))));
+                }
+            };
+            let send = |token: String| {
+                let mut request = hyper::Request::new(full(body.clone()));
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = parts.uri.clone();
+                *request.version_mut() = parts.version;
+                *request.headers_mut() = parts.headers.clone();
+                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| Error::InternalError(Some("a token unfit for a header".into())))?;
+                value.set_sensitive(true);
+                request.headers_mut().insert(AUTHORIZATION, value);
+                Ok::<_, Error>(connections.send(request, options))
+            };
+            let sent = send(token)?.await?;
+            let answer = match challenge(&sent.0) {
+                None => InjectOutcome::Sent,
+                Some(c) if c.claims() => InjectOutcome::ClaimsChallenge,
+                Some(c) if !c.resource_is(&audience) => InjectOutcome::OtherResource,
+                Some(_) => InjectOutcome::ChallengeAnswered,
+            };
+            if answer != InjectOutcome::ChallengeAnswered {
+                audit(Some(source), answer);
+                return Ok(sent);
+            }
+            let (token, source) = match linked.injection_token(&scope, true).await {
+                Ok((info, source)) => (info.token, source),
+                Err(_) => {
+                    audit(Some(source), InjectOutcome::ChallengeUnanswered);
+                    return Ok(sent);
+                }
+            };
+            drop(sent);
+            let again = send(token)?.await?;
+            audit(Some(source), InjectOutcome::ChallengeAnswered);
+            Ok(again)
+        }
+    }
+}
+
+/// Remove the credentials the agent set; whether there were any.
+fn remove_authorization(headers: &mut HeaderMap) -> bool {
+    let a = headers.remove(AUTHORIZATION).is_some();
+    let p = headers.remove(PROXY_AUTHORIZATION).is_some();
+    a | p
+}
+
+fn full(body: Bytes) -> WasiBody {
+    Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A `WWW-Authenticate: Bearer` challenge's parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Challenge {
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// Parse one `WWW-Authenticate` value; `None` unless it is a Bearer
+    /// challenge. Parameters are `name=value` or `name="value"`, separated
+    /// by commas or spaces (Key Vault uses the first, Storage the second).
+    ///
+    /// ```
+    /// use vd_cred_host::inject::Challenge;
+    /// let kv = Challenge::parse(r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net""#).unwrap();
+    /// assert_eq!(kv.param("resource"), Some("https://vault.azure.net"));
+    /// let storage = Challenge::parse("Bearer authorization_uri=https://login.microsoftonline.com/t/oauth2/authorize resource_id=https://storage.azure.com").unwrap();
+    /// assert_eq!(storage.param("resource_id"), Some("https://storage.azure.com"));
+    /// assert!(Challenge::parse("Basic realm=\"x\"").is_none());
+    /// ```
+    pub fn parse(value: &str) -> Option<Challenge> {
+        let value = value.trim_start();
+        let scheme_end = value
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(value.len());
+        if !value[..scheme_end].eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let mut rest = &value[scheme_end..];
+        let mut params = Vec::new();
+        loop {
+            rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+            let Some(eq) = rest.find('=') else { break };
+            let name = rest[..eq].trim();
+            if name.is_empty() || name.contains(|c: char| c.is_ascii_whitespace() || c == ',') {
+                // Another scheme's challenge begins: this one is over.
+                break;
+            }
+            rest = rest[eq + 1..].trim_start();
+            let value = if let Some(quoted) = rest.strip_prefix('"') {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some((_, escaped)) = chars.next() {
+                                value.push(escaped);
+                            }
+                        }
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                rest = &quoted[end.min(quoted.len())..];
+                value
+            } else {
+                let end = rest
+                    .find(|c: char| c == ',' || c.is_ascii_whitespace())
+                    .unwrap_or(rest.len());
+                let value = rest[..end].to_string();
+                rest = &rest[end..];
+                value
+            };
+            params.push((name.to_ascii_lowercase(), value));
+        }
+        Some(Challenge { params })
+    }
+
+    /// The value of parameter `name` (lower-case).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether it asks for claims (`claims=...`, or
+    /// `error="insufficient_claims"`), which the broker cannot meet.
+    pub fn claims(&self) -> bool {
+        self.param("claims").is_some_and(|c| !c.is_empty())
+            || self.param("error") == Some("insufficient_claims")
+    }
+
+    /// Whether the resource it names (`resource`, `resource_id` or `scope`),
+    /// if any, is `audience`'s.
+    pub fn resource_is(&self, audience: &str) -> bool {
+        let named = ["resource", "resource_id", "scope"]
+            .iter()
+            .find_map(|p| self.param(p).filter(|v| !v.is_empty()));
+        match named {
+            None => true,
+            Some(resource) => AudienceMap::default().lookup(resource) == Some(audience),
+        }
+    }
+}
+
+/// The Bearer challenge of a 401, if it is one.
+fn challenge(response: &hyper::Response<WasiBody>) -> Option<Challenge> {
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(Challenge::parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(url: &str) -> Origin {
+        Origin::of(&url.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rules_match_https_exact_hosts_and_one_label_wildcards_on_their_port() {
+        let vault = InjectRule::parse("*.vault.azure.net=vault").unwrap();
+        assert_eq!(vault.scope, "https://vault.azure.net/.default");
+        assert!(vault.matches(&origin("https://myvault.vault.azure.net/secrets/x")));
+        assert!(vault.matches(&origin("https://MyVault.Vault.Azure.NET./secrets/x")));
+        assert!(vault.matches(&origin("https://myvault.vault.azure.net:443/")));
+        assert!(
+            !vault.matches(&origin("http://myvault.vault.azure.net/")),
+            "plain http"
+        );
+        assert!(
+            !vault.matches(&origin("https://myvault.vault.azure.net:8443/")),
+            "port"
+        );
+        assert!(
+            !vault.matches(&origin("https://vault.azure.net/")),
+            "the domain itself"
+        );
+        assert!(
+            !vault.matches(&origin("https://a.b.vault.azure.net/")),
+            "two labels"
+        );
+        assert!(!vault.matches(&origin("https://evilvault.azure.net/")));
+        assert!(!vault.matches(&origin("https://myvault.vault.azure.net.evil.com/")));
+
+        let arm = InjectRule::parse("management.azure.com=https://management.azure.com/.default")
+            .unwrap();
+        assert_eq!(arm.audience(), "arm");
+        assert!(arm.matches(&origin("https://management.azure.com/subscriptions")));
+        assert!(!arm.matches(&origin("https://x.management.azure.com/")));
+
+        let mock = InjectRule::parse("kv.test:8443=vault").unwrap();
+        assert!(mock.matches(&origin("https://kv.test:8443/")));
+        assert!(!mock.matches(&origin("https://kv.test/")));
+    }
+
+    #[test]
+    fn rules_that_would_be_too_broad_or_unknown_are_refused() {
+        for bad in [
+            "*=vault",
+            "*.com=vault",
+            "*.*.azure.net=vault",
+            "a*.azure.net=vault",
+            "vault.azure.net",
+            "vault.azure.net=",
+            "vault.azure.net=https://evil.example",
+            "vault.azure.net:0=vault",
+            "vault.azure.net:http=vault",
+        ] {
+            assert!(InjectRule::parse(bad).is_err(), "{bad} was accepted");
+        }
+        for rule in DEFAULT_RULES {
+            InjectRule::parse(rule).unwrap();
+        }
+    }
+
+    #[test]
+    fn challenges_are_parsed_as_key_vault_storage_and_cae_send_them() {
+        let kv = Challenge::parse(
+            r#"Bearer authorization="https://login.microsoftonline.com/72f988bf", resource="https://vault.azure.net""#,
+        )
+        .unwrap();
+        assert!(!kv.claims());
+        assert!(kv.resource_is("vault"));
+        assert!(!kv.resource_is("storage"));
+
+        let storage = Challenge::parse(
+            "Bearer authorization_uri=https://login.microsoftonline.com/t/oauth2/authorize resource_id=https://storage.azure.com",
+        )
+        .unwrap();
+        assert!(storage.resource_is("storage"));
+        assert!(!storage.resource_is("arm"));
+
+        let cae = Challenge::parse(
+            r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnt9fQ==""#,
+        )
+        .unwrap();
+        assert!(cae.claims());
+        assert_eq!(cae.param("claims"), Some("eyJhY2Nlc3NfdG9rZW4iOnt9fQ=="));
+
+        let scoped =
+            Challenge::parse(r#"bearer scope="https://vault.azure.net/.default""#).unwrap();
+        assert!(scoped.resource_is("vault"));
+        let bare = Challenge::parse("Bearer").unwrap();
+        assert!(bare.resource_is("vault") && !bare.claims());
+        let escaped = Challenge::parse(r#"Bearer realm="a \"b\"", x=1, Basic realm="y""#).unwrap();
+        assert_eq!(escaped.param("realm"), Some(r#"a "b""#));
+        assert_eq!(escaped.param("x"), Some("1"));
+        assert!(Challenge::parse("Negotiate").is_none());
+        assert!(Challenge::parse("Bearerx a=b").is_none());
+    }
+
+    #[test]
+    fn the_agents_own_credentials_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer forged"));
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Basic Zm9v"));
+        headers.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic YmFy"));
+        headers.insert("x-ms-version", HeaderValue::from_static("2021-08-06"));
+        assert!(remove_authorization(&mut headers));
+        assert!(headers.get(AUTHORIZATION).is_none());
+        assert!(headers.get(PROXY_AUTHORIZATION).is_none());
+        assert_eq!(headers.len(), 1);
+        assert!(!remove_authorization(&mut headers));
+    }
+}

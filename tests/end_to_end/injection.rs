@@ -1,0 +1,597 @@
+//! Tokens an agent never holds: the host adds them to the agent's own
+//! requests to Azure ([`vd_cred_host::inject`]).
+//!
+//! The Azure services are mocks over TLS with a throw-away CA, on loopback;
+//! the Azure host names reach them through the agent's `connect_to` (the
+//! host's resolver), never through DNS. The mocks record the bearer each
+//! request carried.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use host_test::agent::test_agent::{self, TestAgent};
+use host_test::agent::{AgentBuilder, AgentState};
+use host_test::azure::{MockAzure, Scripted};
+use host_test::tls::{TestCa, Validity};
+use host_test::{MockBroker, Reply};
+use vd_cred_broker::CredentialError;
+use vd_cred_host::inject::InjectOutcome;
+use vd_cred_host::linked::{AgentPolicy, LinkedCredential, TokenSource};
+use vd_cred_host::{Host, TrustedRoots};
+use wasmtime::component::InstancePre;
+
+use crate::Fixture;
+
+const VAULT_HOST: &str = "myvault.vault.azure.net";
+const BLOB_HOST: &str = "acct.blob.core.windows.net";
+const ONELAKE_HOST: &str = "onelake.dfs.fabric.microsoft.com";
+
+fn agent_pre() -> &'static InstancePre<AgentState> {
+    static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
+    PRE.get_or_init(|| test_agent::load(Host::shared().engine()).unwrap())
+}
+
+/// What the audit hook saw, without the token (it never has one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    agent: String,
+    audience: String,
+    destination: String,
+    source: Option<TokenSource>,
+    outcome: InjectOutcome,
+    removed: bool,
+}
+
+/// A broker minting `mock-<audience>-<n>`, a mock vault and storage over
+/// TLS, and the CA the agent trusts for them.
+struct Azure {
+    f: Fixture,
+    ca: TestCa,
+    mock: MockAzure,
+    events: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Azure {
+    fn new() -> Azure {
+        let broker = MockBroker::start().unwrap();
+        broker.set_default(Reply::Named {
+            delay: std::time::Duration::ZERO,
+        });
+        let f = Fixture::with_broker(broker);
+        let ca = TestCa::new().unwrap();
+        let config = ca
+            .server_config(
+                &["*.vault.azure.net", "*.blob.core.windows.net", ONELAKE_HOST],
+                Validity::Current,
+            )
+            .unwrap();
+        let mock = MockAzure::start_tls(config).unwrap();
+        // Tokens are minted as mock-<audience>-<request number>.
+        let mut accepted = Vec::new();
+        for n in 0..64 {
+            for audience in ["vault", "storage"] {
+                accepted.push(format!("mock-{audience}-{n}"));
+            }
+        }
+        mock.accept(accepted);
+        Azure {
+            f,
+            ca,
+            mock,
+            events: Arc::default(),
+        }
+    }
+
+    /// The agent's builder: the CA trusted, the Azure names sent to the mock.
+    fn builder(&self) -> AgentBuilder {
+        let mut roots = TrustedRoots::public();
+        roots.add_pem(self.ca.pem().as_bytes()).unwrap();
+        let port = self.mock.addr().port();
+        let mut builder = AgentBuilder::default()
+            .trust(roots)
+            .credential_broker(self.f.broker.url());
+        for host in [VAULT_HOST, BLOB_HOST, ONELAKE_HOST] {
+            builder = builder.connect_to(host, 443, self.mock.addr());
+            builder = builder.connect_to(host, port, self.mock.addr());
+        }
+        builder
+    }
+
+    /// A test agent with the default rules and `policy`.
+    async fn agent(&self, policy: AgentPolicy) -> TestAgent {
+        self.agent_with(policy, self.builder().inject_defaults())
+            .await
+    }
+
+    async fn agent_with(&self, policy: AgentPolicy, builder: AgentBuilder) -> TestAgent {
+        let linked = LinkedCredential::new(self.f.sandbox().await, policy);
+        let events = self.events.clone();
+        let builder = builder.on_inject(move |e| {
+            events.lock().unwrap().push(Seen {
+                agent: e.agent_id.to_string(),
+                audience: e.audience.to_string(),
+                destination: e.destination.to_string(),
+                source: e.source,
+                outcome: e.outcome,
+                removed: e.removed_agent_authorization,
+            })
+        });
+        TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
+            .await
+            .unwrap()
+    }
+
+    fn events(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+
+    /// The bearers the broker handed out, in order.
+    fn minted(&self) -> Vec<String> {
+        self.f
+            .broker
+            .requests()
+            .iter()
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                body["audience"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+}
+
+fn event(audience: &str, destination: &str, source: TokenSource, outcome: InjectOutcome) -> Seen {
+    Seen {
+        agent: "injected".into(),
+        audience: audience.into(),
+        destination: destination.into(),
+        source: Some(source),
+        outcome,
+        removed: false,
+    }
+}
+
+fn secret_url(name: &str) -> String {
+    format!("https://{VAULT_HOST}/secrets/{name}?api-version=7.4")
+}
+
+/// `GET` the secret `db` from inside the agent: the answer.
+async fn get(a: &mut TestAgent) -> host_test::agent::test_agent::HttpAnswer {
+    a.http_request("GET", &secret_url("db"), &[], b"")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_reads_a_secret_and_a_blob_without_holding_a_token() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    for _ in 0..2 {
+        let answer = a
+            .http_request("GET", &secret_url("db"), &[], b"")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        let body = String::from_utf8(answer.body).unwrap();
+        assert!(body.contains("secret-value-of-db"), "{body}");
+    }
+    let blob = a
+        .http_request(
+            "GET",
+            &format!("https://{BLOB_HOST}/container/file.csv"),
+            &[],
+            b"",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(blob.status, 200);
+    assert_eq!(blob.body, b"blob /container/file.csv");
+
+    // One vault mint serves both secret reads; storage is another audience.
+    assert_eq!(az.minted(), ["vault", "storage"]);
+    let seen = az.mock.requests();
+    assert_eq!(seen.len(), 3);
+    let vault_bearer = seen[0].authorization.clone().unwrap();
+    assert!(
+        vault_bearer.starts_with("Bearer mock-vault-"),
+        "{vault_bearer}"
+    );
+    assert_eq!(
+        seen[1].authorization.as_deref(),
+        Some(vault_bearer.as_str())
+    );
+    assert!(
+        seen[2]
+            .authorization
+            .as_deref()
+            .unwrap()
+            .starts_with("Bearer mock-storage-"),
+        "{:?}",
+        seen[2].authorization
+    );
+    assert_eq!(seen[0].host.as_deref(), Some(VAULT_HOST));
+    assert_eq!(
+        az.events(),
+        [
+            event(
+                "vault",
+                &format!("{VAULT_HOST}:443"),
+                TokenSource::Minted,
+                InjectOutcome::Sent
+            ),
+            event(
+                "vault",
+                &format!("{VAULT_HOST}:443"),
+                TokenSource::Cached,
+                InjectOutcome::Sent
+            ),
+            event(
+                "storage",
+                &format!("{BLOB_HOST}:443"),
+                TokenSource::Minted,
+                InjectOutcome::Sent
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_forged_authorization_is_replaced_by_the_real_one() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    let answer = a
+        .http_request(
+            "GET",
+            &secret_url("db"),
+            &[
+                ("Authorization", "Bearer forged-by-the-agent"),
+                ("authorization", "Basic c2Vjb25kOm9uZQ=="),
+            ],
+            b"",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    // wasmtime refuses a Proxy-Authorization from a guest outright (the
+    // host removes one too, should an embedder's header filter let it by).
+    let proxy = a
+        .http_request(
+            "GET",
+            &secret_url("db"),
+            &[("Proxy-Authorization", "Basic Zm9v")],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(proxy.unwrap_err(), "headers: HeaderError::Forbidden");
+    let seen = az.mock.requests();
+    assert_eq!(seen.len(), 1);
+    let bearer = seen[0].authorization.as_deref().unwrap();
+    assert!(bearer.starts_with("Bearer mock-vault-"), "{bearer}");
+    assert_eq!(seen[0].proxy_authorization, None);
+    let events = az.events();
+    assert_eq!(events.len(), 1);
+    assert!(
+        events[0].removed,
+        "the audit says the agent's header was removed"
+    );
+}
+
+#[tokio::test]
+async fn a_put_with_a_body_is_sent_whole_and_sent_again_after_a_challenge() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    // The first answer is a challenge: the cached token may be revoked.
+    az.mock.push(Scripted::Challenge(format!(
+        "Bearer authorization=\"https://login.microsoftonline.com/{}\", resource=\"https://vault.azure.net\"",
+        host_test::azure::TENANT
+    )));
+    let body = br#"{"value":"s3cret"}"#;
+    let answer = a
+        .http_request(
+            "PUT",
+            &secret_url("db"),
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(answer.status, 401);
+    let seen = az.mock.requests();
+    assert_eq!(
+        seen.len(),
+        2,
+        "sent once, and once more after the challenge"
+    );
+    assert_eq!(seen[0].body, body);
+    assert_eq!(seen[1].body, body);
+    assert_ne!(
+        seen[0].authorization, seen[1].authorization,
+        "a fresh token"
+    );
+    assert_eq!(az.minted(), ["vault", "vault"]);
+    assert_eq!(
+        az.events(),
+        [event(
+            "vault",
+            &format!("{VAULT_HOST}:443"),
+            TokenSource::Minted,
+            InjectOutcome::ChallengeAnswered
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_replaced_once_and_only_once() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    assert_eq!(get(&mut a).await.status, 200);
+    let first = az.mock.requests()[0].authorization.clone().unwrap();
+    az.mock.revoke(first.strip_prefix("Bearer ").unwrap());
+
+    // The cached token is refused with Key Vault's challenge: a fresh one.
+    assert_eq!(get(&mut a).await.status, 200);
+    let seen = az.mock.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].authorization.as_deref(), Some(first.as_str()));
+    assert_ne!(seen[2].authorization.as_deref(), Some(first.as_str()));
+    // And the fresh one is cached for the next request.
+    assert_eq!(get(&mut a).await.status, 200);
+    assert_eq!(az.mock.requests()[3].authorization, seen[2].authorization);
+    assert_eq!(az.minted(), ["vault", "vault"]);
+
+    // Every token refused: the agent gets the 401 after one more try.
+    az.mock.accept(Vec::new());
+    let refused = get(&mut a).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(az.mock.requests().len(), 6, "two requests, no loop");
+    let outcomes: Vec<InjectOutcome> = az.events().iter().map(|e| e.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            InjectOutcome::Sent,
+            InjectOutcome::ChallengeAnswered,
+            InjectOutcome::Sent,
+            InjectOutcome::ChallengeAnswered,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn claims_challenges_and_challenges_for_other_resources_reach_the_agent() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    let claims = "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", error=\"insufficient_claims\", claims=\"eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZX19fQ==\"";
+    az.mock.push(Scripted::Challenge(claims.into()));
+    let answer = a
+        .http_request("GET", &secret_url("db"), &[], b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 401);
+    let header = answer
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        header.as_deref(),
+        Some(claims),
+        "the agent sees the challenge"
+    );
+
+    // A challenge naming another resource: no token for it is minted.
+    az.mock.push(Scripted::Challenge(
+        "Bearer authorization=\"https://login.microsoftonline.com/t\", resource=\"https://management.azure.com\"".into(),
+    ));
+    let answer = a
+        .http_request("GET", &secret_url("db"), &[], b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 401);
+    assert_eq!(az.minted(), ["vault"], "no mint for either challenge");
+    assert_eq!(az.mock.requests().len(), 2);
+    let outcomes: Vec<InjectOutcome> = az.events().iter().map(|e| e.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [InjectOutcome::ClaimsChallenge, InjectOutcome::OtherResource]
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_reaches_the_agent_and_its_new_origin_gets_no_token() {
+    let az = Azure::new();
+    let elsewhere = MockAzure::start_plain().unwrap();
+    let landing = format!("http://127.0.0.1:{}/landing", elsewhere.addr().port());
+    let origin = format!("http://127.0.0.1:{}", elsewhere.addr().port());
+    let mut a = az
+        .agent_with(
+            AgentPolicy::new("injected"),
+            az.builder().inject_defaults().egress(&origin),
+        )
+        .await;
+    az.mock.push(Scripted::Redirect(landing.clone(), 302));
+    let answer = a
+        .http_request("GET", &secret_url("db"), &[], b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 302, "the host follows no redirect");
+    let location = answer
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.clone());
+    assert_eq!(location.as_deref(), Some(landing.as_str()));
+    // The agent follows it itself: a request like any other.
+    let followed = a.http_request("GET", &landing, &[], b"").await.unwrap();
+    assert!(followed.is_ok(), "{followed:?}");
+    let there = elsewhere.requests();
+    assert_eq!(there.len(), 1);
+    assert_eq!(there[0].authorization, None, "no token off the vault");
+    assert_eq!(az.events().len(), 1, "one injection: the vault request");
+}
+
+#[tokio::test]
+async fn plain_http_is_never_injected() {
+    let az = Azure::new();
+    let plain = MockAzure::start_plain().unwrap();
+    let port = plain.addr().port();
+    // The agent may reach the vault's name over plain http (a policy that
+    // allows it), and the rule names that port: still no token.
+    let builder = az
+        .builder()
+        .inject(format!("*.vault.azure.net:{port}=vault"))
+        .inject_defaults()
+        .egress(format!("http://{VAULT_HOST}:{port}"))
+        .connect_to(VAULT_HOST, port, plain.addr());
+    let mut a = az.agent_with(AgentPolicy::new("injected"), builder).await;
+    let answer = a
+        .http_request(
+            "GET",
+            &format!("http://{VAULT_HOST}:{port}/secrets/db?api-version=7.4"),
+            &[("Authorization", "Bearer the-agents-own")],
+            b"",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 401, "the mock vault wants a token");
+    let seen = plain.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some("Bearer the-agents-own"),
+        "not an injected request: the agent's own header, untouched"
+    );
+    assert!(az.minted().is_empty());
+    assert!(az.events().is_empty());
+}
+
+#[tokio::test]
+async fn a_rule_opens_https_only_to_its_own_hosts() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    // Not a rule's host, not allowlisted: refused before anything is sent.
+    for url in [
+        "https://vault.azure.net/secrets/db",
+        "https://a.b.vault.azure.net/secrets/db",
+        "https://myvault.vault.azure.net.evil.example/secrets/db",
+        "http://myvault.vault.azure.net/secrets/db",
+    ] {
+        let got = a.http_request("GET", url, &[], b"").await.unwrap();
+        assert_eq!(got.unwrap_err(), "ErrorCode::HttpRequestDenied", "{url}");
+    }
+    assert!(az.mock.requests().is_empty());
+    assert!(az.minted().is_empty());
+}
+
+#[tokio::test]
+async fn the_agents_policy_decides_which_audiences_are_injected() {
+    let az = Azure::new();
+    let mut a = az
+        .agent(AgentPolicy::new("injected").allow(["storage"]))
+        .await;
+    let got = a
+        .http_request("GET", &secret_url("db"), &[], b"")
+        .await
+        .unwrap();
+    let error = got.unwrap_err();
+    assert!(error.contains("could not add a vault token"), "{error}");
+    assert!(
+        error.contains("https://vault.azure.net/.default"),
+        "{error}"
+    );
+    assert!(
+        az.mock.requests().is_empty(),
+        "nothing sent without a token"
+    );
+    assert!(az.minted().is_empty());
+    assert_eq!(
+        az.events(),
+        [Seen {
+            source: None,
+            ..event(
+                "vault",
+                &format!("{VAULT_HOST}:443"),
+                TokenSource::Cached,
+                InjectOutcome::NoToken
+            )
+        }]
+    );
+    let blob = a
+        .http_request(
+            "GET",
+            &format!("https://{ONELAKE_HOST}/ws/lh/Files/x"),
+            &[],
+            b"",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(blob.status, 200);
+}
+
+#[tokio::test]
+async fn with_token_calls_off_the_agent_uses_azure_and_cannot_read_a_token() {
+    let az = Azure::new();
+    let policy = AgentPolicy::new("injected").reveal_tokens(false);
+    let mut a = az.agent(policy).await;
+    let answer = a
+        .http_request("GET", &secret_url("db"), &[], b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let token = az.mock.requests()[0]
+        .authorization
+        .clone()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string();
+
+    let vault = ["https://vault.azure.net/.default"];
+    let options = test_agent::no_options();
+    let no_request = test_agent::TokenRequestOptions {
+        claims: None,
+        tenant_id: None,
+        enable_cae: false,
+    };
+    let refusals = [
+        a.token(&options, &vault, 1).await.unwrap().map(|t| t.token),
+        a.free_token(&vault).await.unwrap().map(|t| t.token),
+        a.token_info(&options, &vault, &no_request)
+            .await
+            .unwrap()
+            .map(|t| t.token),
+    ];
+    for refusal in refusals {
+        match refusal.map_err(CredentialError::from) {
+            Err(CredentialError::Unsupported(why)) => {
+                assert!(why.contains("may not read tokens"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (tokens, errors, _) = a.mint_loop(&options, &vault, 3, false).await.unwrap();
+    assert_eq!((tokens, errors), (0, 3));
+    // Nothing the agent can see holds it: not its answers, not its environment.
+    assert!(!String::from_utf8_lossy(&answer.body).contains(&token));
+    assert!(answer.headers.iter().all(|(_, v)| !v.contains(&token)));
+    let env = a.environment().await.unwrap();
+    assert!(
+        env.iter()
+            .all(|(k, v)| !k.contains(&token) && !v.contains(&token))
+    );
+    assert_eq!(az.minted(), ["vault"], "the refused calls minted nothing");
+}
