@@ -3,7 +3,8 @@
 # .ci/run runs after its lints.
 #
 # Rust: unit tests, end-to-end tests through the component in the wasmtime
-# sandbox, property tests, doctests. Python: the package built as a wheel over
+# sandbox (and agents in Rust and JavaScript linked to it), property tests,
+# doctests. Python: the package built as a wheel over
 # the same host library, installed in its own virtualenv (target/venv) with
 # the pinned test dependencies (python/requirements-test.txt), tested against
 # the Rust mock broker with dbt-fabricspark, dlt, azure-keyvault-secrets and
@@ -11,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The JavaScript agent the injection tests run (componentize-js, pinned; needs
+# Node.js and npm): built here, not by cargo.
+examples/js-agent/build.sh target/js-agent.wasm
 cargo test --workspace --exclude vd-cred-python
 
 venv=target/venv

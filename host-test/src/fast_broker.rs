@@ -13,6 +13,11 @@ use std::time::Duration;
 /// The answer to every request.
 const BODY: &str = r#"{"access_token":"fast-token","expires_in":3600,"token_type":"Bearer"}"#;
 
+/// The answer of [`FastBroker::short_lived`]: a token the credential does
+/// not cache (less than its 300 s refresh margin left).
+const SHORT_LIVED_BODY: &str =
+    r#"{"access_token":"fast-token","expires_in":120,"token_type":"Bearer"}"#;
+
 /// A running fast broker; it serves until the process exits.
 pub struct FastBroker {
     addr: SocketAddr,
@@ -34,6 +39,16 @@ impl FastBroker {
     /// The same, answering each request `latency` after it arrived (a
     /// broker further away, or busier): connections wait in parallel.
     pub fn with_latency(latency: Duration) -> std::io::Result<FastBroker> {
+        FastBroker::spawn(latency, BODY)
+    }
+
+    /// Answering every request with a token living 120 s, which the
+    /// credential never serves from its cache: every call mints.
+    pub fn short_lived() -> std::io::Result<FastBroker> {
+        FastBroker::spawn(Duration::ZERO, SHORT_LIVED_BODY)
+    }
+
+    fn spawn(latency: Duration, body: &'static str) -> std::io::Result<FastBroker> {
         // A backlog for a thousand agents connecting at once (std's is 128,
         // past which connection attempts wait a second to be retried).
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -51,7 +66,7 @@ impl FastBroker {
                     let counts = shared.clone();
                     let _ = std::thread::Builder::new()
                         .stack_size(64 * 1024)
-                        .spawn(move || serve(stream, latency, &counts));
+                        .spawn(move || serve(stream, latency, body, &counts));
                 }
             })?;
         Ok(FastBroker { addr, counts })
@@ -79,11 +94,11 @@ impl FastBroker {
 }
 
 /// Answer requests on one connection until the client closes it.
-fn serve(mut stream: TcpStream, latency: Duration, counts: &Counts) {
+fn serve(mut stream: TcpStream, latency: Duration, body: &str, counts: &Counts) {
     let _ = stream.set_nodelay(true);
     let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     );
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];

@@ -37,6 +37,7 @@ pub mod azure;
 pub mod broker;
 pub mod clock;
 pub mod fast_broker;
+pub mod js_agent;
 pub mod keyvault;
 pub mod native;
 pub mod original;

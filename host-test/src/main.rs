@@ -369,8 +369,10 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
                 e.error
             )
         });
-    let component = wasmtime::component::Component::from_file(host.engine(), wasm)
-        .map_err(|e| anyhow::anyhow!("loading {wasm}: {e}"))?;
+    // Compiled once, then loaded from the precompiled cache (beside the
+    // .wasm, or per user), as the credential is.
+    let (component, _) = vd_cred_host::precompiled::load(host.engine(), std::path::Path::new(wasm))
+        .map_err(|e| anyhow::anyhow!("loading {wasm}: {e:#}"))?;
     let pre = agent::link(host.engine(), &component)?;
     let (mut store, instance) = builder.instantiate(host.engine(), &pre, linked).await?;
 

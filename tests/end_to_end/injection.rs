@@ -15,7 +15,7 @@ use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError;
 use vd_cred_host::inject::InjectOutcome;
-use vd_cred_host::linked::{AgentPolicy, LinkedCredential, TokenSource};
+use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
 use vd_cred_host::{Host, TrustedRoots};
 use wasmtime::component::InstancePre;
 
@@ -103,7 +103,8 @@ impl Azure {
     }
 
     async fn agent_with(&self, policy: AgentPolicy, builder: AgentBuilder) -> TestAgent {
-        let linked = LinkedCredential::new(self.f.sandbox().await, policy);
+        let linked = LinkedCredential::new(self.f.sandbox().await, policy)
+            .budget_clock(self.f.clock.clone());
         let events = self.events.clone();
         let builder = builder.on_inject(move |e| {
             events.lock().unwrap().push(Seen {
@@ -594,4 +595,120 @@ async fn with_token_calls_off_the_agent_uses_azure_and_cannot_read_a_token() {
             .all(|(k, v)| !k.contains(&token) && !v.contains(&token))
     );
     assert_eq!(az.minted(), ["vault"], "the refused calls minted nothing");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_always_challenges_costs_at_most_the_mint_budget() {
+    let az = Azure::new();
+    az.mock.accept(Vec::new());
+    let limits = AgentLimits {
+        mints_per_minute: 3,
+        ..AgentLimits::default()
+    };
+    let mut a = az.agent(AgentPolicy::new("injected").limits(limits)).await;
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let got = a
+            .http_request("GET", &secret_url("db"), &[], b"")
+            .await
+            .unwrap();
+        answers.push(got.map(|answer| answer.status));
+    }
+    // The host's clock does not move: three mints, whatever the agent does.
+    assert_eq!(az.minted(), ["vault", "vault", "vault"]);
+    assert_eq!(
+        az.mock.requests().len(),
+        5,
+        "2 + 2 + 1, then nothing is sent"
+    );
+    assert_eq!(answers[..3], [Ok(401), Ok(401), Ok(401)]);
+    for refused in &answers[3..] {
+        let error = refused.clone().unwrap_err();
+        assert!(error.contains("over its mint budget"), "{error}");
+    }
+    let outcomes: Vec<InjectOutcome> = az.events().iter().map(|e| e.outcome).collect();
+    let mut expected = vec![
+        InjectOutcome::ChallengeAnswered,
+        InjectOutcome::ChallengeAnswered,
+        InjectOutcome::ChallengeUnanswered,
+    ];
+    expected.extend([InjectOutcome::NoToken; 7]);
+    assert_eq!(outcomes, expected);
+}
+
+/// The JavaScript agent (`examples/js-agent`), compiled once per process.
+fn js_pre() -> &'static InstancePre<AgentState> {
+    static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
+    PRE.get_or_init(|| host_test::js_agent::load(Host::shared().engine()).unwrap())
+}
+
+#[tokio::test]
+async fn a_javascript_agent_reads_a_secret_with_its_plain_fetch_and_no_credential_code() {
+    let az = Azure::new();
+    let policy = AgentPolicy::new("injected").reveal_tokens(false);
+    let linked = LinkedCredential::new(az.f.sandbox().await, policy);
+    let events = az.events.clone();
+    let builder = az.builder().inject_defaults().on_inject(move |e| {
+        events.lock().unwrap().push(Seen {
+            agent: e.agent_id.to_string(),
+            audience: e.audience.to_string(),
+            destination: e.destination.to_string(),
+            source: e.source,
+            outcome: e.outcome,
+            removed: e.removed_agent_authorization,
+        })
+    });
+    let mut js =
+        host_test::js_agent::JsAgent::new(builder, Host::shared().engine(), js_pre(), linked)
+            .await
+            .unwrap();
+    let vault = format!("https://{VAULT_HOST}");
+    for _ in 0..2 {
+        let value = js.read_secret(&vault, "db").await.unwrap();
+        assert_eq!(value.as_deref(), Ok("secret-value-of-db"));
+    }
+    let seen = az.mock.requests();
+    assert_eq!(seen.len(), 2);
+    let bearer = seen[0].authorization.as_deref().unwrap();
+    assert!(bearer.starts_with("Bearer mock-vault-"), "{bearer}");
+    assert_eq!(seen[1].authorization.as_deref(), Some(bearer));
+    assert_eq!(az.minted(), ["vault"]);
+    assert_eq!(
+        az.events(),
+        [
+            event(
+                "vault",
+                &format!("{VAULT_HOST}:443"),
+                TokenSource::Minted,
+                InjectOutcome::Sent
+            ),
+            event(
+                "vault",
+                &format!("{VAULT_HOST}:443"),
+                TokenSource::Cached,
+                InjectOutcome::Sent
+            ),
+        ]
+    );
+    // A secret that is not there: the vault's own 404, as JavaScript sees it.
+    az.mock.push(Scripted::Status(
+        404,
+        r#"{"error":{"code":"SecretNotFound"}}"#.into(),
+    ));
+    let missing = js.read_secret(&vault, "missing").await.unwrap();
+    assert!(
+        missing.unwrap_err().starts_with("404 "),
+        "the vault's answer"
+    );
+    // A redirect off the vault reaches the agent as the 302 it is.
+    az.mock
+        .push(Scripted::Redirect("https://elsewhere.example/".into(), 302));
+    let status = js
+        .fetch_status(&format!("{vault}/secrets/db"))
+        .await
+        .unwrap();
+    assert_eq!(status, Ok(302));
+    // Anything not a rule's host is refused, with the agent's fetch error.
+    let refused = js.fetch_status("https://elsewhere.example/").await.unwrap();
+    assert!(refused.is_err(), "{refused:?}");
 }
