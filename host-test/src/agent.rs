@@ -137,7 +137,8 @@ impl AgentBuilder {
     /// Add the token for the rule's audience to the agent's https requests
     /// it matches (`*.vault.azure.net=vault`; see
     /// [`vd_cred_host::inject::InjectRule::parse`]); rules are tried in
-    /// the order added.
+    /// the order added. A rule opens nothing: allow the destinations with
+    /// [`AgentBuilder::egress`].
     pub fn inject(mut self, rule: impl Into<String>) -> Self {
         self.inject.push(rule.into());
         self

@@ -163,7 +163,8 @@ impl MockAzure {
     }
 
     /// Accept exactly these bearer tokens from now on (replacing the set;
-    /// none at the start).
+    /// none at the start). An entry ending in `*` accepts every token it
+    /// begins (`mock-*`: whatever the mock broker mints).
     pub fn accept(&self, tokens: Vec<String>) {
         self.inner.lock().unwrap().accepted = tokens;
     }
@@ -341,7 +342,12 @@ fn default_answer(seen: &Seen, accepted: &[String]) -> Response<Full<Bytes>> {
         .authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Bearer "));
-    let authorized = bearer.is_some_and(|b| accepted.iter().any(|t| t == b));
+    let authorized = bearer.is_some_and(|b| {
+        accepted.iter().any(|t| match t.strip_suffix('*') {
+            Some(prefix) => b.starts_with(prefix),
+            None => t == b,
+        })
+    });
     let path = seen.path.split('?').next().unwrap_or_default();
     if name.ends_with(".vault.azure.net") {
         if !authorized {

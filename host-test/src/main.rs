@@ -36,7 +36,8 @@ usage:
                                   <audience> to the agent's https requests to <host> (exact or
                                   *.domain; \"defaults\": Key Vault, Storage, OneLake, Fabric,
                                   Power BI, ARM), removing any Authorization the agent set, and
-                                  prints an audit line per request; --reveal-tokens no: the
+                                  prints an audit line per request (a rule opens nothing: allow
+                                  the destinations with --egress); --reveal-tokens no: the
                                   agent's get-token calls are refused (it never holds a token);
                                   --trust: also trust this CA for the agent's https;
                                   --connect-to: send requests for <host>:<port> to that address
@@ -156,6 +157,7 @@ async fn demo(scope: &str, component: Option<&str>) -> Result<ExitCode> {
     );
     let requests = broker.requests();
     agent_demo(&broker, dir.path(), host).await?;
+    inject_demo(&broker, dir.path(), host).await?;
     for request in requests {
         println!(
             "broker received  {} {} {}",
@@ -229,6 +231,85 @@ async fn agent_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &Ho
         .http_get(&format!("{}/token", broker.url_for_host("localhost")))
         .await?;
     println!("agent GET        the broker as localhost: {by_name:?}");
+    Ok(())
+}
+
+/// The demo's third part: an agent that never holds a token. The host adds
+/// the vault token to the agent's own request to a mock Key Vault (TLS with a
+/// throw-away CA, its Azure name mapped to loopback in the agent's resolver).
+async fn inject_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &Host) -> Result<()> {
+    use host_test::agent::test_agent::{self, TestAgent};
+    use host_test::azure::MockAzure;
+    use host_test::tls::{TestCa, Validity};
+    use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+
+    const VAULT: &str = "myvault.vault.azure.net";
+    let ca = TestCa::new()?;
+    let vault = MockAzure::start_tls(ca.server_config(&["*.vault.azure.net"], Validity::Current)?)?;
+    vault.accept(vec!["mock-*".into()]);
+    let mut roots = vd_cred_host::TrustedRoots::public();
+    roots.add_pem(ca.pem().as_bytes())?;
+    let sandbox = host
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", broker.url())
+        .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
+        .bearer_dir(bearer_dir, "/run/vd")
+        .broker_url(broker.url())
+        .build()
+        .await?;
+    let policy = AgentPolicy::new("vault-reader")
+        .allow(["vault"])
+        .reveal_tokens(false);
+    let linked = LinkedCredential::new(sandbox, policy);
+    let builder = host_test::agent::AgentBuilder::default()
+        .credential_broker(broker.url())
+        .trust(roots)
+        .connect_to(VAULT, 443, vault.addr())
+        .egress(format!("https://{VAULT}"))
+        .inject_defaults()
+        .on_inject(|e| {
+            println!(
+                "audit            agent {}: a {} token ({:?}) added to its request to {}: {:?}",
+                e.agent_id,
+                e.audience,
+                e.source.expect("a token was had"),
+                e.destination,
+                e.outcome
+            )
+        });
+    let pre = test_agent::load(host.engine())?;
+    let mut agent = TestAgent::new(builder, host.engine(), &pre, linked).await?;
+    println!(
+        "agent            test_agent.wasm, no token calls; the host injects tokens for the \
+         default rules ({VAULT} -> vault, ...)"
+    );
+    let url = format!("https://{VAULT}/secrets/db?api-version=7.4");
+    let answer = agent
+        .http_request("GET", &url, &[("Authorization", "Bearer forged")], b"")
+        .await?
+        .map_err(|e| anyhow::anyhow!("the agent's request failed: {e}"))?;
+    println!(
+        "agent GET        {url} (its own Authorization: forged): {} {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    for seen in vault.requests() {
+        println!(
+            "vault received   {} {} with authorization: {}",
+            seen.method,
+            seen.path,
+            seen.authorization.as_deref().unwrap_or("(none)")
+        );
+    }
+    let refused = agent
+        .free_token(&["https://vault.azure.net/.default"])
+        .await?;
+    if let Err(e) = refused {
+        println!(
+            "agent asked      for the vault token: {}",
+            vd_cred_broker::CredentialError::from(e)
+        );
+    }
     Ok(())
 }
 

@@ -49,7 +49,7 @@ use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::client::{Connections, Sent, Setup, Vet};
-use crate::inject::Injection;
+use crate::inject::{Injection, injects_method};
 use crate::policy::{helper_host, shown};
 use crate::tls::TrustedRoots;
 
@@ -229,6 +229,9 @@ pub enum Reason {
     /// The broker's host name did not resolve, so no address can be told
     /// apart from it: refused rather than guessed.
     BrokerUnresolved,
+    /// A request the host would add a token to, with a method it adds none
+    /// to (`TRACE`, `CONNECT`, an unknown one).
+    MethodNotInjected,
 }
 
 impl std::fmt::Display for Reason {
@@ -241,6 +244,10 @@ impl std::fmt::Display for Reason {
             Reason::BrokerUnresolved => {
                 "the credential broker's host name did not resolve, so the destination \
                  cannot be told apart from it"
+            }
+            Reason::MethodNotInjected => {
+                "the host adds tokens only to GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS \
+                 requests"
             }
         })
     }
@@ -438,8 +445,9 @@ impl AgentEgress {
     }
 
     /// Add Azure tokens to the agent's requests that `injection`'s rules
-    /// match (see [`crate::inject`]); a rule also lets the agent reach its
-    /// destination over https. Replaces earlier rules.
+    /// match (see [`crate::inject`]). A rule opens nothing: the agent
+    /// reaches a destination only if [`AgentEgress::allow`] lets it.
+    /// Replaces earlier rules.
     pub fn inject(&mut self, injection: Injection) -> &mut Self {
         self.injection = Some(injection);
         self
@@ -498,12 +506,7 @@ impl AgentEgress {
         {
             return Err(Reason::CredentialBroker);
         }
-        let injected = || {
-            self.injection
-                .as_ref()
-                .is_some_and(|i| i.rule_for(&origin).is_some())
-        };
-        if !self.allowed.iter().any(|a| a.matches(&origin)) && !injected() {
+        if !self.allowed.iter().any(|a| a.matches(&origin)) {
             return Err(Reason::NotAllowed);
         }
         Ok(origin)
@@ -565,6 +568,13 @@ async fn resolve(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
 
 impl WasiHttpHooks for AgentEgress {
+    /// `Host` is made from the URI as checked (lower-cased, no trailing
+    /// dot, no user info, the port only if not the scheme's), never copied
+    /// from the agent's spelling.
+    fn set_host_header(&mut self) -> bool {
+        false
+    }
+
     fn send_request(
         &mut self,
         mut request: hyper::Request<WasiBody>,
@@ -608,6 +618,10 @@ impl WasiHttpHooks for AgentEgress {
         if let Some(injection) = &self.injection
             && let Some(rule) = injection.rule_for(&origin)
         {
+            if !injects_method(request.method()) {
+                self.record.refuse(target, None, Reason::MethodNotInjected);
+                return Box::new(async { Err(Error::HttpRequestDenied) });
+            }
             let sent = injection.send(rule, &origin, connections.clone(), request, options);
             return Box::new(sent);
         }

@@ -28,15 +28,27 @@
 //!   so a 3xx reaches the agent, and its request to the new location is a new
 //!   request that gets a token only if that destination matches a rule.
 //!
-//! Plain http is never injected, and a rule does not open plain http. A
-//! rule lets the agent reach its destination over https (the egress
-//! policy's other checks, such as the broker's addresses, still apply).
-//! The host sends a token with the first request: it knows the audience
-//! from the rule, so Key Vault's unauthenticated discovery request is not
-//! needed. Each request is an audit event ([`InjectEvent`]: agent,
-//! audience, destination, minted or cached, what happened), never the
-//! token. With [`crate::linked::AgentPolicy::reveal_tokens`] off, the agent
-//! can use the services and cannot read a token by any call.
+//! Plain http is never injected. A rule opens nothing: the agent reaches a
+//! destination only if its egress allowlist lets it (allow the vaults and
+//! accounts it needs, `https://myvault.vault.azure.net`, rather than every
+//! `*.vault.azure.net` in the world, each of them a channel out). Only GET,
+//! HEAD, POST, PUT, PATCH, DELETE and OPTIONS get a token; another method to
+//! a rule's destination is refused (`TRACE` would echo it). A challenge to
+//! a token minted for that very request is not answered (a second would be
+//! refused too), and a challenge meets the mint budget like any mint: an
+//! endpoint that refuses every token costs at most the budget. The host
+//! sends a token with the first request: it knows the audience from the
+//! rule, so Key Vault's unauthenticated discovery request is not needed.
+//! Each request is an audit event ([`InjectEvent`]: agent, audience,
+//! destination, minted or cached, how many mints, what happened), whatever
+//! became of it, never the token. With
+//! [`crate::linked::AgentPolicy::reveal_tokens`] off, no call returns the
+//! agent a token.
+//!
+//! What a token lets the agent do is still the token's: with a storage token
+//! it can ask for a user delegation key and sign SAS URLs, with an ARM token
+//! list an account's keys, and those are credentials it can keep. Grant
+//! each agent the audiences (and, in Studio, the intents) its task needs.
 
 use std::sync::Arc;
 
@@ -44,8 +56,8 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{AUTHORIZATION, HeaderValue, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
-use hyper::{HeaderMap, StatusCode};
-use vd_cred_broker::{AudienceMap, DEFAULT_AUDIENCES, normalize_scope};
+use hyper::{HeaderMap, Method, StatusCode};
+use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::client::{Connections, Sent};
@@ -65,6 +77,22 @@ pub const DEFAULT_RULES: [&str; 8] = [
     "api.powerbi.com=fabric_cli",
     "management.azure.com=arm",
 ];
+
+/// Whether the host adds tokens to a request with `method`: GET, HEAD,
+/// POST, PUT, PATCH, DELETE and OPTIONS. Others to a rule's destination are
+/// refused (`TRACE` would echo the token back to the agent).
+pub fn injects_method(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .contains(method)
+}
 
 /// Which hosts a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +134,7 @@ impl InjectRule {
                 "injection rule {text:?} is not host[:port]=audience (e.g. *.vault.azure.net=vault)"
             );
         };
+        let destination = destination.trim();
         let (host, port) = match destination.rsplit_once(':') {
             Some((host, port)) => match port.parse::<u16>() {
                 Ok(port) if port > 0 => (host, port),
@@ -116,11 +145,12 @@ impl InjectRule {
         let destination = match host.strip_prefix("*.") {
             Some(rest) => Destination::OneLabelUnder(
                 normal_host(rest)
-                    .filter(|r| r.contains('.') && !r.contains('*'))
+                    .filter(|r| r.split('.').count() >= 3 && !r.contains('*'))
                     .ok_or_else(|| {
                         anyhow::anyhow!(
-                            "injection rule {text:?}: a wildcard needs a domain of two labels or \
-                             more under it (*.vault.azure.net)"
+                            "injection rule {text:?}: a wildcard needs a domain of three labels \
+                             or more under it (*.vault.azure.net), never a public suffix such as \
+                             *.co.uk"
                         )
                     })?,
             ),
@@ -193,12 +223,19 @@ pub enum InjectOutcome {
     /// A challenge naming a resource other than the rule's audience: the
     /// 401 went to the agent.
     OtherResource,
-    /// A Bearer challenge the fresh token could not be had for (the error
-    /// went to the error hook): the 401 went to the agent.
+    /// A Bearer challenge the fresh token could not be had for (the mint
+    /// budget is spent, or the broker failed; the error went to the error
+    /// hook): the 401 went to the agent.
     ChallengeUnanswered,
+    /// A challenge to a token minted for this very request: not answered
+    /// (another would be refused too), the 401 went to the agent.
+    FreshTokenRefused,
     /// No token could be had (the agent's policy, its budget, the broker):
     /// the request was not sent and the agent got an error.
     NoToken,
+    /// A token was had, and sending failed (the connection, TLS, a timeout,
+    /// or the egress policy's connect-time check): the agent got the error.
+    SendFailed,
 }
 
 /// One request the host added a token to (or tried to), for an audit log.
@@ -211,9 +248,12 @@ pub struct InjectEvent<'a> {
     pub audience: &'a str,
     /// The destination, `host:port`.
     pub destination: &'a str,
-    /// Minted for this request, or from the cache (the last token sent);
+    /// Minted for this request, or from the cache (the last token had);
     /// `None` when none was had.
     pub source: Option<TokenSource>,
+    /// Tokens minted for this request (0 to 2: the broker's requests for
+    /// it, so the audit adds up to what the broker saw).
+    pub minted: u32,
     /// What happened.
     pub outcome: InjectOutcome,
     /// The agent had set `Authorization` or `Proxy-Authorization`: removed.
@@ -301,28 +341,7 @@ impl Injection {
                     Err(_) => Error::HttpRequestBodySize(None),
                 })?
                 .to_bytes();
-            let audit = |source: Option<TokenSource>, outcome: InjectOutcome| {
-                if let Some(hook) = &hook {
-                    hook(&InjectEvent {
-                        agent_id: linked.policy().agent_id(),
-                        audience: &audience,
-                        destination: &destination,
-                        source,
-                        outcome,
-                        removed_agent_authorization: removed,
-                    });
-                }
-            };
-            let (token, source) = match linked.injection_token(&scope, false).await {
-                Ok((info, source)) => (info.token, source),
-                Err(e) => {
-                    audit(None, InjectOutcome::NoToken);
-                    return Err(Error::InternalError(Some(format!(
-                        "the host could not add a {audience} token to this request: {e}"
-                    ))));
-                }
-            };
-            let send = |token: String| {
+            let send = |token: &str| {
                 let mut request = hyper::Request::new(full(body.clone()));
                 *request.method_mut() = parts.method.clone();
                 *request.uri_mut() = parts.uri.clone();
@@ -334,29 +353,95 @@ impl Injection {
                 request.headers_mut().insert(AUTHORIZATION, value);
                 Ok::<_, Error>(connections.send(request, options))
             };
-            let sent = send(token)?.await?;
-            let answer = match challenge(&sent.0) {
-                None => InjectOutcome::Sent,
-                Some(c) if c.claims() => InjectOutcome::ClaimsChallenge,
-                Some(c) if !c.resource_is(&audience) => InjectOutcome::OtherResource,
-                Some(_) => InjectOutcome::ChallengeAnswered,
-            };
-            if answer != InjectOutcome::ChallengeAnswered {
-                audit(Some(source), answer);
-                return Ok(sent);
+            let mut trip = Trip::default();
+            let result = trip.run(&linked, &scope, &audience, send).await;
+            if let Some(hook) = &hook {
+                hook(&InjectEvent {
+                    agent_id: linked.policy().agent_id(),
+                    audience: &audience,
+                    destination: &destination,
+                    source: trip.source,
+                    minted: trip.minted,
+                    outcome: trip.outcome,
+                    removed_agent_authorization: removed,
+                });
             }
-            let (token, source) = match linked.injection_token(&scope, true).await {
-                Ok((info, source)) => (info.token, source),
-                Err(_) => {
-                    audit(Some(source), InjectOutcome::ChallengeUnanswered);
-                    return Ok(sent);
-                }
-            };
-            drop(sent);
-            let again = send(token)?.await?;
-            audit(Some(source), InjectOutcome::ChallengeAnswered);
-            Ok(again)
+            result
         }
+    }
+}
+
+/// What one injected request went through, for its audit event.
+struct Trip {
+    source: Option<TokenSource>,
+    minted: u32,
+    outcome: InjectOutcome,
+}
+
+impl Default for Trip {
+    fn default() -> Self {
+        Trip {
+            source: None,
+            minted: 0,
+            outcome: InjectOutcome::NoToken,
+        }
+    }
+}
+
+impl Trip {
+    /// A token, for the first send or (`rejected`) the one after a challenge.
+    async fn token(
+        &mut self,
+        linked: &LinkedCredential,
+        scope: &str,
+        rejected: Option<&str>,
+    ) -> Result<String, CredentialError> {
+        let (info, source) = linked.injection_token(scope, rejected).await?;
+        self.source = Some(source);
+        self.minted += u32::from(source == TokenSource::Minted);
+        Ok(info.token)
+    }
+
+    /// Get a token, send, and answer one challenge; `self` says what
+    /// happened, whatever the result.
+    async fn run<F>(
+        &mut self,
+        linked: &LinkedCredential,
+        scope: &str,
+        audience: &str,
+        send: impl Fn(&str) -> Result<F, Error>,
+    ) -> Result<Sent, Error>
+    where
+        F: Future<Output = Result<Sent, Error>>,
+    {
+        let token = self.token(linked, scope, None).await.map_err(|e| {
+            Error::InternalError(Some(format!(
+                "the host could not add a {audience} token to this request: {e}"
+            )))
+        })?;
+        self.outcome = InjectOutcome::SendFailed;
+        let sent = send(&token)?.await?;
+        self.outcome = match challenge(&sent.0) {
+            None => InjectOutcome::Sent,
+            Some(c) if c.claims() => InjectOutcome::ClaimsChallenge,
+            Some(c) if !c.resource_is(audience) => InjectOutcome::OtherResource,
+            // A token minted for this very request, refused: another would
+            // be refused too (another tenant's resource, say).
+            Some(_) if self.minted > 0 => InjectOutcome::FreshTokenRefused,
+            Some(_) => InjectOutcome::ChallengeAnswered,
+        };
+        if self.outcome != InjectOutcome::ChallengeAnswered {
+            return Ok(sent);
+        }
+        let Ok(fresh) = self.token(linked, scope, Some(&token)).await else {
+            self.outcome = InjectOutcome::ChallengeUnanswered;
+            return Ok(sent);
+        };
+        drop(sent);
+        self.outcome = InjectOutcome::SendFailed;
+        let again = send(&fresh)?.await?;
+        self.outcome = InjectOutcome::ChallengeAnswered;
+        Ok(again)
     }
 }
 
@@ -525,6 +610,9 @@ mod tests {
         assert!(arm.matches(&origin("https://management.azure.com/subscriptions")));
         assert!(!arm.matches(&origin("https://x.management.azure.com/")));
 
+        let spaced = InjectRule::parse(" *.vault.azure.net = vault ").unwrap();
+        assert!(spaced.matches(&origin("https://myvault.vault.azure.net/")));
+
         let mock = InjectRule::parse("kv.test:8443=vault").unwrap();
         assert!(mock.matches(&origin("https://kv.test:8443/")));
         assert!(!mock.matches(&origin("https://kv.test/")));
@@ -535,6 +623,8 @@ mod tests {
         for bad in [
             "*=vault",
             "*.com=vault",
+            "*.co.uk=arm",
+            "*.azurewebsites.net=arm",
             "*.*.azure.net=vault",
             "a*.azure.net=vault",
             "vault.azure.net",

@@ -256,12 +256,20 @@ struct Linked {
     policy: Arc<AgentPolicy>,
     audiences: AudienceMap,
     handles: Slab<Handle>,
-    /// The credential the host's injection uses (never the agent's).
-    injector: Option<Handle>,
+    /// The credentials the host's injection uses (never the agent's), one
+    /// per audience, so that answering a challenge for one drops no other's
+    /// cached token.
+    injectors: HashMap<String, Injector>,
     budget: HashMap<String, Bucket>,
     clock: Box<dyn HostMonotonicClock + Sync>,
     on_token: Option<AuditHook>,
     on_error: Option<ErrorHook>,
+}
+
+/// One of the host's injection credentials, and the last token it gave.
+struct Injector {
+    handle: Handle,
+    last: Option<String>,
 }
 
 /// Which credential a token call goes to.
@@ -272,7 +280,7 @@ enum Caller {
     /// The agent's free functions.
     Free,
     /// The host, injecting a token into the agent's request; `fresh` opens
-    /// a new credential first (no cached token).
+    /// a new credential for the audience first (no cached token).
     Injector { fresh: bool },
 }
 
@@ -301,7 +309,7 @@ impl LinkedCredential {
             policy: policy.clone(),
             audiences: AudienceMap::default(),
             handles: Slab::new(),
-            injector: None,
+            injectors: HashMap::new(),
             budget: HashMap::new(),
             clock: Box::new(RealClock(Instant::now())),
             on_token: None,
@@ -314,7 +322,9 @@ impl LinkedCredential {
         }
     }
 
-    /// The shared state, while this is the only handle (the builder calls).
+    /// The shared state, while this is the only handle: the builder calls
+    /// ([`LinkedCredential::on_token`] and the rest) come before any clone
+    /// (the injection's), and panic after.
     fn configure(&mut self) -> &mut Linked {
         Arc::get_mut(&mut self.linked)
             .expect("configure a LinkedCredential before cloning it")
@@ -352,7 +362,8 @@ impl LinkedCredential {
     }
 
     /// The credential's sandbox (its output, its denied requests), once no
-    /// call is in progress.
+    /// call is in progress. Do not hold the guard across a call into the
+    /// agent: the agent's token calls wait for it.
     pub async fn sandbox(&self) -> MappedMutexGuard<'_, Sandbox> {
         MutexGuard::map(self.linked.lock().await, |l| &mut l.sandbox)
     }
@@ -362,24 +373,41 @@ impl LinkedCredential {
         self.linked.lock().await.handles.len()
     }
 
-    /// A token for `audience` (a name such as `vault`) for the host to add
-    /// to the agent's request: under the agent's policy, limits and mint
-    /// budget, from a credential of the host's own (its cache, unless
-    /// `fresh`). Never handed to the agent; no [`TokenEvent`] (the injection
-    /// has its own audit). The error is the agent-facing one (withheld), and
-    /// goes to the error hook in full.
+    /// A token for `scope` for the host to add to the agent's request:
+    /// under the agent's policy, limits and mint budget, from a credential
+    /// of the host's own for its audience (its cache). With `rejected` (a
+    /// token the destination refused), a fresh one, unless the credential
+    /// already holds another (a concurrent request refreshed it) or the
+    /// budget is spent (then the cached token stays). Never handed to the
+    /// agent; no [`TokenEvent`] (the injection has its own audit). The
+    /// error is the agent-facing one (withheld), and goes to the error hook
+    /// in full.
     pub(crate) async fn injection_token(
         &self,
         scope: &str,
-        fresh: bool,
+        rejected: Option<&str>,
     ) -> Result<(crate::AccessTokenInfo, TokenSource), CredentialError> {
         let mut linked = self.linked.lock().await;
         let scopes = vec![scope.to_string()];
+        let fresh = rejected.is_some_and(|rejected| {
+            let audience = linked.audiences.lookup(scope).unwrap_or_default();
+            let last = linked
+                .injectors
+                .get(audience)
+                .and_then(|i| i.last.as_deref());
+            last.is_none_or(|last| last == rejected)
+        });
         let caller = Caller::Injector { fresh };
         match linked.token(caller, scopes, &no_request_options()).await {
             Ok((info, source, _)) => Ok((info, source)),
-            Err(Fault::UnknownHandle(_)) => unreachable!("the injector has no handle"),
-            Err(fault) => Err(linked.answer(fault).expect("not a trap")),
+            Err(fault) => Err(match linked.answer(fault) {
+                Ok(error) => error,
+                // Only a handle the agent does not have is a trap; the
+                // injection has none.
+                Err(_) => CredentialError::BrokerUnreachable(
+                    "the host's credential for this request is gone: try again".into(),
+                ),
+            }),
         }
     }
 }
@@ -525,23 +553,27 @@ impl Linked {
         Ok(opened.1)
     }
 
-    /// The host's own credential for injection in the current instance:
-    /// opened on first use, again after the instance was replaced, and
-    /// anew (its cache dropped with the old one) when `fresh`.
-    async fn injector_resource(&mut self, fresh: bool) -> Result<ResourceAny, Fault> {
+    /// The host's own credential for injecting `audience`'s tokens in the
+    /// current instance: opened on first use, again after the instance was
+    /// replaced, and anew (its cache dropped with the old one) when `fresh`.
+    async fn injector_resource(
+        &mut self,
+        audience: &str,
+        fresh: bool,
+    ) -> Result<ResourceAny, Fault> {
         if let Err(trap) = self.sandbox.renew().await {
             return Err(Fault::Trapped(None, trap));
         }
         let generation = self.sandbox.generation();
         let current = self
-            .injector
-            .as_ref()
-            .and_then(|h| h.resource)
+            .injectors
+            .get(audience)
+            .and_then(|i| i.handle.resource)
             .filter(|(g, _)| *g == generation);
         match (current, fresh) {
             (Some((_, resource)), false) => return Ok(resource),
             (Some((_, resource)), true) => {
-                self.injector = None;
+                self.injectors.remove(audience);
                 // A trap here replaces the instance; the open below renews it.
                 let _ = self.sandbox.drop_credential(resource).await;
                 if let Err(trap) = self.sandbox.renew().await {
@@ -552,10 +584,12 @@ impl Linked {
         }
         let options = default_options();
         let opened = self.open_in_sandbox(&options).await?;
-        self.injector = Some(Handle {
+        let handle = Handle {
             options,
             resource: Some(opened),
-        });
+        };
+        self.injectors
+            .insert(audience.to_string(), Injector { handle, last: None });
         Ok(opened.1)
     }
 
@@ -630,11 +664,17 @@ impl Linked {
             .audience_for(&scopes)
             .and_then(|a| self.check_request(options).map(|()| a))
             .map_err(|e| Fault::Refused(None, e))?;
+        if let Caller::Injector { fresh: true } = caller
+            && !self.may_mint(&audience)
+        {
+            // Over budget: keep the cached token rather than drop it.
+            return Err(self.over_budget(audience));
+        }
         let resource = match caller {
             Caller::Handle(key) => Some(self.resource(key).await.map_err(|f| f.about(&audience))?),
             Caller::Free => None,
             Caller::Injector { fresh } => Some(
-                self.injector_resource(fresh)
+                self.injector_resource(&audience, fresh)
                     .await
                     .map_err(|f| f.about(&audience))?,
             ),
@@ -662,26 +702,35 @@ impl Linked {
         let result = result.map_err(|trap| Fault::Trapped(Some(audience.clone()), trap))?;
         let info = match result {
             Ok(info) => info,
-            Err(_) if was_held && !reached_broker => {
-                return Err(Fault::Refused(
-                    Some(audience.clone()),
-                    CredentialError::BrokerFailed {
-                        status: 429,
-                        detail: format!(
-                            "agent {} is over its mint budget for {audience} ({} per minute); \
-                             a credential kept open serves its cached token meanwhile",
-                            self.policy.agent_id, self.policy.limits.mints_per_minute
-                        ),
-                    },
-                ));
-            }
+            Err(_) if was_held && !reached_broker => return Err(self.over_budget(audience)),
             Err(e) => return Err(Fault::Refused(Some(audience), e)),
         };
         let source = match reached_broker {
             true => TokenSource::Minted,
             false => TokenSource::Cached,
         };
+        if let Caller::Injector { .. } = caller
+            && let Some(injector) = self.injectors.get_mut(&audience)
+        {
+            injector.last = Some(info.token.clone());
+        }
         Ok((info, source, audience))
+    }
+
+    /// The refusal of a call over the agent's mint budget for `audience`.
+    fn over_budget(&self, audience: String) -> Fault {
+        let detail = format!(
+            "agent {} is over its mint budget for {audience} ({} per minute); a credential kept \
+             open serves its cached token meanwhile",
+            self.policy.agent_id, self.policy.limits.mints_per_minute
+        );
+        Fault::Refused(
+            Some(audience),
+            CredentialError::BrokerFailed {
+                status: 429,
+                detail,
+            },
+        )
     }
 
     /// `open` for the agent: its options checked, a credential opened in the

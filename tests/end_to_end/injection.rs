@@ -14,6 +14,7 @@ use host_test::azure::{MockAzure, Scripted};
 use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError;
+use vd_cred_host::egress::Reason;
 use vd_cred_host::inject::InjectOutcome;
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
 use vd_cred_host::{Host, TrustedRoots};
@@ -37,8 +38,23 @@ struct Seen {
     audience: String,
     destination: String,
     source: Option<TokenSource>,
+    minted: u32,
     outcome: InjectOutcome,
     removed: bool,
+}
+
+impl Seen {
+    fn of(e: &vd_cred_host::inject::InjectEvent<'_>) -> Seen {
+        Seen {
+            agent: e.agent_id.to_string(),
+            audience: e.audience.to_string(),
+            destination: e.destination.to_string(),
+            source: e.source,
+            minted: e.minted,
+            outcome: e.outcome,
+            removed: e.removed_agent_authorization,
+        }
+    }
 }
 
 /// A broker minting `mock-<audience>-<n>`, a mock vault and storage over
@@ -89,9 +105,11 @@ impl Azure {
         let mut builder = AgentBuilder::default()
             .trust(roots)
             .credential_broker(self.f.broker.url());
+        // A rule opens nothing: the agent may reach these three.
         for host in [VAULT_HOST, BLOB_HOST, ONELAKE_HOST] {
             builder = builder.connect_to(host, 443, self.mock.addr());
             builder = builder.connect_to(host, port, self.mock.addr());
+            builder = builder.egress(format!("https://{host}"));
         }
         builder
     }
@@ -106,16 +124,7 @@ impl Azure {
         let linked = LinkedCredential::new(self.f.sandbox().await, policy)
             .budget_clock(self.f.clock.clone());
         let events = self.events.clone();
-        let builder = builder.on_inject(move |e| {
-            events.lock().unwrap().push(Seen {
-                agent: e.agent_id.to_string(),
-                audience: e.audience.to_string(),
-                destination: e.destination.to_string(),
-                source: e.source,
-                outcome: e.outcome,
-                removed: e.removed_agent_authorization,
-            })
-        });
+        let builder = builder.on_inject(move |e| events.lock().unwrap().push(Seen::of(e)));
         TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
             .await
             .unwrap()
@@ -145,6 +154,7 @@ fn event(audience: &str, destination: &str, source: TokenSource, outcome: Inject
         audience: audience.into(),
         destination: destination.into(),
         source: Some(source),
+        minted: u32::from(source == TokenSource::Minted),
         outcome,
         removed: false,
     }
@@ -276,7 +286,6 @@ async fn a_forged_authorization_is_replaced_by_the_real_one() {
     assert_eq!(seen.len(), 1);
     let bearer = seen[0].authorization.as_deref().unwrap();
     assert!(bearer.starts_with("Bearer mock-vault-"), "{bearer}");
-    assert_eq!(seen[0].proxy_authorization, None);
     let events = az.events();
     assert_eq!(events.len(), 1);
     assert!(
@@ -286,14 +295,14 @@ async fn a_forged_authorization_is_replaced_by_the_real_one() {
 }
 
 #[tokio::test]
-async fn a_put_with_a_body_is_sent_whole_and_sent_again_after_a_challenge() {
+async fn a_put_with_a_body_is_sent_whole_and_again_after_a_challenge_to_its_cached_token() {
     let az = Azure::new();
     let mut a = az.agent(AgentPolicy::new("injected")).await;
-    // The first answer is a challenge: the cached token may be revoked.
-    az.mock.push(Scripted::Challenge(format!(
-        "Bearer authorization=\"https://login.microsoftonline.com/{}\", resource=\"https://vault.azure.net\"",
-        host_test::azure::TENANT
-    )));
+    assert_eq!(get(&mut a).await.status, 200);
+    // The next answer is a challenge: the cached token may be revoked.
+    az.mock.push(Scripted::Challenge(
+        host_test::azure::VAULT_CHALLENGE.into(),
+    ));
     let body = br#"{"value":"s3cret"}"#;
     let answer = a
         .http_request(
@@ -309,24 +318,29 @@ async fn a_put_with_a_body_is_sent_whole_and_sent_again_after_a_challenge() {
     let seen = az.mock.requests();
     assert_eq!(
         seen.len(),
-        2,
-        "sent once, and once more after the challenge"
+        3,
+        "the GET; the PUT, and once more after the challenge"
     );
-    assert_eq!(seen[0].body, body);
+    assert_eq!(seen[1].method, "PUT");
     assert_eq!(seen[1].body, body);
-    assert_ne!(
+    assert_eq!(seen[2].body, body);
+    assert_eq!(
         seen[0].authorization, seen[1].authorization,
+        "the cached token"
+    );
+    assert_ne!(
+        seen[1].authorization, seen[2].authorization,
         "a fresh token"
     );
     assert_eq!(az.minted(), ["vault", "vault"]);
     assert_eq!(
-        az.events(),
-        [event(
+        az.events()[1],
+        event(
             "vault",
             &format!("{VAULT_HOST}:443"),
             TokenSource::Minted,
             InjectOutcome::ChallengeAnswered
-        )]
+        )
     );
 }
 
@@ -411,15 +425,20 @@ async fn claims_challenges_and_challenges_for_other_resources_reach_the_agent() 
 #[tokio::test]
 async fn a_redirect_reaches_the_agent_and_its_new_origin_gets_no_token() {
     let az = Azure::new();
-    let elsewhere = MockAzure::start_plain().unwrap();
-    let landing = format!("http://127.0.0.1:{}/landing", elsewhere.addr().port());
-    let origin = format!("http://127.0.0.1:{}", elsewhere.addr().port());
-    let mut a = az
-        .agent_with(
-            AgentPolicy::new("injected"),
-            az.builder().inject_defaults().egress(&origin),
-        )
-        .await;
+    // Another https origin the agent may reach, which no rule names.
+    let elsewhere = MockAzure::start_tls(
+        az.ca
+            .server_config(&["landing.example"], Validity::Current)
+            .unwrap(),
+    )
+    .unwrap();
+    let landing = "https://landing.example/landing".to_string();
+    let builder = az
+        .builder()
+        .inject_defaults()
+        .egress("https://landing.example")
+        .connect_to("landing.example", 443, elsewhere.addr());
+    let mut a = az.agent_with(AgentPolicy::new("injected"), builder).await;
     az.mock.push(Scripted::Redirect(landing.clone(), 302));
     let answer = a
         .http_request("GET", &secret_url("db"), &[], b"")
@@ -434,8 +453,12 @@ async fn a_redirect_reaches_the_agent_and_its_new_origin_gets_no_token() {
         .map(|(_, v)| v.clone());
     assert_eq!(location.as_deref(), Some(landing.as_str()));
     // The agent follows it itself: a request like any other.
-    let followed = a.http_request("GET", &landing, &[], b"").await.unwrap();
-    assert!(followed.is_ok(), "{followed:?}");
+    let followed = a
+        .http_request("GET", &landing, &[], b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(followed.status, 401, "the mock wants a token it never gets");
     let there = elsewhere.requests();
     assert_eq!(there.len(), 1);
     assert_eq!(there[0].authorization, None, "no token off the vault");
@@ -479,11 +502,13 @@ async fn plain_http_is_never_injected() {
 }
 
 #[tokio::test]
-async fn a_rule_opens_https_only_to_its_own_hosts() {
+async fn a_rule_opens_nothing_and_injects_only_ordinary_methods() {
     let az = Azure::new();
     let mut a = az.agent(AgentPolicy::new("injected")).await;
-    // Not a rule's host, not allowlisted: refused before anything is sent.
+    // A rule's destination the agent was not allowed, and hosts no rule
+    // names: refused before anything is resolved or minted.
     for url in [
+        "https://othervault.vault.azure.net/secrets/db",
         "https://vault.azure.net/secrets/db",
         "https://a.b.vault.azure.net/secrets/db",
         "https://myvault.vault.azure.net.evil.example/secrets/db",
@@ -492,8 +517,103 @@ async fn a_rule_opens_https_only_to_its_own_hosts() {
         let got = a.http_request("GET", url, &[], b"").await.unwrap();
         assert_eq!(got.unwrap_err(), "ErrorCode::HttpRequestDenied", "{url}");
     }
+    // TRACE would echo the token back: refused, as is an unknown method.
+    for method in ["TRACE", "FOO"] {
+        let got = a
+            .http_request(method, &secret_url("db"), &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(got.unwrap_err(), "ErrorCode::HttpRequestDenied", "{method}");
+    }
+    let refusals = a.store.data().egress().refusals();
+    let reasons: Vec<Reason> = refusals.lock().unwrap().iter().map(|r| r.reason).collect();
+    assert_eq!(reasons[..5], [Reason::NotAllowed; 5]);
+    assert_eq!(reasons[5..], [Reason::MethodNotInjected; 2]);
     assert!(az.mock.requests().is_empty());
     assert!(az.minted().is_empty());
+}
+
+#[tokio::test]
+async fn the_host_header_is_the_name_as_checked_not_as_spelled() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    for url in [
+        "https://MYVAULT.Vault.Azure.NET./secrets/db",
+        "https://myvault.vault.azure.net:0443/secrets/db",
+        "https://evil.example:1@myvault.vault.azure.net/secrets/db",
+    ] {
+        let answer = a.http_request("GET", url, &[], b"").await.unwrap().unwrap();
+        assert_eq!(answer.status, 200, "{url}");
+    }
+    let seen = az.mock.requests();
+    assert_eq!(seen.len(), 3);
+    for seen in seen {
+        assert_eq!(seen.host.as_deref(), Some(VAULT_HOST));
+        assert!(
+            seen.authorization
+                .unwrap()
+                .starts_with("Bearer mock-vault-")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_challenge_for_one_audience_keeps_the_others_cached_token() {
+    let az = Azure::new();
+    let mut a = az.agent(AgentPolicy::new("injected")).await;
+    let blob = format!("https://{BLOB_HOST}/c/b");
+    let answer = a
+        .http_request("GET", &blob, &[], b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(get(&mut a).await.status, 200);
+    let vault_token = az.mock.requests()[1].authorization.clone().unwrap();
+    az.mock.revoke(vault_token.strip_prefix("Bearer ").unwrap());
+    assert_eq!(get(&mut a).await.status, 200);
+    let answer = a
+        .http_request("GET", &blob, &[], b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        az.minted(),
+        ["storage", "vault", "vault"],
+        "storage stays cached"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_be_sent_is_audited_with_the_token_it_cost() {
+    let az = Azure::new();
+    // A vault name mapped to a loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let builder = az
+        .builder()
+        .inject_defaults()
+        .egress("https://gone.vault.azure.net")
+        .connect_to("gone.vault.azure.net", 443, closed);
+    let mut a = az.agent_with(AgentPolicy::new("injected"), builder).await;
+    let got = a
+        .http_request("GET", "https://gone.vault.azure.net/secrets/db", &[], b"")
+        .await
+        .unwrap();
+    assert!(got.is_err(), "{got:?}");
+    assert_eq!(az.minted(), ["vault"]);
+    assert_eq!(
+        az.events(),
+        [event(
+            "vault",
+            "gone.vault.azure.net:443",
+            TokenSource::Minted,
+            InjectOutcome::SendFailed
+        )]
+    );
 }
 
 #[tokio::test]
@@ -553,13 +673,6 @@ async fn with_token_calls_off_the_agent_uses_azure_and_cannot_read_a_token() {
         .unwrap()
         .unwrap();
     assert_eq!(answer.status, 200);
-    let token = az.mock.requests()[0]
-        .authorization
-        .clone()
-        .unwrap()
-        .strip_prefix("Bearer ")
-        .unwrap()
-        .to_string();
 
     let vault = ["https://vault.azure.net/.default"];
     let options = test_agent::no_options();
@@ -586,14 +699,6 @@ async fn with_token_calls_off_the_agent_uses_azure_and_cannot_read_a_token() {
     }
     let (tokens, errors, _) = a.mint_loop(&options, &vault, 3, false).await.unwrap();
     assert_eq!((tokens, errors), (0, 3));
-    // Nothing the agent can see holds it: not its answers, not its environment.
-    assert!(!String::from_utf8_lossy(&answer.body).contains(&token));
-    assert!(answer.headers.iter().all(|(_, v)| !v.contains(&token)));
-    let env = a.environment().await.unwrap();
-    assert!(
-        env.iter()
-            .all(|(k, v)| !k.contains(&token) && !v.contains(&token))
-    );
     assert_eq!(az.minted(), ["vault"], "the refused calls minted nothing");
 }
 
@@ -615,25 +720,22 @@ async fn an_endpoint_that_always_challenges_costs_at_most_the_mint_budget() {
         answers.push(got.map(|answer| answer.status));
     }
     // The host's clock does not move: three mints, whatever the agent does.
+    // A minted token refused is not replaced; a cached one is, once, while
+    // the budget lasts; then the cached token is kept and sent.
     assert_eq!(az.minted(), ["vault", "vault", "vault"]);
-    assert_eq!(
-        az.mock.requests().len(),
-        5,
-        "2 + 2 + 1, then nothing is sent"
-    );
-    assert_eq!(answers[..3], [Ok(401), Ok(401), Ok(401)]);
-    for refused in &answers[3..] {
-        let error = refused.clone().unwrap_err();
-        assert!(error.contains("over its mint budget"), "{error}");
-    }
-    let outcomes: Vec<InjectOutcome> = az.events().iter().map(|e| e.outcome).collect();
+    assert_eq!(az.mock.requests().len(), 1 + 2 + 2 + 7);
+    assert!(answers.iter().all(|a| *a == Ok(401)), "{answers:?}");
+    let events = az.events();
+    let outcomes: Vec<InjectOutcome> = events.iter().map(|e| e.outcome).collect();
     let mut expected = vec![
+        InjectOutcome::FreshTokenRefused,
         InjectOutcome::ChallengeAnswered,
         InjectOutcome::ChallengeAnswered,
-        InjectOutcome::ChallengeUnanswered,
     ];
-    expected.extend([InjectOutcome::NoToken; 7]);
+    expected.extend([InjectOutcome::ChallengeUnanswered; 7]);
     assert_eq!(outcomes, expected);
+    let mints: u32 = events.iter().map(|e| e.minted).sum();
+    assert_eq!(mints, 3, "the audit adds up to what the broker saw");
 }
 
 /// The JavaScript agent (`examples/js-agent`), compiled once per process.
@@ -648,16 +750,10 @@ async fn a_javascript_agent_reads_a_secret_with_its_plain_fetch_and_no_credentia
     let policy = AgentPolicy::new("injected").reveal_tokens(false);
     let linked = LinkedCredential::new(az.f.sandbox().await, policy);
     let events = az.events.clone();
-    let builder = az.builder().inject_defaults().on_inject(move |e| {
-        events.lock().unwrap().push(Seen {
-            agent: e.agent_id.to_string(),
-            audience: e.audience.to_string(),
-            destination: e.destination.to_string(),
-            source: e.source,
-            outcome: e.outcome,
-            removed: e.removed_agent_authorization,
-        })
-    });
+    let builder = az
+        .builder()
+        .inject_defaults()
+        .on_inject(move |e| events.lock().unwrap().push(Seen::of(e)));
     let mut js =
         host_test::js_agent::JsAgent::new(builder, Host::shared().engine(), js_pre(), linked)
             .await
