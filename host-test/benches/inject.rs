@@ -82,10 +82,10 @@ fn main() {
             .credential_broker(broker.url())
             .trust(roots.clone())
             .connect_to(VAULT_HOST, 443, vault.addr());
-        builder = match inject {
-            true => builder.inject_defaults(),
-            false => builder.egress(format!("https://{VAULT_HOST}")),
-        };
+        builder = builder.egress(format!("https://{VAULT_HOST}"));
+        if inject {
+            builder = builder.inject_defaults();
+        }
         rt.block_on(TestAgent::new(builder, host.engine(), &pre, linked))
             .unwrap()
     };
