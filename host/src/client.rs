@@ -164,14 +164,7 @@ impl Connections {
         async move {
             let timeouts = Timeouts::from(options);
             let (parts, body) = request.into_parts();
-            let body = Limited::new(body, max_request_body)
-                .collect()
-                .await
-                .map_err(|e| match e.downcast::<Error>() {
-                    Ok(e) => *e,
-                    Err(_) => Error::HttpRequestBodySize(None),
-                })?
-                .to_bytes();
+            let body = collect_body(body, max_request_body).await?;
             let mut request = hyper::Request::from_parts(parts, Full::new(body));
             let captured = capture_connection(&mut request);
             // No request on a connection the peer has closed.
@@ -196,6 +189,18 @@ impl Connections {
             ))
         }
     }
+}
+
+/// A request body, whole (`HTTP-request-body-size` past `max` bytes).
+pub(crate) async fn collect_body(body: WasiBody, max: usize) -> Result<Bytes, Error> {
+    Ok(Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(_) => Error::HttpRequestBodySize(None),
+        })?
+        .to_bytes())
 }
 
 /// The wasi:http timeouts: connecting and the answer's head share one bound

@@ -54,13 +54,13 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, HeaderValue, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Method, StatusCode};
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use crate::client::{Connections, Sent};
+use crate::client::{Connections, Sent, collect_body};
 use crate::egress::{Origin, normal_host};
 use crate::linked::{LinkedCredential, TokenSource};
 
@@ -333,14 +333,7 @@ impl Injection {
         async move {
             let (mut parts, body) = request.into_parts();
             let removed = remove_authorization(&mut parts.headers);
-            let body = Limited::new(body, connections.max_request_body())
-                .collect()
-                .await
-                .map_err(|e| match e.downcast::<Error>() {
-                    Ok(e) => *e,
-                    Err(_) => Error::HttpRequestBodySize(None),
-                })?
-                .to_bytes();
+            let body = collect_body(body, connections.max_request_body()).await?;
             let send = |token: &str| {
                 let mut request = hyper::Request::new(full(body.clone()));
                 *request.method_mut() = parts.method.clone();

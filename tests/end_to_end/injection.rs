@@ -123,11 +123,20 @@ impl Azure {
     async fn agent_with(&self, policy: AgentPolicy, builder: AgentBuilder) -> TestAgent {
         let linked = LinkedCredential::new(self.f.sandbox().await, policy)
             .budget_clock(self.f.clock.clone());
+        TestAgent::new(
+            self.audited(builder),
+            Host::shared().engine(),
+            agent_pre(),
+            linked,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// `builder` with its injections recorded in [`Azure::events`].
+    fn audited(&self, builder: AgentBuilder) -> AgentBuilder {
         let events = self.events.clone();
-        let builder = builder.on_inject(move |e| events.lock().unwrap().push(Seen::of(e)));
-        TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
-            .await
-            .unwrap()
+        builder.on_inject(move |e| events.lock().unwrap().push(Seen::of(e)))
     }
 
     fn events(&self) -> Vec<Seen> {
@@ -158,6 +167,11 @@ fn event(audience: &str, destination: &str, source: TokenSource, outcome: Inject
         outcome,
         removed: false,
     }
+}
+
+/// An event for a request to the vault.
+fn vault_event(source: TokenSource, outcome: InjectOutcome) -> Seen {
+    event("vault", &format!("{VAULT_HOST}:443"), source, outcome)
 }
 
 fn secret_url(name: &str) -> String {
@@ -230,18 +244,8 @@ async fn an_agent_reads_a_secret_and_a_blob_without_holding_a_token() {
     assert_eq!(
         az.events(),
         [
-            event(
-                "vault",
-                &format!("{VAULT_HOST}:443"),
-                TokenSource::Minted,
-                InjectOutcome::Sent
-            ),
-            event(
-                "vault",
-                &format!("{VAULT_HOST}:443"),
-                TokenSource::Cached,
-                InjectOutcome::Sent
-            ),
+            vault_event(TokenSource::Minted, InjectOutcome::Sent),
+            vault_event(TokenSource::Cached, InjectOutcome::Sent),
             event(
                 "storage",
                 &format!("{BLOB_HOST}:443"),
@@ -335,12 +339,7 @@ async fn a_put_with_a_body_is_sent_whole_and_again_after_a_challenge_to_its_cach
     assert_eq!(az.minted(), ["vault", "vault"]);
     assert_eq!(
         az.events()[1],
-        event(
-            "vault",
-            &format!("{VAULT_HOST}:443"),
-            TokenSource::Minted,
-            InjectOutcome::ChallengeAnswered
-        )
+        vault_event(TokenSource::Minted, InjectOutcome::ChallengeAnswered)
     );
 }
 
@@ -641,12 +640,7 @@ async fn the_agents_policy_decides_which_audiences_are_injected() {
         az.events(),
         [Seen {
             source: None,
-            ..event(
-                "vault",
-                &format!("{VAULT_HOST}:443"),
-                TokenSource::Cached,
-                InjectOutcome::NoToken
-            )
+            ..vault_event(TokenSource::Cached, InjectOutcome::NoToken)
         }]
     );
     let blob = a
@@ -749,11 +743,7 @@ async fn a_javascript_agent_reads_a_secret_with_its_plain_fetch_and_no_credentia
     let az = Azure::new();
     let policy = AgentPolicy::new("injected").reveal_tokens(false);
     let linked = LinkedCredential::new(az.f.sandbox().await, policy);
-    let events = az.events.clone();
-    let builder = az
-        .builder()
-        .inject_defaults()
-        .on_inject(move |e| events.lock().unwrap().push(Seen::of(e)));
+    let builder = az.audited(az.builder().inject_defaults());
     let mut js =
         host_test::js_agent::JsAgent::new(builder, Host::shared().engine(), js_pre(), linked)
             .await
@@ -772,18 +762,8 @@ async fn a_javascript_agent_reads_a_secret_with_its_plain_fetch_and_no_credentia
     assert_eq!(
         az.events(),
         [
-            event(
-                "vault",
-                &format!("{VAULT_HOST}:443"),
-                TokenSource::Minted,
-                InjectOutcome::Sent
-            ),
-            event(
-                "vault",
-                &format!("{VAULT_HOST}:443"),
-                TokenSource::Cached,
-                InjectOutcome::Sent
-            ),
+            vault_event(TokenSource::Minted, InjectOutcome::Sent),
+            vault_event(TokenSource::Cached, InjectOutcome::Sent),
         ]
     );
     // A secret that is not there: the vault's own 404, as JavaScript sees it.
