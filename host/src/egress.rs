@@ -50,6 +50,8 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::client::{Connections, Sent, Setup, Vet};
 use crate::inject::{Injection, injects_method};
+pub use crate::origin::Origin;
+use crate::origin::{default_port, literal_ip, normal_host};
 use crate::policy::{helper_host, shown};
 use crate::tls::TrustedRoots;
 
@@ -57,70 +59,6 @@ use crate::tls::TrustedRoots;
 /// [`AgentEgress::max_request_body`] says otherwise (the body is held in
 /// host memory while it is sent).
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 16 << 20;
-
-/// A host as compared: lower-cased, without a trailing dot; an IP literal in
-/// its canonical text (IPv6 in brackets).
-pub(crate) fn normal_host(host: &str) -> Option<String> {
-    let host = host.to_ascii_lowercase();
-    if let Some(inner) = host.strip_prefix('[') {
-        let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
-        return Some(format!("[{ip}]"));
-    }
-    let host = host.strip_suffix('.').unwrap_or(&host);
-    if host.is_empty() || host.contains(['/', '@', '[', ']']) {
-        return None;
-    }
-    Some(match host.parse::<Ipv4Addr>() {
-        Ok(ip) => ip.to_string(),
-        Err(_) => host.to_string(),
-    })
-}
-
-/// The default port of `scheme` (`http`, `https`), `None` for any other.
-fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "http" => Some(80),
-        "https" => Some(443),
-        _ => None,
-    }
-}
-
-/// The IP address a normalised host names literally, if it does.
-fn literal_ip(host: &str) -> Option<IpAddr> {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-        .ok()
-        .map(|ip| ip.to_canonical())
-}
-
-/// A request's origin: scheme, normalised host, port (made explicit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// `http` or `https`.
-    pub scheme: String,
-    /// Lower-cased, no trailing dot, IP literals canonical (IPv6 in brackets).
-    pub host: String,
-    /// The URI's port, or the scheme's default.
-    pub port: u16,
-}
-
-impl Origin {
-    /// The origin of `uri`; `None` without an http(s) scheme and a usable host.
-    pub fn of(uri: &Uri) -> Option<Origin> {
-        let scheme = uri.scheme_str()?.to_ascii_lowercase();
-        let port = uri.port_u16().or(default_port(&scheme))?;
-        default_port(&scheme)?;
-        let host = normal_host(uri.host()?)?;
-        Some(Origin { scheme, host, port })
-    }
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
 
 /// Which hosts an allowlist entry covers.
 #[derive(Debug, Clone, PartialEq, Eq)]

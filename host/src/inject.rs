@@ -61,8 +61,8 @@ use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::client::{Connections, Sent, collect_body};
-use crate::egress::{Origin, normal_host};
 use crate::linked::{LinkedCredential, TokenSource};
+use crate::origin::{Origin, normal_host};
 
 /// The rules [`Injection::defaults`] starts from: every Azure data-plane
 /// and management host the original's audiences serve over HTTP (Azure SQL

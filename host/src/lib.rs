@@ -36,6 +36,7 @@ pub mod from_env;
 mod host;
 pub mod inject;
 pub mod linked;
+mod origin;
 pub mod policy;
 pub mod precompiled;
 mod sandbox;
