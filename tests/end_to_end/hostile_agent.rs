@@ -344,7 +344,7 @@ async fn a_trapping_credential_is_a_typed_error_and_is_replaced() {
 }
 
 /// An answer of almost 1 MiB (under the component's cap).
-fn big_answer() -> Reply {
+pub(crate) fn big_answer() -> Reply {
     let padding = "a".repeat(900 * 1024);
     Reply::json(
         200,
@@ -354,7 +354,7 @@ fn big_answer() -> Reply {
 
 /// The smallest memory ceiling (in 128 KiB steps) the credential works in,
 /// found by trying, so the tests follow the component's size.
-async fn smallest_ceiling(f: &Fixture) -> usize {
+pub(crate) async fn smallest_ceiling(f: &Fixture) -> usize {
     for step in 8..=256 {
         let limit = step * 128 * 1024;
         let Ok(mut sandbox) = f.builder().memory_limit(limit).build().await else {

@@ -121,8 +121,17 @@ impl Azure {
     }
 
     async fn agent_with(&self, policy: AgentPolicy, builder: AgentBuilder) -> TestAgent {
-        let linked = LinkedCredential::new(self.f.sandbox().await, policy)
-            .budget_clock(self.f.clock.clone());
+        self.agent_in(self.f.sandbox().await, policy, builder).await
+    }
+
+    /// The agent linked to the credential in `sandbox`.
+    async fn agent_in(
+        &self,
+        sandbox: vd_cred_host::Sandbox,
+        policy: AgentPolicy,
+        builder: AgentBuilder,
+    ) -> TestAgent {
+        let linked = LinkedCredential::new(sandbox, policy).budget_clock(self.f.clock.clone());
         TestAgent::new(
             self.audited(builder),
             Host::shared().engine(),
@@ -787,4 +796,35 @@ async fn a_javascript_agent_reads_a_secret_with_its_plain_fetch_and_no_credentia
     // Anything not a rule's host is refused, with the agent's fetch error.
     let refused = js.fetch_status("https://elsewhere.example/").await.unwrap();
     assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_credential_that_traps_while_injecting_is_replaced_for_the_next_request() {
+    let az = Azure::new();
+    let ceiling = crate::hostile_agent::smallest_ceiling(&az.f).await;
+    let sandbox = az.f.builder().memory_limit(ceiling).build().await.unwrap();
+    let mut a = az
+        .agent_in(
+            sandbox,
+            AgentPolicy::new("injected"),
+            az.builder().inject_defaults(),
+        )
+        .await;
+    // An answer of almost 1 MiB: more than the credential's memory allows.
+    az.f.broker.push(crate::hostile_agent::big_answer());
+    let got = a
+        .http_request("GET", &secret_url("db"), &[], b"")
+        .await
+        .unwrap();
+    let error = got.unwrap_err();
+    assert!(error.contains("stopped inside the host"), "{error}");
+    assert!(
+        az.mock.requests().is_empty(),
+        "nothing sent without a token"
+    );
+    // The next request: a fresh instance, the host's credential opened in it.
+    assert_eq!(get(&mut a).await.status, 200);
+    assert_eq!(a.store.data().linked.sandbox().await.generation(), 1);
+    let outcomes: Vec<InjectOutcome> = az.events().iter().map(|e| e.outcome).collect();
+    assert_eq!(outcomes, [InjectOutcome::NoToken, InjectOutcome::Sent]);
 }
