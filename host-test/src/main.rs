@@ -44,6 +44,12 @@ usage:
   host-test fast-broker           run a minimal loopback broker for benchmarks (one write per
                                   answer, TCP_NODELAY, keep-alive; always the same token): prints
                                   its URL, serves until stdin closes
+  host-test mock-azure --ca <ca.pem>
+                                  run a mock Key Vault and Storage over TLS on loopback (for
+                                  run-agent --inject --trust <ca.pem> --connect-to ...): writes
+                                  its throw-away CA to <ca.pem>, prints its address, accepts the
+                                  mock broker's tokens; \"requests\" on stdin prints what it
+                                  received as one JSON line; exits at EOF
   host-test mock-broker [--unix <socket>]
                                   run the loopback mock broker (or, with --unix, a mock
                                   runtime-access helper on that socket) for another runtime's
@@ -73,6 +79,13 @@ async fn main() -> ExitCode {
         Some("get-token") if args.len() > 1 => get_token(&args[1..]).await,
         Some("fast-broker") => fast_broker(),
         Some("run-agent") if args.len() > 1 => run_agent(&args[1..]).await,
+        Some("mock-azure") => match args.get(1..) {
+            Some([flag, ca]) if flag == "--ca" => mock_azure(ca),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Some("mock-broker") => match args.get(1..) {
             Some([]) => mock_broker(None),
             Some([flag, socket]) if flag == "--unix" => mock_broker(Some(socket)),
@@ -531,6 +544,46 @@ fn reply_from_json(spec: &str) -> Result<host_test::Reply> {
 
 /// The mock broker as a process, driven over stdin (used by the jco run and
 /// the Python tests).
+/// `mock-azure --ca <file>`: a mock Key Vault and Storage over TLS with a
+/// throw-away CA (written to `file`), accepting the mock broker's tokens, for
+/// trying `run-agent --inject` by hand.
+fn mock_azure(ca_file: &str) -> Result<ExitCode> {
+    use std::io::BufRead;
+    let ca = host_test::tls::TestCa::new()?;
+    let names = [
+        "*.vault.azure.net",
+        "*.blob.core.windows.net",
+        "*.dfs.core.windows.net",
+        "onelake.dfs.fabric.microsoft.com",
+    ];
+    let config = ca.server_config(&names, host_test::tls::Validity::Current)?;
+    let azure = host_test::azure::MockAzure::start_tls(config)?;
+    azure.accept(vec!["mock-*".into()]);
+    std::fs::write(ca_file, ca.pem())?;
+    println!("{}", azure.addr());
+    for line in std::io::stdin().lock().lines() {
+        match line?.as_str() {
+            "requests" => {
+                let requests: Vec<_> = azure
+                    .requests()
+                    .into_iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "method": r.method,
+                            "host": r.host,
+                            "path": r.path,
+                            "authorization": r.authorization,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::from(requests));
+            }
+            other => eprintln!("mock-azure: unknown command {other:?}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn mock_broker(socket: Option<&str>) -> Result<ExitCode> {
     use std::io::BufRead;
     let broker = match socket {
