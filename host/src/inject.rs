@@ -18,9 +18,10 @@
 //!   `token-credential` import;
 //! - a `401` whose `WWW-Authenticate: Bearer` challenge names no claims and
 //!   no other resource (Key Vault's `resource="https://vault.azure.net"`,
-//!   Storage's `resource_id=https://storage.azure.com`) is answered once:
-//!   the host drops its cached token (it may be revoked), gets a fresh one
-//!   and sends the request again, as azure-core's challenge policy does. A
+//!   Storage's `resource_id=https://storage.azure.com`) to a cached token
+//!   is answered once: the host drops that audience's cached token (it may
+//!   be revoked), gets a fresh one and sends the request again, as
+//!   azure-core's challenge policy does. A
 //!   claims challenge, which the broker cannot meet, and a challenge for
 //!   another resource reach the agent as the 401 they are; the audit says
 //!   which;
