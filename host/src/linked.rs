@@ -34,10 +34,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
-
 use anyhow::Result;
 use slab::Slab;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceAny};
 use wasmtime_wasi::HostMonotonicClock;
