@@ -36,6 +36,11 @@
 //! public web roots unless [`AgentEgress::trust`] says otherwise, with request
 //! bodies up to [`AgentEgress::max_request_body`].
 //!
+//! The host can add Azure tokens to the requests an injection's rules match
+//! ([`AgentEgress::inject`], [`crate::inject`]); a rule opens nothing the
+//! allowlist does not. [`AgentEgress::connect_to`] sends a host name to
+//! another address (tests, split-horizon networks), vetted like any other.
+//!
 //! What this does not cover: other machines that reach the broker (a broker
 //! on another host listening on several addresses is refused only at the
 //! addresses its URL resolves to), other cloud metadata endpoints outside
