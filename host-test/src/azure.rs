@@ -47,6 +47,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
+use crate::server_thread::ServerThread;
+
 /// The tenant the mock's challenges name (the same as the Python tests').
 pub const TENANT: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -117,8 +119,7 @@ struct Inner {
 pub struct MockAzure {
     addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl MockAzure {
@@ -138,22 +139,14 @@ impl MockAzure {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let (stop, stopped) = oneshot::channel();
         let state = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name("mock-azure".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(serve(listener, tls, state, stopped));
-            })?;
+        let thread = ServerThread::spawn("mock-azure", move |stopped| {
+            serve(listener, tls, state, stopped)
+        })?;
         Ok(MockAzure {
             addr,
             inner,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -189,17 +182,6 @@ impl MockAzure {
     /// or spoke plain http).
     pub fn failed_handshakes(&self) -> usize {
         self.inner.lock().unwrap().failed_handshakes
-    }
-}
-
-impl Drop for MockAzure {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -21,6 +21,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
+use crate::server_thread::ServerThread;
+
 /// The path prefix of [`MockBroker::url`], as Studio's broker uses.
 pub const BASE_PATH: &str = "/api/v1/credential-broker";
 
@@ -187,14 +189,14 @@ enum Listener {
 
 /// The running mock broker; stops when dropped.
 pub struct MockBroker {
+    /// First, so that it stops (and is joined) before the rest is dropped.
+    _thread: ServerThread,
     addr: Option<SocketAddr>,
     https: bool,
     socket: Option<PathBuf>,
     inner: Arc<Mutex<Inner>>,
     /// Bumped to close every idle connection.
     closer: tokio::sync::watch::Sender<u64>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MockBroker {
@@ -231,26 +233,18 @@ impl MockBroker {
     ) -> Result<MockBroker> {
         let https = matches!(listener, Listener::Tls(..));
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let (stop, stopped) = oneshot::channel();
         let (closer, close) = tokio::sync::watch::channel(0);
         let state = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name("mock-broker".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(serve(listener, state, close, stopped));
-            })?;
+        let thread = ServerThread::spawn("mock-broker", move |stopped| {
+            serve(listener, state, close, stopped)
+        })?;
         Ok(MockBroker {
             addr,
             https,
             socket,
             inner,
             closer,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -344,17 +338,6 @@ impl MockBroker {
     /// How many TLS handshakes failed since the start.
     pub fn failed_handshakes(&self) -> usize {
         self.inner.lock().unwrap().failed_handshakes
-    }
-}
-
-impl Drop for MockBroker {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
