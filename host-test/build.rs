@@ -1,8 +1,9 @@
-//! Builds the test and example guests (the sandbox probe, the test agent and
-//! the Key Vault reader) for wasm32-wasip2 in release, composes the reader with the
-//! credential component that `vd-cred-host` built (its path arrives as
-//! `DEP_VD_CRED_BROKER_WASM_PATH`), and exposes the paths to this crate as
-//! `VD_SANDBOX_PROBE_WASM`, `VD_TEST_AGENT_WASM` and `VD_KEYVAULT_COMPOSED_WASM`.
+//! Builds the test and example guests (the sandbox probe, the test agent, the
+//! Key Vault reader and the wstd agent) for wasm32-wasip2 in release, composes
+//! the reader with the credential component that `vd-cred-host` built (its
+//! path arrives as `DEP_VD_CRED_BROKER_WASM_PATH`), and exposes the paths to
+//! this crate as `VD_SANDBOX_PROBE_WASM`, `VD_TEST_AGENT_WASM`,
+//! `VD_WSTD_AGENT_WASM` and `VD_KEYVAULT_COMPOSED_WASM`.
 
 #[path = "../host/build/guest.rs"]
 mod guest;
@@ -18,7 +19,12 @@ fn main() {
     guest::build_guest(
         &root,
         &guest_target,
-        &["sandbox-probe", "test-agent", "keyvault-reader"],
+        &[
+            "sandbox-probe",
+            "test-agent",
+            "keyvault-reader",
+            "wstd-agent",
+        ],
     );
 
     let release = guest_target.join("wasm32-wasip2/release");
@@ -35,6 +41,7 @@ fn main() {
     for (var, file) in [
         ("VD_SANDBOX_PROBE_WASM", "sandbox_probe.wasm"),
         ("VD_TEST_AGENT_WASM", "test_agent.wasm"),
+        ("VD_WSTD_AGENT_WASM", "wstd_agent.wasm"),
     ] {
         let wasm = release.join(file);
         assert!(wasm.exists(), "guest build produced no {}", wasm.display());
@@ -51,6 +58,11 @@ fn main() {
         "examples/keyvault-reader/src",
         "examples/keyvault-reader/wit",
         "examples/keyvault-reader/Cargo.toml",
+        "examples/wstd-agent/src",
+        "examples/wstd-agent/wit",
+        "examples/wstd-agent/Cargo.toml",
+        "guest/src",
+        "guest/Cargo.toml",
         "wit",
         "Cargo.lock",
     ] {

@@ -22,7 +22,8 @@ use vd_cred_host::TrustedRoots;
 use vd_cred_host::egress::AgentEgress;
 use vd_cred_host::inject::{DEFAULT_RULES, InjectEvent, Injection};
 use vd_cred_host::linked::{self, LinkedCredential};
-use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
+use wasmtime::component::wasm_wave::untyped::UntypedFuncCall;
+use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable, Val};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -85,6 +86,7 @@ pub struct AgentBuilder {
     inject: Vec<String>,
     on_inject: Option<InjectHook>,
     connect_to: Vec<(String, u16, SocketAddr)>,
+    proxies: Option<vd_cred_host::Proxies>,
 }
 
 type InjectHook = Arc<dyn Fn(&InjectEvent<'_>) + Send + Sync>;
@@ -164,6 +166,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Send the agent's requests through `proxies` (see
+    /// [`AgentEgress::proxies`]); none by default.
+    pub fn proxies(mut self, proxies: vd_cred_host::Proxies) -> Self {
+        self.proxies = Some(proxies);
+        self
+    }
+
     /// The agent's store, holding `linked`.
     pub fn store(self, engine: &Engine, linked: LinkedCredential) -> Result<Store<AgentState>> {
         let mut wasi = WasiCtx::builder();
@@ -184,6 +193,9 @@ impl AgentBuilder {
         }
         for (host, port, addr) in &self.connect_to {
             hooks.connect_to(host, *port, *addr)?;
+        }
+        if let Some(proxies) = self.proxies {
+            hooks.proxies(proxies);
         }
         if !self.inject.is_empty() {
             let mut injection = Injection::new(&linked);
@@ -218,6 +230,49 @@ impl AgentBuilder {
         let instance = pre.instantiate_async(&mut store).await?;
         Ok((store, instance))
     }
+}
+
+/// Call `call` on `instance`, as `host-test run-agent --invoke` does:
+/// `name(args)` with WAVE-encoded arguments, `name` a root export or a
+/// function in an exported interface. Its results.
+pub async fn invoke<T: Send>(
+    component: &Component,
+    instance: &Instance,
+    mut store: &mut Store<T>,
+    call: &str,
+) -> Result<Vec<Val>> {
+    use wasmtime::component::types::ComponentItem;
+    let call = UntypedFuncCall::parse(call).map_err(|e| anyhow::anyhow!("{call}: {e}"))?;
+    let engine = store.engine().clone();
+    let name = call.name().to_string();
+    let mut index = instance.get_export_index(&mut store, None, &name);
+    for (export, item) in component.component_type().exports(&engine) {
+        if index.is_some() {
+            break;
+        }
+        if let ComponentItem::ComponentInstance(_) = item.ty {
+            let parent = instance.get_export_index(&mut store, None, export);
+            index = instance.get_export_index(&mut store, parent.as_ref(), &name);
+        }
+    }
+    let func = index
+        .and_then(|i| instance.get_func(&mut store, i))
+        .ok_or_else(|| anyhow::anyhow!("the agent exports no function {name:?}"))?;
+    let ty = func.ty(&store);
+    let param_types: Vec<_> = ty.params().map(|(_, t)| t).collect();
+    let params = call
+        .to_wasm_params(param_types.iter())
+        .map_err(|e| anyhow::anyhow!("arguments of {name}: {e}"))?;
+    let mut results = vec![Val::Bool(false); ty.results().len()];
+    func.call_async(&mut store, &params, &mut results).await?;
+    Ok(results)
+}
+
+/// The wstd example agent (`examples/wstd-agent`): `read-secret(vault, name)`
+/// with a token from the guest crate.
+pub mod wstd_agent {
+    /// Path of the wstd agent built by this crate's build script.
+    pub const WSTD_AGENT_WASM: &str = env!("VD_WSTD_AGENT_WASM");
 }
 
 /// The test agent (`host-test/agent`), for the tests and the demo.

@@ -411,10 +411,10 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
         }
     }
     anyhow::ensure!(!invoke.is_empty(), "--invoke is required\n{USAGE}");
-    let calls = invoke
-        .iter()
-        .map(|i| UntypedFuncCall::parse(i).map_err(|e| anyhow::anyhow!("--invoke {i}: {e}")))
-        .collect::<Result<Vec<_>>>()?;
+    // Malformed calls are reported before the agent is compiled.
+    for call in &invoke {
+        UntypedFuncCall::parse(call).map_err(|e| anyhow::anyhow!("--invoke {call}: {e}"))?;
+    }
 
     let host = Host::shared();
     let setup = vd_cred_host::from_env::Setup::from_env(|name| std::env::var(name).ok());
@@ -470,47 +470,13 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
     let pre = agent::link(host.engine(), &component)?;
     let (mut store, instance) = builder.instantiate(host.engine(), &pre, linked).await?;
 
-    for call in &calls {
-        invoke_one(&component, &instance, &mut store, call).await?;
+    for call in &invoke {
+        let results = host_test::agent::invoke(&component, &instance, &mut store, call).await?;
+        for result in &results {
+            println!("{}", wasmtime::component::wasm_wave::to_string(result)?);
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Call one `--invoke`d function and print its results.
-async fn invoke_one<T: Send>(
-    component: &wasmtime::component::Component,
-    instance: &wasmtime::component::Instance,
-    mut store: &mut wasmtime::Store<T>,
-    call: &wasmtime::component::wasm_wave::untyped::UntypedFuncCall<'_>,
-) -> Result<()> {
-    use wasmtime::component::wasm_wave;
-    let engine = store.engine().clone();
-    // The function: a root export, or one inside an exported interface.
-    let name = call.name().to_string();
-    let mut index = instance.get_export_index(&mut store, None, &name);
-    for (export, item) in component.component_type().exports(&engine) {
-        if index.is_some() {
-            break;
-        }
-        if let wasmtime::component::types::ComponentItem::ComponentInstance(_) = item.ty {
-            let parent = instance.get_export_index(&mut store, None, export);
-            index = instance.get_export_index(&mut store, parent.as_ref(), &name);
-        }
-    }
-    let func = index
-        .and_then(|i| instance.get_func(&mut store, i))
-        .ok_or_else(|| anyhow::anyhow!("the agent exports no function {name:?}"))?;
-    let ty = func.ty(&store);
-    let param_types: Vec<_> = ty.params().map(|(_, t)| t).collect();
-    let params = call
-        .to_wasm_params(param_types.iter())
-        .map_err(|e| anyhow::anyhow!("--invoke arguments: {e}"))?;
-    let mut results = vec![wasmtime::component::Val::Bool(false); ty.results().len()];
-    func.call_async(&mut store, &params, &mut results).await?;
-    for result in &results {
-        println!("{}", wasm_wave::to_string(result)?);
-    }
-    Ok(())
 }
 
 /// The benchmark broker as a process: serves until stdin closes.

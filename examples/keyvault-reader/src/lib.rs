@@ -12,11 +12,14 @@ mod guest {
     wit_bindgen::generate!({
         world: "vibedata:keyvault-reader/keyvault-reader",
         path: ["../../wit", "wit"],
+        // The credential import is the guest crate's.
+        with: {
+            "vibedata:cred-broker/token-credential@0.1.0": vd_cred_guest::bindings::vibedata::cred_broker::token_credential,
+        },
         generate_all,
     });
 
     use exports::vibedata::keyvault_reader::reader::Guest;
-    use vibedata::cred_broker::token_credential::{describe_error, get_token};
     use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 
     const SCOPE: &str = "https://vault.azure.net/.default";
@@ -26,13 +29,14 @@ mod guest {
 
     impl Guest for Reader {
         fn read_secret(vault: String, name: String) -> Result<String, String> {
-            let token = get_token(&[SCOPE.to_string()]).map_err(|e| describe_error(&e))?;
+            // The credential's error as its own sentence (`Display`).
+            let token = vd_cred_guest::token(&[SCOPE]).map_err(|e| e.to_string())?;
             let (status, body) = get(
                 &format!(
                     "{}/secrets/{name}?api-version=7.4",
                     vault.trim_end_matches('/')
                 ),
-                &token.token,
+                &token.authorization(),
             )?;
             if status != 200 {
                 return Err(format!(
@@ -48,19 +52,17 @@ mod guest {
         }
     }
 
-    /// `GET url` with `Authorization: Bearer token`; the status and body.
-    fn get(url: &str, token: &str) -> Result<(u16, Vec<u8>), String> {
+    /// `GET url` with `Authorization: authorization`; the status and body.
+    fn get(url: &str, authorization: &str) -> Result<(u16, Vec<u8>), String> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or("the vault URL is not absolute")?;
         let (authority, path) = rest
             .split_once('/')
             .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let headers = Fields::from_list(&[(
-            "authorization".into(),
-            format!("Bearer {token}").into_bytes(),
-        )])
-        .map_err(|e| format!("{e:?}"))?;
+        let headers =
+            Fields::from_list(&[("authorization".into(), authorization.as_bytes().to_vec())])
+                .map_err(|e| format!("{e:?}"))?;
         let request = OutgoingRequest::new(headers);
         request
             .set_method(&Method::Get)

@@ -119,18 +119,28 @@ mod guest {
     wit_bindgen::generate!({
         world: "vibedata:test-agent/test-agent",
         path: ["../../wit", "wit"],
+        // The credential's types are the guest crate's, so its values cross
+        // this agent's exports unchanged.
+        with: {
+            "vibedata:cred-broker/token-credential@0.1.0": vd_cred_guest::bindings::vibedata::cred_broker::token_credential,
+        },
         generate_all,
     });
 
     use crate::{http, probes};
     use exports::vibedata::test_agent::agent::{Guest, HttpAnswer};
-    use vibedata::cred_broker::token_credential::{
-        self as credential, AccessToken, AccessTokenInfo, Credential, CredentialError,
-        CredentialOptions, TokenRequestOptions,
+    use vd_cred_guest::bindings::vibedata::cred_broker::token_credential::{
+        AccessToken, AccessTokenInfo, CredentialError, CredentialOptions, TokenRequestOptions,
     };
+    use vd_cred_guest::{Credential, Error};
 
     struct Agent;
     export!(Agent);
+
+    /// A guest-crate result as the WIT result this agent exports.
+    fn raw<T, R: From<T>>(result: Result<T, Error>) -> Result<R, CredentialError> {
+        result.map(R::from).map_err(CredentialError::from)
+    }
 
     impl Guest for Agent {
         fn token(
@@ -139,11 +149,11 @@ mod guest {
             calls: u32,
         ) -> Result<AccessToken, CredentialError> {
             let credential = Credential::open(&options)?;
-            let mut token = credential.get_token(&scopes);
+            let mut token = credential.token(&scopes);
             for _ in 1..calls {
-                token = credential.get_token(&scopes);
+                token = credential.token(&scopes);
             }
-            token
+            raw(token)
         }
 
         fn token_info(
@@ -151,15 +161,16 @@ mod guest {
             scopes: Vec<String>,
             request: TokenRequestOptions,
         ) -> Result<AccessTokenInfo, CredentialError> {
-            Credential::open(&options)?.get_token_info(&scopes, &request)
+            raw(Credential::open(&options).and_then(|c| c.token_info(&scopes, &request)))
         }
 
         fn free_token(scopes: Vec<String>) -> Result<AccessToken, CredentialError> {
-            credential::get_token(&scopes)
+            raw(vd_cred_guest::token(&scopes))
         }
 
         fn describe(error: CredentialError) -> String {
-            credential::describe_error(&error)
+            // The guest crate's Display is the imported `describe-error`.
+            Error::from(error).to_string()
         }
 
         fn read_file(path: String) -> Result<String, String> {
@@ -190,7 +201,7 @@ mod guest {
                 match Credential::open(&options) {
                     Ok(credential) => open.push(credential),
                     Err(e) => {
-                        refused.get_or_insert(e);
+                        refused.get_or_insert(e.into());
                     }
                 }
             }
@@ -207,7 +218,7 @@ mod guest {
                         drop(credential);
                     }
                     Err(e) => {
-                        refused.get_or_insert(e);
+                        refused.get_or_insert(e.into());
                     }
                 }
             }
@@ -224,20 +235,20 @@ mod guest {
                 true => None,
                 false => match Credential::open(&options) {
                     Ok(credential) => Some(credential),
-                    Err(e) => return (0, count, Some(e)),
+                    Err(e) => return (0, count, Some(e.into())),
                 },
             };
             let (mut tokens, mut errors, mut last) = (0, 0, None);
             for _ in 0..count {
                 let result = match &credential {
-                    Some(credential) => credential.get_token(&scopes),
-                    None => credential::get_token(&scopes),
+                    Some(credential) => credential.token(&scopes),
+                    None => vd_cred_guest::token(&scopes),
                 };
                 match result {
                     Ok(_) => tokens += 1,
                     Err(e) => {
                         errors += 1;
-                        last = Some(e);
+                        last = Some(e.into());
                     }
                 }
             }
