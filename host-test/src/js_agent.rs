@@ -1,5 +1,7 @@
 //! The JavaScript agent (`examples/js-agent`, componentized with
-//! componentize-js): plain `fetch` through wasi:http, no credential code.
+//! componentize-js): plain `fetch` through wasi:http, no credential code
+//! (its `mint` export, which uses the credential import, is exercised
+//! through `host-test run-agent` in tests/end_to_end/agents_lang.rs).
 //! Built by `examples/js-agent/build.sh` (scripts/test.sh builds it into
 //! `target/js-agent.wasm`), not by cargo: it needs Node.js.
 
@@ -15,7 +17,7 @@ use vd_cred_host::linked::LinkedCredential;
 mod bindings {
     wasmtime::component::bindgen!({
         world: "vibedata:js-agent/js-agent",
-        path: "../examples/js-agent/wit",
+        path: ["../wit", "../examples/js-agent/wit"],
         exports: { default: async },
     });
 }

@@ -1,0 +1,288 @@
+//! Agents written in Python (`examples/py-agent`, componentize-py) and
+//! JavaScript (`examples/js-agent`, componentize-js) minting through
+//! `host-test run-agent`, run as a process the way a user runs it: the host
+//! links each agent's `token-credential` import to the credential in its own
+//! sandbox, with an `--allow` list. A token for the allowed audience; for
+//! another scope `scope-not-allowed`, rendered by the agent in its own
+//! language, and nothing sent to the broker for it.
+//!
+//! The agents are built outside cargo (scripts/test.sh builds both into
+//! `target/`); `host-test` is built here with `cargo build --package
+//! host-test` unless `VD_HOST_TEST_BIN` names it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use host_test::Reply;
+
+use crate::Fixture;
+
+/// What the broker mints: 44 characters, never to be seen in the output.
+const TOKEN: &str = "tok-0123456789abcdefghijklmnopqrstuvwxyz0123";
+const ALLOWED: &str = "https://vault.azure.net/.default";
+const REFUSED: &str = "https://storage.azure.com/.default";
+
+/// One language's agent: where it is built, and how it renders the refusal.
+struct Lang {
+    /// The variable naming the built agent.
+    env: &'static str,
+    /// The default, under the workspace's `target/`.
+    file: &'static str,
+    /// The script that builds it.
+    script: &'static str,
+    /// What the build script needs.
+    needs: &'static str,
+    /// The agent's `err` for [`REFUSED`], as the agent's language renders
+    /// the `scope-not-allowed` payload.
+    refusal: &'static str,
+}
+
+const PYTHON: Lang = Lang {
+    env: "VD_PY_AGENT_WASM",
+    file: "py-agent.wasm",
+    script: "examples/py-agent/build.sh",
+    needs: "componentize-py from python/requirements-test.txt",
+    // A `match` on the generated dataclasses; Python's repr quotes.
+    refusal: "scope-not-allowed: 'https://storage.azure.com/.default' is not allowed; \
+              known_resources=['https://vault.azure.net']",
+};
+
+const JAVASCRIPT: Lang = Lang {
+    env: "VD_JS_AGENT_WASM",
+    file: "js-agent.wasm",
+    script: "examples/js-agent/build.sh",
+    needs: "Node.js",
+    // The thrown error's `payload` (`{tag, val}`), a record with camelCase
+    // fields, through JSON.stringify.
+    refusal: "scope-not-allowed: \"https://storage.azure.com/.default\" is not allowed; \
+              knownResources: [\"https://vault.azure.net\"]",
+};
+
+impl Lang {
+    /// The built agent; a missing one fails the test, naming the script.
+    fn wasm(&self) -> PathBuf {
+        let path = std::env::var_os(self.env).map_or_else(
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("target")
+                    .join(self.file)
+            },
+            PathBuf::from,
+        );
+        assert!(
+            path.exists(),
+            "{} is missing: build it with `{} {}` (needs {}; scripts/test.sh does this), \
+             or set {} to a built agent",
+            path.display(),
+            self.script,
+            path.display(),
+            self.needs,
+            self.env,
+        );
+        path
+    }
+}
+
+/// The `host-test` binary: `VD_HOST_TEST_BIN`, else built (once per test
+/// process; a no-op when fresh) with `cargo build --package host-test`, as
+/// scripts/test.sh builds it.
+fn host_test_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("VD_HOST_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut command = Command::new(cargo);
+        // Without what cargo sets for this test process: build scripts that
+        // watch one of these (ring's watches CARGO_MANIFEST_DIR) would
+        // otherwise rebuild, here and again in the next build from a shell.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name == "OUT_DIR"
+                || [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_BIN_",
+                    "CARGO_CRATE_",
+                ]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&name.as_ref())
+            {
+                command.env_remove(name.as_ref());
+            }
+        }
+        let out = command
+            .args([
+                "build",
+                "--package",
+                "host-test",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo build --package host-test");
+        assert!(
+            out.status.success(),
+            "cargo build --package host-test failed"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "host-test")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo build --package host-test names no host-test executable")
+    })
+}
+
+/// What one `run-agent` process printed.
+struct Run {
+    stdout: String,
+    stderr: String,
+}
+
+/// `host-test run-agent <wasm> --allow <allow> --invoke 'mint([<scope>])'...`
+/// with the fixture's broker and bearer file, and nothing else of this
+/// process's environment that the credential reads.
+fn run_agent(f: &Fixture, wasm: &Path, allow: &str, scopes: &[&str]) -> Run {
+    let mut command = Command::new(host_test_bin());
+    command.arg("run-agent").arg(wasm).args(["--allow", allow]);
+    for scope in scopes {
+        command.args(["--invoke", &format!("mint([{scope:?}])")]);
+    }
+    for name in vd_cred_host::from_env::ENV_VARS {
+        command.env_remove(name);
+    }
+    let mut child = command
+        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
+        .env("VD_CREDENTIAL_FILE", f.dir.path().join("credential"))
+        .env(
+            "VD_RUNTIME_ACCESS_SOCKET",
+            f.dir.path().join("no-helper.sock"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning host-test run-agent");
+    // The first run compiles the agent (tens of seconds in a debug host);
+    // a hung one fails the test rather than the suite.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        out.status.success(),
+        "run-agent {}: {}\nstdout:\n{}\nstderr:\n{}",
+        wasm.display(),
+        out.status,
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+/// A WAVE `result<string, string>` as printed by `run-agent`, decoded.
+fn wave_result(line: &str) -> Result<String, String> {
+    let (ok, quoted) = if let Some(rest) = line.strip_prefix("ok(") {
+        (true, rest)
+    } else if let Some(rest) = line.strip_prefix("err(") {
+        (false, rest)
+    } else {
+        panic!("not a result: {line}")
+    };
+    let quoted = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix("\")"))
+        .unwrap_or_else(|| panic!("not a string result: {line}"));
+    let mut text = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        text.push(match c {
+            '\\' => match chars.next() {
+                Some('n') => '\n',
+                Some('t') => '\t',
+                Some(c) => c, // \" \' \\
+                None => panic!("a dangling escape: {line}"),
+            },
+            c => c,
+        });
+    }
+    if ok { Ok(text) } else { Err(text) }
+}
+
+/// The allowed scope mints once (the agent says so without the token); the
+/// other is `scope-not-allowed` as the agent renders it, never sent.
+fn mints_and_renders_the_refusal(lang: &Lang) {
+    let wasm = lang.wasm();
+    let f = Fixture::new();
+    f.broker.push(Reply::token(TOKEN, 3600));
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let run = run_agent(&f, &wasm, "https://vault.azure.net", &[ALLOWED, REFUSED]);
+
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one result per --invoke:\n{}", run.stdout);
+    let summary = wave_result(lines[0]).unwrap_or_else(|e| panic!("{ALLOWED}: {e}"));
+    let expires_on: u64 = summary
+        .strip_prefix(&format!("token of {} chars, expires_on ", TOKEN.len()))
+        .unwrap_or_else(|| panic!("{summary}"))
+        .parse()
+        .unwrap();
+    let ended = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (started + 3600..=ended + 3600).contains(&expires_on),
+        "{summary}"
+    );
+    assert_eq!(wave_result(lines[1]), Err(lang.refusal.to_string()));
+
+    // Exactly one mint, for the allowed audience, with the fixture's bearer.
+    let requests = f.broker.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].body, br#"{"audience":"vault"}"#);
+    let authorization = format!("Bearer {}", f.bearer);
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some(authorization.as_str())
+    );
+
+    // The audit lines; the token in neither stream.
+    let id = wasm.file_stem().unwrap().to_string_lossy();
+    let minted = format!("audit: agent {id} got a vault token expiring at {expires_on} (minted)");
+    assert!(run.stderr.contains(&minted), "{}", run.stderr);
+    let refused = format!("audit: agent {id} was refused: scope {REFUSED:?} is not allowed");
+    assert!(run.stderr.contains(&refused), "{}", run.stderr);
+    assert!(!run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN));
+}
+
+#[test]
+fn a_python_agent_mints_through_run_agent_and_reads_scope_not_allowed_in_python() {
+    mints_and_renders_the_refusal(&PYTHON);
+}
+
+#[test]
+fn a_javascript_agent_mints_through_run_agent_and_reads_scope_not_allowed_in_javascript() {
+    mints_and_renders_the_refusal(&JAVASCRIPT);
+}
