@@ -74,6 +74,22 @@ pub enum CredentialError {
 }
 
 impl CredentialError {
+    /// The WIT `credential-error` case's name (`scope-not-allowed`, ...): a
+    /// kind to log or to match on without the message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Configuration(_) => "configuration",
+            Self::InvalidScopes(_) => "invalid-scopes",
+            Self::ScopeNotAllowed { .. } => "scope-not-allowed",
+            Self::BearerUnavailable(_) => "bearer-unavailable",
+            Self::BrokerUnreachable(_) => "broker-unreachable",
+            Self::BrokerRejected { .. } => "broker-rejected",
+            Self::BrokerFailed { .. } => "broker-failed",
+            Self::InvalidResponse(_) => "invalid-response",
+            Self::Unsupported(_) => "unsupported",
+        }
+    }
+
     /// The same error, saying it is what the last of `attempts` attempts got.
     pub fn after_attempts(self, attempts: u32) -> Self {
         if attempts < 2 {

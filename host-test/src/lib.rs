@@ -43,6 +43,7 @@ pub mod native;
 pub mod original;
 pub mod plain_host;
 pub mod probe;
+pub mod proxy;
 mod server_thread;
 pub mod tls;
 

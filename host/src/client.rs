@@ -23,6 +23,30 @@
 //! caller's back: the error goes to the component, whose retry policy
 //! decides and counts it as an attempt. (A close that crosses the request
 //! on the wire is such an error too.)
+//!
+//! **Proxies.** When the setup's [`Proxies`] name a proxy for a request
+//! (decided as Python's `requests` decides, [`crate::proxy`], on the URI as
+//! sent), an https request goes through a tunnel (`CONNECT host:port` to
+//! the proxy, a 2xx answer, then TLS to the destination's name over it,
+//! verified as ever) and an http request is sent to the proxy in absolute
+//! form; both carry `Proxy-Authorization` when the proxy URL has
+//! credentials. The host does not resolve the destination then (the proxy
+//! does), except for a policy that vets addresses (an agent's): the name
+//! is resolved here, its addresses vetted, and the proxy is asked for a
+//! vetted address, never the name (which it would resolve again, perhaps
+//! elsewhere): `CONNECT 203.0.113.7:443` (each vetted address in turn
+//! while the proxy answers 502, 503 or 504), TLS still to the name; for
+//! plain http, each request is vetted and sent as
+//! `GET http://203.0.113.7/path` (the first address) with `Host:` the name
+//! (should `NO_PROXY` list that address, it is then connected to
+//! directly). A name that does not resolve here fails as before. The
+//! CONNECT exchange and the TLS handshake (direct or through a tunnel)
+//! must end within [`SETUP_TIMEOUT`], so a proxy or server that accepts and
+//! never answers cannot hold a connection attempt forever (hyper's pool
+//! lets one run on in the background when an idle connection came first).
+//! The runtime-access helper's Unix socket (its host name in any case) and
+//! a `connect_to` override never go through a proxy: an override says
+//! where the host name is, so it wins.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -43,12 +67,13 @@ use hyper_util::client::legacy::connect::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
+use crate::proxy::{Proxies, ProxyUrl};
 use crate::tls::{TrustedRoots, explain};
 
 /// A response and the future that drives its connection, as
@@ -60,6 +85,13 @@ pub(crate) type Sent = (
 
 /// How long an idle connection is kept for the next request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long setting up a connection past its TCP connect may take: the
+/// CONNECT exchange with a proxy (with the connection to the proxy) and the
+/// TLS handshake. A fixed bound, besides the request's own timeouts: hyper's
+/// pool lets a connection attempt run on in the background once the
+/// request it was started for got an idle connection instead.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest request body a credential sends (a broker request is a few
 /// hundred bytes).
@@ -95,6 +127,8 @@ pub(crate) struct Setup {
     /// Connect to this address for this (host, port), host normalised;
     /// the TLS name stays the host.
     pub(crate) connect_to: Vec<((String, u16), SocketAddr)>,
+    /// Send through these proxies (none by default).
+    pub(crate) proxies: Proxies,
 }
 
 impl Setup {
@@ -106,6 +140,7 @@ impl Setup {
             vet: None,
             max_request_body: CREDENTIAL_MAX_REQUEST_BODY,
             connect_to: Vec::new(),
+            proxies: Proxies::none(),
         }
     }
 }
@@ -117,6 +152,8 @@ pub(crate) struct Connections {
     max_request_body: usize,
     /// Every open connection, to look at before each request.
     watches: Watches,
+    /// The client's connector, asked which requests go through a proxy.
+    connector: Connector,
 }
 
 impl Connections {
@@ -128,7 +165,9 @@ impl Connections {
             unix: setup.unix.map(Arc::new),
             vet: setup.vet,
             connect_to: Arc::new(setup.connect_to),
+            proxies: Arc::new(setup.proxies),
             watches: watches.clone(),
+            setup_timeout: SETUP_TIMEOUT,
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
@@ -138,11 +177,12 @@ impl Connections {
             // found closed before the request was taken for writing) goes
             // out once more on another connection; nothing else is re-sent.
             .retry_canceled_requests(true)
-            .build(connector);
+            .build(connector.clone());
         Connections {
             client,
             max_request_body: setup.max_request_body,
             watches,
+            connector,
         }
     }
 
@@ -161,19 +201,66 @@ impl Connections {
         let client = self.client.clone();
         let max_request_body = self.max_request_body;
         let watches = self.watches.clone();
+        let connector = self.connector.clone();
+        // A plain-http request through a proxy goes to it in absolute form,
+        // with the proxy's credentials (never the sender's).
+        let mut proxy = match request.uri().scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") => self.connector.proxy_for(request.uri()),
+            _ => None,
+        }
+        .cloned();
+        let target = crate::policy::shown(request.uri());
         async move {
             let timeouts = Timeouts::from(options);
-            let (parts, body) = request.into_parts();
+            let deadline = tokio::time::Instant::now() + timeouts.head;
+            let (mut parts, body) = request.into_parts();
+            if proxy.is_some() && connector.vet.is_some() {
+                // Vetted here, and the proxy asked for the address vetted.
+                tokio::time::timeout_at(deadline, connector.pin(&mut parts))
+                    .await
+                    .map_err(|_| Error::ConnectionTimeout)?
+                    .map_err(|e| e.to_wasi())?;
+                proxy = connector.proxy_for(&parts.uri).cloned();
+            }
+            if let Some(proxy) = &proxy {
+                parts.headers.remove(hyper::header::PROXY_AUTHORIZATION);
+                if let Some(credentials) = proxy.credentials() {
+                    let mut value = hyper::header::HeaderValue::from_str(
+                        credentials.header_value(),
+                    )
+                    .map_err(|_| {
+                        Error::InternalError(Some(format!(
+                            "the proxy {proxy}'s credentials do not fit in a header"
+                        )))
+                    })?;
+                    value.set_sensitive(true);
+                    parts
+                        .headers
+                        .insert(hyper::header::PROXY_AUTHORIZATION, value);
+                }
+            }
             let body = collect_body(body, max_request_body).await?;
             let mut request = hyper::Request::from_parts(parts, Full::new(body));
             let captured = capture_connection(&mut request);
             // No request on a connection the peer has closed.
             watches.retire_closed();
-            let response = tokio::time::timeout(timeouts.head, client.request(request)).await;
+            let response = tokio::time::timeout_at(deadline, client.request(request)).await;
             Watches::captured(captured);
             let response = response
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(from_client_error)?;
+            // Only a proxy asks for proxy credentials: say so, rather than
+            // hand the component a status it would blame on the broker.
+            if let Some(proxy) = &proxy
+                && response.status() == hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED
+            {
+                return Err(Error::InternalError(Some(refused_by(
+                    proxy,
+                    &format!("the request to {target}"),
+                    407,
+                    "Proxy Authentication Required",
+                ))));
+            }
             let response = response.map(|incoming| {
                 BetweenBytes {
                     incoming,
@@ -248,7 +335,10 @@ struct Connector {
     unix: Option<Arc<UnixRoute>>,
     vet: Option<Vet>,
     connect_to: Arc<Vec<((String, u16), SocketAddr)>>,
+    proxies: Arc<Proxies>,
     watches: Watches,
+    /// [`SETUP_TIMEOUT`] (shorter in tests).
+    setup_timeout: Duration,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -264,38 +354,70 @@ impl tower_service::Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             let watches = this.watches.clone();
-            let stream = this.connect(uri).await?;
-            Ok(TokioIo::new(watches.watch(stream)))
+            let (stream, proxied) = this.connect(uri).await?;
+            Ok(TokioIo::new(watches.watch(stream, proxied)))
         })
     }
 }
 
 impl Connector {
-    async fn connect(self, uri: Uri) -> Result<Stream, ConnectError> {
-        let host = uri.host().ok_or(ConnectError::NoHost)?;
-        let https = uri.scheme_str() == Some("https");
-        if let Some(route) = &self.unix
-            && !https
-            && route.host == host
-        {
-            let stream = UnixStream::connect(&route.socket)
-                .await
-                .map_err(ConnectError::Io)?;
-            return Ok(Stream::Unix(stream));
-        }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let mapped: Vec<SocketAddr> = self
-            .connect_to
+    /// Whether `uri` is routed to the helper's Unix socket: its host name
+    /// in any case, as the policy compares origins.
+    fn unix_route(&self, uri: &Uri) -> Option<&UnixRoute> {
+        let route = self.unix.as_deref()?;
+        let https = uri
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        let host = uri
+            .host()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&route.host));
+        (!https && host).then_some(route)
+    }
+
+    /// The `connect_to` addresses for `host:port`.
+    fn mapped(&self, host: &str, port: u16) -> Vec<SocketAddr> {
+        self.connect_to
             .iter()
             .filter(|((h, p), _)| h == host && *p == port)
             .map(|(_, addr)| *addr)
-            .collect();
+            .collect()
+    }
+
+    /// The proxy a request to `uri` goes through: never for the helper's
+    /// socket or a host name `connect_to` sends elsewhere.
+    fn proxy_for(&self, uri: &Uri) -> Option<&ProxyUrl> {
+        if self.proxies.is_empty() || self.unix_route(uri).is_some() {
+            return None;
+        }
+        let (scheme, host) = (uri.scheme_str()?, uri.host()?);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        if !self.mapped(host, port).is_empty() {
+            return None;
+        }
+        self.proxies.proxy_for(scheme, host, uri.port_u16())
+    }
+
+    /// A connection for `uri`, and whether it is to a proxy that is sent
+    /// requests in absolute form (plain http through a proxy).
+    async fn connect(self, uri: Uri) -> Result<(Stream, bool), ConnectError> {
+        let host = uri.host().ok_or(ConnectError::NoHost)?;
+        let https = uri.scheme_str() == Some("https");
+        if let Some(route) = self.unix_route(&uri) {
+            let stream = UnixStream::connect(&route.socket)
+                .await
+                .map_err(ConnectError::Io)?;
+            return Ok((Stream::Unix(stream), false));
+        }
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if let Some(proxy) = self.proxy_for(&uri) {
+            return self.via_proxy(proxy, &uri, host, port, https).await;
+        }
+        let mapped = self.mapped(host, port);
         let addrs: Vec<SocketAddr> = match mapped.is_empty() {
             false => mapped,
-            true => tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-                .await
-                .map_err(ConnectError::Dns)?
-                .collect(),
+            true => lookup(host, port).await?,
         };
         if let Some(vet) = &self.vet {
             vet(&uri, &addrs).await.map_err(ConnectError::Refused)?;
@@ -306,16 +428,252 @@ impl Connector {
             .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
         if !https {
-            return Ok(Stream::Tcp(stream));
+            return Ok((Stream::Tcp(stream), false));
         }
+        let tls = tokio::time::timeout(self.setup_timeout, self.tls(host, stream)).await;
+        let tls = tls.map_err(|_| {
+            ConnectError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS handshake from {host}:{port} within {} s",
+                    self.setup_timeout.as_secs_f64()
+                ),
+            ))
+        })?;
+        Ok((tls?, false))
+    }
+
+    /// For a plain-http request sent through a proxy under a policy that
+    /// vets addresses: resolve the request's host here, vet its addresses,
+    /// and rewrite the request's target to the first of them (the proxy is
+    /// sent `GET http://203.0.113.7/path`, not the name it would resolve
+    /// again), `Host` set to the name (the port only if not 80).
+    async fn pin(&self, parts: &mut hyper::http::request::Parts) -> Result<(), ConnectError> {
+        let vet = self.vet.as_ref().ok_or(ConnectError::NoHost)?;
+        let uri = parts.uri.clone();
+        let host = uri.host().ok_or(ConnectError::NoHost)?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addrs = lookup(host, port).await?;
+        vet(&uri, &addrs).await.map_err(ConnectError::Refused)?;
+        let ip = match addrs[0].ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let authority = match uri.port() {
+            Some(_) => format!("{ip}:{port}"),
+            None => ip,
+        };
+        let mut pinned = uri.clone().into_parts();
+        pinned.authority = Some(authority.parse().map_err(|_| ConnectError::NoHost)?);
+        parts.uri = Uri::from_parts(pinned).map_err(|_| ConnectError::NoHost)?;
+        let named = match uri.port_u16() {
+            Some(p) if p != 80 => format!("{host}:{p}"),
+            _ => host.to_string(),
+        };
+        let named =
+            hyper::header::HeaderValue::from_str(&named).map_err(|_| ConnectError::NoHost)?;
+        parts.headers.insert(hyper::header::HOST, named);
+        Ok(())
+    }
+
+    /// TLS to `host` (its name verified) over `stream`.
+    async fn tls(&self, host: &str, stream: TcpStream) -> Result<Stream, ConnectError> {
         let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
             .map_err(|_| ConnectError::NoHost)?;
-        let stream = TlsConnector::from(self.roots.client_config())
+        let config = self
+            .roots
+            .client_config()
+            .map_err(|e| ConnectError::Tls(std::io::Error::other(e)))?;
+        let stream = TlsConnector::from(config)
             .connect(name, stream)
             .await
             .map_err(ConnectError::Tls)?;
         Ok(Stream::Tls(Box::new(stream)))
     }
+
+    /// A connection to `host:port` through `proxy`: to the proxy itself for
+    /// plain http, through a CONNECT tunnel for https. Under a policy that
+    /// vets addresses, the tunnel goes to an address vetted here (each in
+    /// turn while the proxy says it cannot reach one), not to the name.
+    async fn via_proxy(
+        &self,
+        proxy: &ProxyUrl,
+        uri: &Uri,
+        host: &str,
+        port: u16,
+        https: bool,
+    ) -> Result<(Stream, bool), ConnectError> {
+        proxy.address().map_err(ConnectError::Proxy)?;
+        let mut targets = vec![format!("{host}:{port}")];
+        if let Some(vet) = &self.vet {
+            // The policy decides on the destination's own addresses, as
+            // resolved here (for plain http, `send` pinned the request to
+            // one already: its host is that address).
+            let addrs = lookup(host, port).await?;
+            vet(uri, &addrs).await.map_err(ConnectError::Refused)?;
+            targets = addrs
+                .iter()
+                .map(|a| match a {
+                    SocketAddr::V4(a) => a.to_string(),
+                    SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+                })
+                .collect();
+        }
+        let setup = async {
+            if !https {
+                return Ok((Stream::Tcp(to_proxy(proxy).await?), true));
+            }
+            let mut refused = None;
+            for target in &targets {
+                let mut stream = to_proxy(proxy).await?;
+                match tunnel(&mut stream, proxy, target).await? {
+                    Tunnel::Open => return Ok((self.tls(host, stream).await?, false)),
+                    Tunnel::Refused(code, reason) => {
+                        let why = refused_by(proxy, &format!("CONNECT {target}"), code, &reason);
+                        refused = Some(ConnectError::Proxy(why));
+                        // Another address only when the proxy could not
+                        // reach this one.
+                        if !(502..=504).contains(&code) {
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(refused.unwrap_or(ConnectError::NoHost))
+        };
+        tokio::time::timeout(self.setup_timeout, setup)
+            .await
+            .map_err(|_| {
+                ConnectError::Proxy(format!(
+                    "setting up the connection to {host}:{port} through the proxy {proxy} took \
+                     over {} s (no answer to CONNECT, or no TLS handshake through the tunnel): \
+                     is {} a working proxy?",
+                    self.setup_timeout.as_secs_f64(),
+                    proxy.configured_in()
+                ))
+            })?
+    }
+}
+
+/// The addresses `host` (IPv6 in brackets) resolves to for `port`.
+async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(ConnectError::Dns)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConnectError::Dns(std::io::Error::other("no address found")));
+    }
+    Ok(addrs)
+}
+
+/// A TCP connection to `proxy`.
+async fn to_proxy(proxy: &ProxyUrl) -> Result<TcpStream, ConnectError> {
+    let (proxy_host, proxy_port) = proxy.address().map_err(ConnectError::Proxy)?;
+    let stream = TcpStream::connect((proxy_host.trim_matches(['[', ']']), proxy_port))
+        .await
+        .map_err(|e| {
+            ConnectError::Proxy(format!(
+                "could not connect to the proxy {proxy}: {e}: is the proxy running, and is {} \
+                 right?",
+                proxy.configured_in()
+            ))
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The largest answer head a proxy may give to CONNECT.
+const MAX_CONNECT_ANSWER: usize = 8 * 1024;
+
+/// What a proxy answered to CONNECT.
+#[derive(Debug, PartialEq, Eq)]
+enum Tunnel {
+    /// 2xx: the tunnel is open, nothing of it read.
+    Open,
+    /// Another status, and its reason phrase (printable ASCII only).
+    Refused(u16, String),
+}
+
+/// Ask `proxy` (connected on `stream`) for a tunnel to `target`
+/// (`host:port`); [`Tunnel::Open`] once it answered 2xx, with nothing of
+/// the tunnel read.
+async fn tunnel(
+    stream: &mut TcpStream,
+    proxy: &ProxyUrl,
+    target: &str,
+) -> Result<Tunnel, ConnectError> {
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(credentials) = proxy.credentials() {
+        head.push_str("Proxy-Authorization: ");
+        head.push_str(credentials.header_value());
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let broke = |e: std::io::Error| {
+        ConnectError::Proxy(format!(
+            "the proxy {proxy} broke off CONNECT {target} ({e}): is {} a proxy?",
+            proxy.configured_in()
+        ))
+    };
+    stream.write_all(head.as_bytes()).await.map_err(broke)?;
+    drop(head);
+    // Byte by byte up to the blank line (lines ending in CRLF or, as
+    // lenient parsers such as Python's accept, a bare LF): the tunnel's
+    // first bytes (none before the TLS handshake starts, normally) stay in
+    // the socket.
+    let mut answer = Vec::with_capacity(64);
+    while !(answer.ends_with(b"\n\r\n") || answer.ends_with(b"\n\n")) {
+        if answer.len() >= MAX_CONNECT_ANSWER {
+            return Err(ConnectError::Proxy(format!(
+                "the proxy {proxy} answered CONNECT {target} with a head over {MAX_CONNECT_ANSWER} \
+                 bytes"
+            )));
+        }
+        answer.push(stream.read_u8().await.map_err(broke)?);
+    }
+    let line = String::from_utf8_lossy(&answer);
+    let line = line.lines().next().unwrap_or_default();
+    let mut words = line.splitn(3, ' ');
+    let (version, code, reason) = (words.next(), words.next(), words.next().unwrap_or(""));
+    let code = match (version, code.and_then(|c| c.parse::<u16>().ok())) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/") => code,
+        _ => {
+            return Err(ConnectError::Proxy(format!(
+                "the proxy {proxy} did not answer CONNECT {target} in HTTP: is {} an http:// \
+                 proxy?",
+                proxy.configured_in()
+            )));
+        }
+    };
+    if (200..300).contains(&code) {
+        return Ok(Tunnel::Open);
+    }
+    let reason: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(80)
+        .collect();
+    Ok(Tunnel::Refused(code, reason.trim().to_string()))
+}
+
+/// Why `proxy` refused `what` with `code`, and what to do.
+fn refused_by(proxy: &ProxyUrl, what: &str, code: u16, reason: &str) -> String {
+    let var = proxy.configured_in();
+    let advice = match (code, proxy.credentials()) {
+        (407, Some(_)) => format!("check the proxy credentials in {var}"),
+        (407, None) => format!(
+            "the proxy wants credentials: give them in {var} as http://user:password@host:port"
+        ),
+        _ => "check that the proxy may reach it, or list the host in NO_PROXY to connect \
+              directly"
+            .to_string(),
+    };
+    let status = match reason {
+        "" => code.to_string(),
+        r => format!("{code} {r}"),
+    };
+    format!("the proxy {proxy} refused {what} with {status}: {advice}")
 }
 
 /// Why a connection could not be opened.
@@ -327,6 +685,8 @@ enum ConnectError {
     Refused(String),
     Io(std::io::Error),
     Tls(std::io::Error),
+    /// The proxy could not be used, or refused (why, naming it).
+    Proxy(String),
 }
 
 impl ConnectError {
@@ -349,6 +709,7 @@ impl ConnectError {
                 Some(why) => Error::InternalError(Some(why)),
                 None => Error::TlsProtocolError,
             },
+            ConnectError::Proxy(why) => Error::InternalError(Some(why.clone())),
         }
     }
 }
@@ -361,6 +722,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Refused(why) => write!(f, "the egress policy refused: {why}"),
             ConnectError::Io(e) => write!(f, "connecting failed: {e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            ConnectError::Proxy(why) => f.write_str(why),
         }
     }
 }
@@ -431,8 +793,9 @@ struct WatchOf(Weak<Watch>);
 struct Watches(Arc<Mutex<Vec<Weak<Watch>>>>);
 
 impl Watches {
-    /// `stream`, watched.
-    fn watch(&self, stream: Stream) -> Watched {
+    /// `stream`, watched; `proxied` when requests on it go to a proxy in
+    /// absolute form.
+    fn watch(&self, stream: Stream, proxied: bool) -> Watched {
         let watch = stream.peeker().map(|peeker| {
             Arc::new(Watch {
                 peeker,
@@ -443,7 +806,11 @@ impl Watches {
         if let Some(watch) = &watch {
             self.0.lock().unwrap().push(Arc::downgrade(watch));
         }
-        Watched { stream, watch }
+        Watched {
+            stream,
+            watch,
+            proxied,
+        }
     }
 
     /// Remember the pool's record of the connection a request went out on.
@@ -479,13 +846,16 @@ impl Watches {
 struct Watched {
     stream: Stream,
     watch: Option<Arc<Watch>>,
+    /// Plain http to a proxy: hyper sends absolute-form request targets.
+    proxied: bool,
 }
 
 impl Connection for Watched {
     fn connected(&self) -> Connected {
+        let connected = Connected::new().proxy(self.proxied);
         match &self.watch {
-            Some(watch) => Connected::new().extra(WatchOf(Arc::downgrade(watch))),
-            None => Connected::new(),
+            Some(watch) => connected.extra(WatchOf(Arc::downgrade(watch))),
+            None => connected,
         }
     }
 }
@@ -594,5 +964,209 @@ fn from_hyper(e: &hyper::Error) -> Error {
         Error::ConnectionTerminated
     } else {
         Error::HttpProtocolError
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(
+        proxies: Proxies,
+        unix: Option<UnixRoute>,
+        vet: Option<Vet>,
+        setup_timeout: Duration,
+    ) -> Connector {
+        Connector {
+            roots: TrustedRoots::public(),
+            unix: unix.map(Arc::new),
+            vet,
+            connect_to: Arc::new(Vec::new()),
+            proxies: Arc::new(proxies),
+            watches: Watches::default(),
+            setup_timeout,
+        }
+    }
+
+    /// A server on loopback that reads each connection's request head
+    /// (sent on the channel), answers `answer` (if any), then holds the
+    /// connection open without a word more.
+    async fn mute_server(
+        answer: &'static [u8],
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (heard, told) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read_u8().await {
+                        Ok(b) => head.push(b),
+                        Err(_) => break,
+                    }
+                }
+                let _ = heard.send(String::from_utf8_lossy(&head).into_owned());
+                let _ = stream.write_all(answer).await;
+                held.push(stream);
+            }
+        });
+        (addr, told)
+    }
+
+    fn refused(result: Result<(Stream, bool), ConnectError>) -> ConnectError {
+        match result {
+            Ok(_) => panic!("connected"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_never_answers_connect_fails_the_attempt_after_the_bound() {
+        let (proxy, mut heard) = mute_server(b"").await;
+        let proxies = Proxies::none().https(&format!("http://{proxy}")).unwrap();
+        let c = connector(proxies, None, None, Duration::from_millis(200));
+        let attempt = c.connect("https://broker.invalid/".parse().unwrap());
+        // Unbounded, the attempt would wait for ever (as it would in the
+        // background of hyper's pool); 20 s is only a backstop far past
+        // the 0.2 s bound.
+        let e = refused(
+            tokio::time::timeout(Duration::from_secs(20), attempt)
+                .await
+                .expect("the attempt gave up by itself"),
+        );
+        assert!(
+            e.to_string()
+                .contains("through the proxy http://127.0.0.1:")
+                && e.to_string().contains("took over 0.2 s"),
+            "{e}"
+        );
+        let head = heard.recv().await.unwrap();
+        assert!(
+            head.starts_with("CONNECT broker.invalid:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_tls_handshake_fails_the_attempt_after_the_bound() {
+        let (server, _heard) = mute_server(b"").await;
+        let c = connector(Proxies::none(), None, None, Duration::from_millis(200));
+        let attempt = c.connect(format!("https://{server}/").parse().unwrap());
+        let e = refused(
+            tokio::time::timeout(Duration::from_secs(20), attempt)
+                .await
+                .expect("the attempt gave up by itself"),
+        );
+        assert!(matches!(e.to_wasi(), Error::ConnectionTimeout), "{e}");
+        assert!(e.to_string().contains("no TLS handshake"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_answer_ending_in_bare_line_feeds_is_read() {
+        for (answer, expected) in [
+            (&b"HTTP/1.0 200 OK\n\n"[..], Tunnel::Open),
+            (b"HTTP/1.1 200 OK\r\n\r\n", Tunnel::Open),
+            (b"HTTP/1.1 200 OK\r\nVia: x\n\r\n", Tunnel::Open),
+            (
+                b"HTTP/1.0 403 Nope\nVia: x\n\n",
+                Tunnel::Refused(403, "Nope".into()),
+            ),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                s.write_all(answer).await.unwrap();
+                // Held open: the answer must be recognised without an EOF.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(s);
+            });
+            let proxy = ProxyUrl::read(&format!("http://{addr}"), None);
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let answered = tokio::time::timeout(
+                Duration::from_secs(20),
+                tunnel(&mut stream, &proxy, "h:443"),
+            )
+            .await
+            .expect("the answer was recognised")
+            .unwrap();
+            assert_eq!(answered, expected, "{answer:?}");
+            server.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn under_a_vetting_policy_the_tunnel_goes_to_the_vetted_address() {
+        let (proxy, mut heard) = mute_server(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+        let vetted = Arc::new(Mutex::new(Vec::new()));
+        let record = vetted.clone();
+        let vet: Vet = Arc::new(move |_: &Uri, addrs: &[SocketAddr]| {
+            record.lock().unwrap().extend_from_slice(addrs);
+            Box::pin(async { Ok(()) }) as VetFuture
+        });
+        let proxies = Proxies::none().https(&format!("http://{proxy}")).unwrap();
+        let c = connector(proxies, None, Some(vet), SETUP_TIMEOUT);
+        for (url, sent) in [
+            ("https://[::1]:8443/", "[::1]:8443"),
+            ("https://127.0.0.1/", "127.0.0.1:443"),
+        ] {
+            let e = refused(c.clone().connect(url.parse().unwrap()).await);
+            assert!(e.to_string().contains("refused CONNECT"), "{e}");
+            let head = heard.recv().await.unwrap();
+            assert!(
+                head.starts_with(&format!("CONNECT {sent} HTTP/1.1\r\nHost: {sent}\r\n")),
+                "{head}"
+            );
+        }
+        // A name: the address it resolved to here, never the name.
+        let _ = c
+            .clone()
+            .connect("https://localhost:8443/".parse().unwrap())
+            .await;
+        let head = heard.recv().await.unwrap();
+        let target = head.split(' ').nth(1).unwrap();
+        let addr: SocketAddr = target.parse().expect("an address");
+        assert!(vetted.lock().unwrap().contains(&addr), "{head}");
+        // A refusing policy: the proxy is not even connected to.
+        let no: Vet = Arc::new(|_: &Uri, _: &[SocketAddr]| {
+            Box::pin(async { Err("no".to_string()) }) as VetFuture
+        });
+        let proxies = Proxies::none().https(&format!("http://{proxy}")).unwrap();
+        let c = connector(proxies, None, Some(no), SETUP_TIMEOUT);
+        let e = refused(c.connect("https://localhost/".parse().unwrap()).await);
+        assert!(matches!(e, ConnectError::Refused(_)), "{e}");
+        assert!(heard.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn the_helpers_host_name_goes_to_its_socket_in_any_case_never_to_a_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("helper.sock");
+        let helper = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (proxy, mut heard) = mute_server(b"").await;
+        let route = UnixRoute {
+            host: "runtime-access".to_string(),
+            socket,
+        };
+        let proxies = Proxies::none().all(&format!("http://{proxy}")).unwrap();
+        let c = connector(proxies, Some(route), None, SETUP_TIMEOUT);
+        for url in [
+            "http://runtime-access/v1/x",
+            "http://RUNTIME-ACCESS/v1/x",
+            "HTTP://Runtime-Access:80/x",
+        ] {
+            let uri: Uri = url.parse().unwrap();
+            assert!(c.proxy_for(&uri).is_none(), "{url}");
+            let (stream, proxied) = c.clone().connect(uri).await.unwrap();
+            assert!(matches!(stream, Stream::Unix(_)) && !proxied, "{url}");
+            helper.accept().await.unwrap();
+        }
+        // https to that name is not the helper's (and is proxied).
+        let https: Uri = "https://RUNTIME-ACCESS/".parse().unwrap();
+        assert!(c.unix_route(&https).is_none());
+        assert!(c.proxy_for(&https).is_some());
+        assert!(heard.try_recv().is_err(), "nothing reached the proxy");
     }
 }

@@ -40,6 +40,18 @@
 //! ([`AgentEgress::inject`], [`crate::inject`]); a rule opens nothing the
 //! allowlist does not. [`AgentEgress::connect_to`] sends a host name to
 //! another address (tests, split-horizon networks), vetted like any other.
+//! [`AgentEgress::proxies`] sends the agent's requests through an HTTP
+//! proxy, as the credential's ([`crate::proxy`]; `NO_PROXY` is matched
+//! against the URL as the agent wrote it, its port only if written); the
+//! checks above are made all the same, on the addresses the destination
+//! resolves to on this machine (a name that does not resolve here is not
+//! reached through the proxy either), and the proxy is then asked for a
+//! vetted address, never the name, so a proxy resolving the name again
+//! (elsewhere, or to something else by then) cannot take the request
+//! past the checks: `CONNECT 203.0.113.7:443` for https (the TLS name and
+//! certificate check stay the host's name), `GET http://203.0.113.7/path`
+//! with `Host:` the name for plain http (the first address). What the
+//! proxy itself may reach is beyond this policy.
 //!
 //! What this does not cover: other machines that reach the broker (a broker
 //! on another host listening on several addresses is refused only at the
@@ -58,6 +70,7 @@ use crate::inject::{Injection, injects_method};
 pub use crate::origin::Origin;
 use crate::origin::{default_port, literal_ip, normal_host};
 use crate::policy::{helper_host, shown};
+use crate::proxy::Proxies;
 use crate::tls::TrustedRoots;
 
 /// The largest request body an agent may send unless
@@ -319,6 +332,8 @@ pub struct AgentEgress {
     injection: Option<Injection>,
     /// Host names sent to other addresses (`connect_to`).
     connect_to: Vec<ConnectTo>,
+    /// Send through these (none by default).
+    proxies: Proxies,
     /// Made on the first request let through.
     connections: Option<Connections>,
 }
@@ -341,6 +356,7 @@ impl AgentEgress {
             record: Record::default(),
             injection: None,
             connect_to: Vec::new(),
+            proxies: Proxies::none(),
             connections: None,
         }
     }
@@ -408,6 +424,17 @@ impl AgentEgress {
         self.connect_to.push(ConnectTo { host, port, addr });
         self.connections = None;
         Ok(self)
+    }
+
+    /// Send the agent's requests through `proxies` (none by default), as
+    /// the credential's are ([`crate::proxy`]). Every check is still made,
+    /// on the addresses the destination resolves to here, and the proxy is
+    /// asked for a vetted address, not the name (see the [module
+    /// documentation](self)); a `connect_to` host goes directly.
+    pub fn proxies(&mut self, proxies: Proxies) -> &mut Self {
+        self.proxies = proxies;
+        self.connections = None;
+        self
     }
 
     /// Verify https peers against `roots` (the public web roots by default).
@@ -527,9 +554,15 @@ impl WasiHttpHooks for AgentEgress {
         drop(fut);
         let target = shown(request.uri());
         let admitted = self.admit(request.uri()).and_then(|origin| {
-            // Sent to the host as checked (lower-cased, no trailing dot).
+            // Sent to the host as checked (lower-cased, no trailing dot), the
+            // port only if the agent wrote one (`NO_PROXY` tells the two
+            // apart, as `requests` does).
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            let uri = format!("{}://{}:{}{path}", origin.scheme, origin.host, origin.port)
+            let port = match request.uri().port() {
+                Some(_) => format!(":{}", origin.port),
+                None => String::new(),
+            };
+            let uri = format!("{}://{}{port}{path}", origin.scheme, origin.host)
                 .parse::<Uri>()
                 .map_err(|_| Reason::NotAllowed)?;
             Ok((origin, uri))
@@ -555,6 +588,7 @@ impl WasiHttpHooks for AgentEgress {
                     .iter()
                     .map(|c| ((c.host.clone(), c.port), c.addr))
                     .collect(),
+                proxies: self.proxies.clone(),
             }));
         }
         let connections = self.connections.as_ref().expect("made above");

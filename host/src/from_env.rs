@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::host::Host;
 use crate::policy::BrokerOnly;
+use crate::proxy::{ENV_PROXY_VARS, Proxies};
 use crate::sandbox::SandboxBuilder;
 use crate::tls::TrustedRoots;
 
@@ -35,7 +36,7 @@ pub fn runtime_access_socket(env: &impl Fn(&str) -> Option<String>) -> Option<Pa
 /// Every environment variable [`Setup::from_env`] reads: a host that reads
 /// the environment itself (the Python package reads `os.environ`, as the
 /// original does) passes these on.
-pub const ENV_VARS: [&str; 8] = [
+pub const ENV_VARS: [&str; 17] = [
     vd_cred_broker::ENV_BROKER_URL,
     vd_cred_broker::ENV_CREDENTIAL_FILE,
     vd_cred_broker::ENV_LANE,
@@ -44,6 +45,15 @@ pub const ENV_VARS: [&str; 8] = [
     ENV_CA_FILES[0],
     ENV_CA_FILES[1],
     ENV_CA_FILES[2],
+    ENV_PROXY_VARS[0],
+    ENV_PROXY_VARS[1],
+    ENV_PROXY_VARS[2],
+    ENV_PROXY_VARS[3],
+    ENV_PROXY_VARS[4],
+    ENV_PROXY_VARS[5],
+    ENV_PROXY_VARS[6],
+    ENV_PROXY_VARS[7],
+    ENV_PROXY_VARS[8],
 ];
 
 /// The credential's inputs as a process sees them, before the component
@@ -64,6 +74,10 @@ pub struct Setup {
     /// Extra CA certificates for an https broker: each of [`ENV_CA_FILES`]
     /// that is set, with its variable.
     pub ca_files: Vec<(&'static str, PathBuf)>,
+    /// The HTTP proxies for the broker, from `HTTPS_PROXY`, `HTTP_PROXY`,
+    /// `ALL_PROXY` and `NO_PROXY` (either case), read as `requests` reads
+    /// them ([`crate::proxy`]).
+    pub proxies: Proxies,
 }
 
 /// `path` made absolute against the working directory, without resolving
@@ -91,6 +105,7 @@ impl Setup {
                 .into_iter()
                 .filter_map(|var| Some((var, PathBuf::from(env(var).filter(|f| !f.is_empty())?))))
                 .collect(),
+            proxies: Proxies::from_env(&env),
         }
     }
 
@@ -121,19 +136,16 @@ impl Setup {
     }
 
     /// The roots an https broker is verified against: the public web roots,
-    /// plus the certificates in each of [`ENV_CA_FILES`] that is set.
-    pub fn trusted_roots(&self) -> Result<TrustedRoots> {
+    /// plus the certificates in each of [`ENV_CA_FILES`] that is set. The
+    /// files are read when the first https connection needs them, each file
+    /// once however many of the variables name it; a missing or unusable one
+    /// fails that connection with a message naming the variable and the file.
+    pub fn trusted_roots(&self) -> TrustedRoots {
         let mut roots = TrustedRoots::public();
         for (var, file) in &self.ca_files {
-            roots.add_pem_file(file).map_err(|e| {
-                e.context(format!(
-                    "{var} names {}, which does not hold usable CA certificates: \
-                     fix or unset it",
-                    file.display()
-                ))
-            })?;
+            roots.add_pem_file_on_use(file, *var);
         }
-        Ok(roots)
+        roots
     }
 
     /// A sandbox for these inputs:
@@ -145,17 +157,18 @@ impl Setup {
     ///   revision are passed in as their variables, the bearer file's
     ///   directory is preopened read-only at the same path, and HTTP is
     ///   allowed only to the broker's origin (verified against
-    ///   [`Setup::trusted_roots`] when https). Missing or bad values are
-    ///   left to the component to report; a bad `SSL_CERT_FILE` is an error
-    ///   here. See [`Setup::bearer_location`] for a bearer path that is a
+    ///   [`Setup::trusted_roots`] when https), through [`Setup::proxies`]
+    ///   when they say so. Missing or bad values are
+    ///   left to the component to report, and a bad `SSL_CERT_FILE` to the
+    ///   first https request. See [`Setup::bearer_location`] for a bearer path that is a
     ///   symbolic link.
     pub fn sandbox<'h>(&self, host: &'h Host) -> Result<SandboxBuilder<'h>> {
-        Ok(self.sandbox_trusting(host, self.trusted_roots()?))
+        Ok(self.sandbox_trusting(host, self.trusted_roots()))
     }
 
-    /// [`Setup::sandbox`] with `roots` already read (from
-    /// [`Setup::trusted_roots`]): for a host that builds many sandboxes from
-    /// one setup and parses the CA files once.
+    /// [`Setup::sandbox`] with `roots` from [`Setup::trusted_roots`]: for a
+    /// host that builds many sandboxes from one setup, whose clones of the
+    /// roots share the CA files read.
     pub fn sandbox_trusting<'h>(&self, host: &'h Host, roots: TrustedRoots) -> SandboxBuilder<'h> {
         let builder = host.sandbox();
         if let Some(socket) = &self.runtime_access_socket {
@@ -187,7 +200,7 @@ impl Setup {
         if let Some((dir, guest)) = location.as_ref().and_then(|(d, _)| Some((d, d.to_str()?))) {
             builder = builder.bearer_dir(dir, guest);
         }
-        builder.trusted_roots(roots)
+        builder.trusted_roots(roots).proxies(self.proxies.clone())
     }
 }
 

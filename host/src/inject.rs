@@ -348,17 +348,22 @@ impl Injection {
                 Ok::<_, Error>(connections.send(request, options))
             };
             let mut trip = Trip::default();
-            let result = trip.run(&linked, &scope, &audience, send).await;
+            let agent_id = linked.policy().agent_id();
+            let span = crate::trace::inject_span(agent_id, &audience, &destination);
+            let run = trip.run(&linked, &scope, &audience, send);
+            let result = tracing::Instrument::instrument(run, span.clone()).await;
+            let event = InjectEvent {
+                agent_id,
+                audience: &audience,
+                destination: &destination,
+                source: trip.source,
+                minted: trip.minted,
+                outcome: trip.outcome,
+                removed_agent_authorization: removed,
+            };
+            span.in_scope(|| crate::trace::injected(&event));
             if let Some(hook) = &hook {
-                hook(&InjectEvent {
-                    agent_id: linked.policy().agent_id(),
-                    audience: &audience,
-                    destination: &destination,
-                    source: trip.source,
-                    minted: trip.minted,
-                    outcome: trip.outcome,
-                    removed_agent_authorization: removed,
-                });
+                hook(&event);
             }
             result
         }

@@ -39,9 +39,11 @@ pub mod linked;
 mod origin;
 pub mod policy;
 pub mod precompiled;
+pub mod proxy;
 mod sandbox;
 mod state;
 mod tls;
+pub mod trace;
 mod withheld;
 
 /// Host bindings for the `cred-broker` world.
@@ -57,6 +59,7 @@ pub use host::{
     COMPONENT, COMPONENT_WASM, EPOCH_TICK, Host, HostOptions, engine_config, yield_on_epoch,
 };
 pub use policy::RUNTIME_ACCESS_URL;
+pub use proxy::Proxies;
 pub use sandbox::{
     AccessToken, AccessTokenInfo, CALL_MARGIN, CredentialOptions, DEFAULT_MEMORY_LIMIT,
     DEFAULT_TABLE_LIMIT, Sandbox, SandboxBuilder, TokenInfoResult, TokenRequestOptions,

@@ -500,6 +500,12 @@ impl Linked {
     /// Tell the error hook, and hand the agent the error with the
     /// credential's whereabouts withheld.
     fn refuse(&self, audience: Option<&str>, error: CredentialError) -> CredentialError {
+        crate::trace::agent_error(
+            &self.policy.agent_id,
+            audience,
+            error.kind(),
+            crate::trace::error_status(&error),
+        );
         if let Some(hook) = &self.on_error {
             hook(&ErrorEvent {
                 agent_id: &self.policy.agent_id,
@@ -513,6 +519,7 @@ impl Linked {
     /// A trap in the credential's store (it is replaced on the next call):
     /// the full reason to the error hook, a typed error to the agent.
     fn trapped(&self, audience: Option<&str>, trap: anyhow::Error) -> CredentialError {
+        crate::trace::agent_error(&self.policy.agent_id, audience, "host", None);
         if let Some(hook) = &self.on_error {
             hook(&ErrorEvent {
                 agent_id: &self.policy.agent_id,
@@ -627,6 +634,17 @@ impl Linked {
         scopes: Vec<String>,
         options: &crate::TokenRequestOptions,
     ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
+        let span = crate::trace::agent_call(&self.policy.agent_id, key.is_some());
+        tracing::Instrument::instrument(self.forward_traced(key, scopes, options), span).await
+    }
+
+    /// [`Linked::forward`], in its span.
+    async fn forward_traced(
+        &mut self,
+        key: Option<u32>,
+        scopes: Vec<String>,
+        options: &crate::TokenRequestOptions,
+    ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
         if !self.policy.reveal_tokens {
             let refusal = CredentialError::Unsupported(format!(
                 "agent {} may not read tokens: the host adds them to the agent's requests to \
@@ -640,6 +658,7 @@ impl Linked {
             Ok(answer) => answer,
             Err(fault) => return Ok(Err(self.answer(fault)?)),
         };
+        crate::trace::agent_token(&self.policy.agent_id, &audience, info.expires_on, source);
         if let Some(hook) = &self.on_token {
             hook(&TokenEvent {
                 agent_id: &self.policy.agent_id,

@@ -13,6 +13,7 @@ use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::client::{Connections, Sent, Setup, UnixRoute};
+use crate::proxy::Proxies;
 use crate::tls::TrustedRoots;
 
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
@@ -28,6 +29,8 @@ pub struct BrokerOnly {
     denied: Arc<Mutex<Vec<String>>>,
     traffic: Arc<Traffic>,
     roots: TrustedRoots,
+    /// Send through these (never the helper's socket).
+    proxies: Proxies,
     /// Made on the first request let through.
     connections: Option<Connections>,
 }
@@ -40,6 +43,8 @@ pub struct Traffic {
     sent: AtomicU64,
     held: AtomicBool,
     held_back: AtomicU64,
+    /// The answers to the current call's requests, for its span.
+    pub(crate) requests: crate::trace::Requests,
 }
 
 impl Traffic {
@@ -107,6 +112,7 @@ impl BrokerOnly {
             denied: Arc::default(),
             traffic: Arc::default(),
             roots: TrustedRoots::public(),
+            proxies: Proxies::none(),
             connections: None,
         })
     }
@@ -120,6 +126,7 @@ impl BrokerOnly {
             denied: Arc::default(),
             traffic: Arc::default(),
             roots: TrustedRoots::public(),
+            proxies: Proxies::none(),
             connections: None,
         }
     }
@@ -134,6 +141,7 @@ impl BrokerOnly {
             denied: Arc::default(),
             traffic: Arc::default(),
             roots: TrustedRoots::public(),
+            proxies: Proxies::none(),
             connections: None,
         }
     }
@@ -154,6 +162,13 @@ impl BrokerOnly {
     /// Verify https peers against `roots` (the public web roots by default).
     pub fn trust(&mut self, roots: TrustedRoots) {
         self.roots = roots;
+        self.connections = None;
+    }
+
+    /// Send requests through `proxies` ([`crate::proxy`]; none by default).
+    /// The helper's Unix socket never goes through a proxy.
+    pub fn proxies(&mut self, proxies: Proxies) {
+        self.proxies = proxies;
         self.connections = None;
     }
 
@@ -202,9 +217,13 @@ impl WasiHttpHooks for BrokerOnly {
                 host: helper_host().to_string(),
                 socket,
             });
-            Connections::new(Setup::credential(&self.roots, unix))
+            Connections::new(Setup {
+                proxies: self.proxies.clone(),
+                ..Setup::credential(&self.roots, unix)
+            })
         });
-        Box::new(connections.send(request, options))
+        let watched = crate::trace::Request::of(&request, &self.traffic.requests);
+        Box::new(watched.watch(connections.send(request, options)))
     }
 }
 

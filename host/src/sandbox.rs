@@ -21,6 +21,7 @@ use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
 use crate::bindings::{CredBroker, CredBrokerPre};
 use crate::host::Host;
 use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL, Traffic};
+use crate::proxy::Proxies;
 use crate::state::State;
 use crate::tls::TrustedRoots;
 use crate::withheld::Withheld;
@@ -52,6 +53,7 @@ impl Host {
                 also_allow: Vec::new(),
                 clock: None,
                 roots: TrustedRoots::public(),
+                proxies: Proxies::none(),
                 memory_limit: DEFAULT_MEMORY_LIMIT,
                 table_limit: DEFAULT_TABLE_LIMIT,
             },
@@ -76,6 +78,7 @@ struct Plan {
     also_allow: Vec<String>,
     clock: Option<Arc<dyn HostWallClock + Sync>>,
     roots: TrustedRoots,
+    proxies: Proxies,
     memory_limit: usize,
     table_limit: usize,
 }
@@ -129,6 +132,15 @@ impl SandboxBuilder<'_> {
     /// plain http.
     pub fn trusted_roots(mut self, roots: TrustedRoots) -> Self {
         self.plan.roots = roots;
+        self
+    }
+
+    /// Send the broker requests through `proxies` (an HTTP proxy: CONNECT
+    /// for https, absolute-form for http), chosen per request as Python's
+    /// `requests` chooses ([`crate::proxy`]); none by default. The helper's
+    /// Unix socket never goes through a proxy.
+    pub fn proxies(mut self, proxies: Proxies) -> Self {
+        self.plan.proxies = proxies;
         self
     }
 
@@ -289,6 +301,7 @@ impl Recipe {
             hooks.also_allow(url)?;
         }
         hooks.trust(self.plan.roots.clone());
+        hooks.proxies(self.plan.proxies.clone());
         hooks.record_into(records.denied, records.traffic);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.plan.memory_limit)
@@ -399,13 +412,35 @@ impl Sandbox {
         Ok(())
     }
 
+    /// One token call ([`Sandbox::call`]) in its span ([`crate::trace`]):
+    /// its requests, outcome and duration recorded when it ends.
+    async fn traced<T, E: Into<vd_cred_broker::CredentialError>>(
+        &mut self,
+        op: crate::trace::Op,
+        scopes: &[String],
+        credential: bool,
+        call: impl AsyncFnOnce(&mut Store<State>, wit::Guest) -> wasmtime::Result<Result<T, E>>,
+    ) -> Result<Result<T, vd_cred_broker::CredentialError>> {
+        let mode = match self.recipe.plan.runtime_access {
+            Some(_) => "helper",
+            None => "broker",
+        };
+        let traced = crate::trace::Call::start(op, scopes, mode, credential, self.traffic());
+        let result = tracing::Instrument::instrument(self.call(call), traced.span())
+            .await
+            .map(|r| r.map_err(Into::into));
+        traced.finish(&result, self.traffic());
+        result
+    }
+
     /// The free function `get-token`: a credential from the environment, one call.
     pub async fn get_token(&mut self, scopes: &[&str]) -> Result<TokenResult> {
         let scopes = owned(scopes);
-        let result = self
-            .call(async |store, iface| iface.call_get_token(store, &scopes).await)
-            .await?;
-        Ok(result.map_err(Into::into))
+        let op = crate::trace::Op::GetToken;
+        self.traced(op, &scopes, false, async |store, iface| {
+            iface.call_get_token(store, &scopes).await
+        })
+        .await
     }
 
     /// `credential.open(options)`.
@@ -416,10 +451,11 @@ impl Sandbox {
         if let Some(ms) = options.timeout_ms {
             self.longest_timeout = self.longest_timeout.max(Duration::from_millis(ms.into()));
         }
-        let result = self
-            .call(async |store, iface| iface.credential().call_open(store, options).await)
-            .await?;
-        Ok(result.map_err(Into::into))
+        let op = crate::trace::Op::Open;
+        self.traced(op, &[], true, async |store, iface| {
+            iface.credential().call_open(store, options).await
+        })
+        .await
     }
 
     /// `credential.get-token(scopes)` on a credential from [`Sandbox::open`].
@@ -429,15 +465,14 @@ impl Sandbox {
         scopes: &[&str],
     ) -> Result<TokenResult> {
         let scopes = owned(scopes);
-        let result = self
-            .call(async |store, iface| {
-                iface
-                    .credential()
-                    .call_get_token(store, credential, &scopes)
-                    .await
-            })
-            .await?;
-        Ok(result.map_err(Into::into))
+        let op = crate::trace::Op::GetToken;
+        self.traced(op, &scopes, true, async |store, iface| {
+            iface
+                .credential()
+                .call_get_token(store, credential, &scopes)
+                .await
+        })
+        .await
     }
 
     /// The free function `get-token-info`.
@@ -447,10 +482,11 @@ impl Sandbox {
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
-        let result = self
-            .call(async |store, iface| iface.call_get_token_info(store, &scopes, options).await)
-            .await?;
-        Ok(result.map_err(Into::into))
+        let op = crate::trace::Op::GetTokenInfo;
+        self.traced(op, &scopes, false, async |store, iface| {
+            iface.call_get_token_info(store, &scopes, options).await
+        })
+        .await
     }
 
     /// `credential.get-token-info(scopes, options)`.
@@ -461,15 +497,14 @@ impl Sandbox {
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
-        let result = self
-            .call(async |store, iface| {
-                iface
-                    .credential()
-                    .call_get_token_info(store, credential, &scopes, options)
-                    .await
-            })
-            .await?;
-        Ok(result.map_err(Into::into))
+        let op = crate::trace::Op::GetTokenInfo;
+        self.traced(op, &scopes, true, async |store, iface| {
+            iface
+                .credential()
+                .call_get_token_info(store, credential, &scopes, options)
+                .await
+        })
+        .await
     }
 
     /// Drop a credential resource (of this [`Sandbox::generation`]).

@@ -24,7 +24,7 @@ use vd_cred_host::{TokenRequestOptions, default_options};
 
 use crate::fork::PerProcess;
 use crate::sandboxes::{Config, Open, Sandboxes, closed};
-use crate::{NativeError, built_host, host, host_failure, raise};
+use crate::{built_host, host, host_failure, raise};
 
 /// A token as Python receives it: `(token, expires_on, refresh_on)`.
 type TokenTuple = (String, u64, Option<u64>);
@@ -165,15 +165,7 @@ impl Credential {
         options.audience_map = audience_map;
 
         py.detach(|| {
-            let roots = setup.trusted_roots().map_err(|e| {
-                NativeError::new_err((
-                    "configuration",
-                    None::<u16>,
-                    format!("{e:#}"),
-                    None::<String>,
-                    Vec::<String>::new(),
-                ))
-            })?;
+            let roots = setup.trusted_roots();
             let config = Config {
                 setup,
                 roots,

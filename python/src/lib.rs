@@ -48,24 +48,9 @@ fn raise(error: CredentialError) -> PyErr {
         CredentialError::BrokerFailed { status, .. } => {
             ("broker-failed", Some(*status), None, vec![])
         }
-        other => (kind(other), None, None, vec![]),
+        other => (other.kind(), None, None, vec![]),
     };
     NativeError::new_err((kind, status, error.to_string(), scope, known))
-}
-
-/// The WIT case name of an error without a payload of its own.
-fn kind(error: &CredentialError) -> &'static str {
-    match error {
-        CredentialError::Configuration(_) => "configuration",
-        CredentialError::InvalidScopes(_) => "invalid-scopes",
-        CredentialError::ScopeNotAllowed { .. } => "scope-not-allowed",
-        CredentialError::BearerUnavailable(_) => "bearer-unavailable",
-        CredentialError::BrokerUnreachable(_) => "broker-unreachable",
-        CredentialError::BrokerRejected { .. } => "broker-rejected",
-        CredentialError::BrokerFailed { .. } => "broker-failed",
-        CredentialError::InvalidResponse(_) => "invalid-response",
-        CredentialError::Unsupported(_) => "unsupported",
-    }
 }
 
 /// A host failure (not the component's): a trap, a failed instantiation.

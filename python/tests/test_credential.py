@@ -234,10 +234,15 @@ def test_an_https_broker_with_a_private_ca_is_trusted_through_ssl_cert_file(env,
         assert StudioAzureCredBroker().get_token(VAULT).token == "tls-token"
         env.delenv("REQUESTS_CA_BUNDLE")
 
+        # A file that holds no certificate is read, and refused, when the
+        # first https request needs it (as requests reads REQUESTS_CA_BUNDLE),
+        # not when the credential is made; nothing is sent.
         env.setenv("SSL_CERT_FILE", str(bearer.path))
-        with pytest.raises(vd_cred_broker.ConfigurationError) as e:
-            StudioAzureCredBroker()
-        assert f"SSL_CERT_FILE names {bearer.path}" in str(e.value)
+        credential = StudioAzureCredBroker()
+        with pytest.raises(vd_cred_broker.BrokerUnreachableError) as e:
+            credential.get_token(VAULT)
+        assert f"SSL_CERT_FILE names {bearer.path}, which does not hold usable CA certificates" in str(e.value)
         assert bearer.value not in str(e.value)
+        assert len(server.requests) == 2
     finally:
         server.close()

@@ -1,8 +1,11 @@
 """The synchronous credential."""
 
+import logging
 import numbers
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+import re
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
@@ -10,6 +13,76 @@ from . import _native
 from .errors import ConfigurationError, from_native
 
 __all__ = ["StudioAzureCredBroker"]
+
+_LOGGER = logging.getLogger("vd_cred_broker")
+
+_T = TypeVar("_T")
+
+
+def _in_credential_chain() -> bool:
+    """Whether azure-identity's ``ChainedTokenCredential`` (or
+    ``DefaultAzureCredential``) is calling: it logs our outcome itself, so
+    ours goes to DEBUG, as azure-identity's own credentials do. Looked up
+    only if azure-identity is already imported (never imported for this)."""
+    utils = sys.modules.get("azure.identity._internal.utils")
+    chain = getattr(utils, "within_credential_chain", None)
+    try:
+        return bool(chain is not None and chain.get())
+    except Exception:  # pylint:disable=broad-except
+        return False
+
+
+# A URL's user-info and query or fragment (a configuration error quotes the
+# URL it was given): never logged.
+_USERINFO = re.compile(r"(://)[^/\s\"'@]*@")
+_QUERY = re.compile(r"(://[^\s\"'?#]*)[?#][^\s\"']*")
+
+
+def _described(error: BaseException) -> str:
+    """``[kind] message`` for a log record: the error's kind (this package's
+    ``kind``, else its type's name) and its message, with any URL's user-info
+    and query removed. The message never holds the bearer or a token."""
+    kind = getattr(error, "kind", None) or type(error).__name__
+    message = _QUERY.sub(r"\1?...", _USERINFO.sub(r"\1...@", str(error)))
+    return f"[{kind}] {message}"
+
+
+def _log_succeeded(credential: object, method: str) -> None:
+    """azure-identity's record for a token had: ``"<Class>.<method> succeeded"``
+    at INFO (DEBUG within a credential chain)."""
+    level = logging.DEBUG if _in_credential_chain() else logging.INFO
+    _LOGGER.log(level, "%s.%s succeeded", type(credential).__name__, method)
+
+
+def _log_failed(credential: object, method: str, error: BaseException) -> None:
+    """azure-identity's record for a failure: ``"<Class>.<method> failed: %s"``
+    at WARNING (DEBUG within a credential chain), with the traceback when
+    DEBUG is enabled; here the error is ``[kind] message``, and the record
+    carries ``vd_error_kind`` and ``vd_status``."""
+    level = logging.DEBUG if _in_credential_chain() else logging.WARNING
+    _LOGGER.log(
+        level,
+        "%s.%s failed: %s",
+        type(credential).__name__,
+        method,
+        _described(error),
+        exc_info=_LOGGER.isEnabledFor(logging.DEBUG),
+        extra={
+            "vd_error_kind": getattr(error, "kind", None) or type(error).__name__,
+            "vd_status": getattr(error, "status", None),
+        },
+    )
+
+
+def _logged(credential: object, method: str, call: Callable[[], _T]) -> _T:
+    """``call()``, its outcome logged as azure-identity logs its credentials'."""
+    try:
+        result = call()
+    except Exception as e:
+        _log_failed(credential, method, e)
+        raise
+    _log_succeeded(credential, method)
+    return result
 
 
 def _timeout_ms(timeout: Any) -> int:
@@ -182,14 +255,22 @@ class StudioAzureCredBroker:
         **kwargs: Any,
     ) -> AccessToken:
         """An ``AccessToken`` for ``scopes`` (e.g. ``https://vault.azure.net/.default``)."""
-        token, expires_on, _ = self._call(self._native.get_token_info, scopes, claims, tenant_id, enable_cae)
+        token, expires_on, _ = _logged(
+            self,
+            "get_token",
+            lambda: self._call(self._native.get_token_info, scopes, claims, tenant_id, enable_cae),
+        )
         return AccessToken(token, expires_on)
 
     def get_token_info(
         self, *scopes: str, options: Optional[Dict[str, Any]] = None
     ) -> AccessTokenInfo:
         """An ``AccessTokenInfo`` for ``scopes``, with ``refresh_on`` when the token has one."""
-        token, expires_on, refresh_on = self._call(self._native.get_token_info, scopes, *_options(options))
+        token, expires_on, refresh_on = _logged(
+            self,
+            "get_token_info",
+            lambda: self._call(self._native.get_token_info, scopes, *_options(options)),
+        )
         return AccessTokenInfo(token, expires_on, token_type="Bearer", refresh_on=refresh_on)
 
     def _call(self, native_call, scopes, claims, tenant_id, enable_cae):

@@ -17,7 +17,7 @@ from azure.core.credentials import AccessToken, AccessTokenInfo
 
 from . import _native
 from ._credential import StudioAzureCredBroker as _SyncCredential
-from ._credential import _options
+from ._credential import _log_failed, _log_succeeded, _options
 from .errors import from_native
 
 __all__ = ["StudioAzureCredBroker"]
@@ -97,15 +97,25 @@ class StudioAzureCredBroker:
         enable_cae: bool = False,
         **kwargs: Any,
     ) -> AccessToken:
-        call = self._sync._call(self._sync._native.start, scopes, claims, tenant_id, enable_cae)
-        token, expires_on, _ = await _wait(call)
+        try:
+            call = self._sync._call(self._sync._native.start, scopes, claims, tenant_id, enable_cae)
+            token, expires_on, _ = await _wait(call)
+        except Exception as e:
+            _log_failed(self, "get_token", e)
+            raise
+        _log_succeeded(self, "get_token")
         return AccessToken(token, expires_on)
 
     async def get_token_info(
         self, *scopes: str, options: Optional[Dict[str, Any]] = None
     ) -> AccessTokenInfo:
-        call = self._sync._call(self._sync._native.start, scopes, *_options(options))
-        token, expires_on, refresh_on = await _wait(call)
+        try:
+            call = self._sync._call(self._sync._native.start, scopes, *_options(options))
+            token, expires_on, refresh_on = await _wait(call)
+        except Exception as e:
+            _log_failed(self, "get_token_info", e)
+            raise
+        _log_succeeded(self, "get_token_info")
         return AccessTokenInfo(token, expires_on, token_type="Bearer", refresh_on=refresh_on)
 
     async def close(self) -> None:

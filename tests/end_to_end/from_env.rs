@@ -78,20 +78,51 @@ async fn ssl_cert_file_adds_a_private_ca() {
         "{err}"
     );
 
-    // A file without certificates is refused when the sandbox is set up.
+    // A file without certificates is read, and refused, by the first https
+    // connection (as `requests` reads `REQUESTS_CA_BUNDLE`), not when the
+    // sandbox is set up; nothing reaches the broker.
     let not_pem = env(&broker, &file, &[("SSL_CERT_FILE", file.to_str().unwrap())]);
-    let err = sandbox_from_env(Host::shared(), move |k| not_pem.get(k).cloned())
-        .err()
-        .expect("refused");
-    assert_eq!(
-        format!("{err:#}"),
-        format!(
-            "SSL_CERT_FILE names {}, which does not hold usable CA certificates: fix or unset \
-             it: CA certificates in {0}: no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+    let err = sandbox(not_pem)
+        .await
+        .get_token(&[VAULT])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, E::BrokerUnreachable(ref m) if m.contains(&format!(
+            "TLS handshake failed: SSL_CERT_FILE names {}, which does not hold usable CA \
+             certificates: fix or unset it: CA certificates in {0}: no PEM certificate \
+             (-----BEGIN CERTIFICATE-----) found",
             file.display()
-        )
+        ))),
+        "{err}"
     );
+    assert!(!format!("{err}").contains("vd_iat_tls"), "{err}");
     assert_eq!(broker.request_count(), 3);
+}
+
+#[tokio::test]
+async fn ca_files_are_not_read_for_a_plain_http_broker() {
+    // A CI image or desktop that sets all three variables, one of them to a
+    // file that is not there: a plain-http broker never needs the roots, so
+    // nothing is read and the token comes as without them.
+    let broker = MockBroker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credential");
+    std::fs::write(&file, "vd_iat_plain\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let with_vars = env(
+        &broker,
+        &file,
+        &[
+            ("SSL_CERT_FILE", missing.to_str().unwrap()),
+            ("REQUESTS_CA_BUNDLE", missing.to_str().unwrap()),
+            ("CURL_CA_BUNDLE", file.to_str().unwrap()),
+        ],
+    );
+    let token = sandbox(with_vars).await.get_token(&[VAULT]).await.unwrap();
+    assert!(token.unwrap().token.starts_with("mock-token-"));
+    assert_eq!(broker.request_count(), 1);
 }
 
 #[tokio::test]

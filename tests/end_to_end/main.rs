@@ -2,6 +2,8 @@
 //! the loopback mock broker. One test binary, so the component is compiled
 //! once ([`Host::shared`]) and shared by every test.
 
+mod agents;
+mod agents_lang;
 mod composition;
 mod egress;
 mod errors;
@@ -12,8 +14,10 @@ mod injection;
 mod keepalive;
 mod lifetime;
 mod linked;
+mod logging;
 mod modes;
 mod protocol;
+mod proxy;
 mod retries;
 mod rotation;
 mod sandbox;

@@ -1,0 +1,403 @@
+//! What the host tells [`tracing`]: a span per credential call, an event per
+//! request it sends, and an event when a call ends; a `tracing-subscriber`
+//! or OpenTelemetry layer picks them up. Nothing here ever records a token,
+//! the bearer, a header, a query string or an error's message (a
+//! configuration error quotes the URL it was given): only scopes, audiences,
+//! origins, statuses, counts, durations and error kinds.
+//!
+//! Every span and event has the target [`TARGET`]:
+//!
+//! - span `vd_cred.get_token` / `vd_cred.get_token_info` (INFO): one call on
+//!   a [`crate::Sandbox`], with `audience`, `scopes`, `mode`, `credential`,
+//!   then `attempts`, `statuses`, `outcome`, `status`, `source`,
+//!   `duration_ms`;
+//! - event `request answered` / `request failed` (DEBUG): one request the
+//!   sandbox sent, with `method`, `origin` (`scheme://host[:port]`),
+//!   `status` or `error`, `elapsed_ms`;
+//! - event `get_token succeeded` (INFO when minted, DEBUG when cached) or
+//!   `get_token failed` (WARN, with `error_kind`) when the call ends, with
+//!   the span's fields;
+//! - the linked route's and the injection's events (see [`crate::linked`],
+//!   [`crate::inject`]), under spans `vd_cred.agent_call` and
+//!   `vd_cred.inject` carrying `agent_id`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::field::Empty;
+use tracing::{Instrument, Level, Span};
+use vd_cred_broker::{CredentialError, DEFAULT_AUDIENCES, normalize_scope};
+use wasmtime_wasi_http::Error;
+
+use crate::client::Sent;
+use crate::inject::{InjectEvent, InjectOutcome};
+use crate::linked::TokenSource;
+use crate::policy::Traffic;
+
+/// The target of every span and event of this crate's.
+pub const TARGET: &str = "vd_cred_host";
+
+/// What became of one request a sandbox sent.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// The answer's status.
+    Status(u16),
+    /// No answer: the wasi:http error's name.
+    Failed(&'static str),
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Status(s) => write!(f, "{s}"),
+            Answer::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The answers to the requests a sandbox sent during its current call, in
+/// order (a sandbox makes one call at a time; each call starts them anew).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Requests(Arc<Mutex<Vec<Answer>>>);
+
+impl Requests {
+    fn push(&self, answer: Answer) {
+        self.0.lock().unwrap().push(answer);
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
+    /// `503,200`: the answers so far, and forget them.
+    fn take(&self) -> String {
+        let answers = std::mem::take(&mut *self.0.lock().unwrap());
+        let shown: Vec<String> = answers.iter().map(Answer::to_string).collect();
+        shown.join(",")
+    }
+}
+
+/// One request a sandbox lets through, watched until its answer's head.
+pub(crate) struct Request {
+    method: hyper::Method,
+    origin: String,
+    requests: Requests,
+    /// The call's span (the one current when the request was made).
+    span: Span,
+}
+
+impl Request {
+    /// Watch `request`, recording its answer in `requests`.
+    pub(crate) fn of<B>(request: &hyper::Request<B>, requests: &Requests) -> Self {
+        Request {
+            method: request.method().clone(),
+            origin: origin(request.uri()),
+            requests: requests.clone(),
+            span: Span::current(),
+        }
+    }
+
+    /// `sent`, recording its status (or failure) and a DEBUG event.
+    pub(crate) fn watch(
+        self,
+        sent: impl Future<Output = Result<Sent, Error>> + Send + 'static,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        let started = Instant::now();
+        let span = self.span.clone();
+        async move {
+            let result = sent.await;
+            let elapsed_ms = millis(started);
+            let (method, origin) = (self.method.as_str(), self.origin.as_str());
+            match &result {
+                Ok((response, _)) => {
+                    let status = response.status().as_u16();
+                    self.requests.push(Answer::Status(status));
+                    tracing::debug!(target: TARGET, method, origin, status, elapsed_ms, "request answered");
+                }
+                Err(e) => {
+                    let error = error_name(e);
+                    self.requests.push(Answer::Failed(error));
+                    tracing::debug!(target: TARGET, method, origin, error, elapsed_ms, "request failed");
+                }
+            }
+            result
+        }
+        .instrument(span)
+    }
+}
+
+/// `scheme://host[:port]`: never the user-info, path or query.
+fn origin(uri: &hyper::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("");
+    let host = uri.host().unwrap_or("");
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
+/// Milliseconds since `start`, to the microsecond.
+fn millis(start: Instant) -> f64 {
+    (start.elapsed().as_micros() as f64) / 1000.0
+}
+
+/// The wasi:http error's name, without its payload.
+fn error_name(e: &Error) -> &'static str {
+    match e {
+        Error::DnsTimeout => "dns-timeout",
+        Error::DnsError { .. } | Error::InvalidDnsNameError(_) => "dns-error",
+        Error::DestinationNotFound => "destination-not-found",
+        Error::DestinationUnavailable => "destination-unavailable",
+        Error::ConnectionRefused | Error::Connect(_) => "connection-refused",
+        Error::ConnectionTerminated => "connection-terminated",
+        Error::ConnectionTimeout => "connection-timeout",
+        Error::ConnectionReadTimeout => "connection-read-timeout",
+        Error::ConnectionWriteTimeout => "connection-write-timeout",
+        Error::TlsProtocolError | Error::Tls(_) => "tls-protocol-error",
+        Error::TlsCertificateError => "tls-certificate-error",
+        Error::TlsAlertReceived { .. } => "tls-alert-received",
+        Error::HttpRequestDenied => "http-request-denied",
+        Error::HttpRequestBodySize(_) => "http-request-body-size",
+        Error::HttpResponseTimeout => "http-response-timeout",
+        Error::HttpProtocolError | Error::Hyper(_) => "http-protocol-error",
+        _ => "internal-error",
+    }
+}
+
+/// The broker's status an error carries, if any.
+pub(crate) fn error_status(error: &CredentialError) -> Option<u16> {
+    match error {
+        CredentialError::BrokerRejected { status, .. }
+        | CredentialError::BrokerFailed { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
+/// The audience the default audience map gives `scopes` (empty when it
+/// knows none of them; a credential opened with its own `audience-map` may
+/// map differently: `scopes` says what was asked).
+fn audience(scopes: &[String]) -> &'static str {
+    scopes
+        .iter()
+        .find_map(|s| {
+            let resource = normalize_scope(s);
+            DEFAULT_AUDIENCES
+                .iter()
+                .find(|(r, a)| *r == resource || *a == resource)
+                .map(|(_, a)| *a)
+        })
+        .unwrap_or("")
+}
+
+/// Which credential call a span is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Open,
+    GetToken,
+    GetTokenInfo,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Open => "open",
+            Op::GetToken => "get_token",
+            Op::GetTokenInfo => "get_token_info",
+        }
+    }
+}
+
+/// One credential call on a sandbox, traced: its span, and what to count
+/// the call's requests from.
+pub(crate) struct Call {
+    op: Op,
+    span: Span,
+    started: Instant,
+    sent_before: u64,
+}
+
+macro_rules! call_span {
+    ($name:literal, $scopes:expr, $mode:expr, $credential:expr) => {
+        tracing::info_span!(
+            target: TARGET,
+            $name,
+            audience = audience($scopes),
+            scopes = %$scopes.join(" "),
+            mode = $mode,
+            credential = $credential,
+            attempts = Empty,
+            statuses = Empty,
+            outcome = Empty,
+            status = Empty,
+            source = Empty,
+            duration_ms = Empty,
+        )
+    };
+}
+
+impl Call {
+    /// A call of `op` for `scopes` starts, in a sandbox in `mode` (`broker`
+    /// or `helper`), on an opened credential or (`credential: false`) the
+    /// free functions.
+    pub(crate) fn start(
+        op: Op,
+        scopes: &[String],
+        mode: &'static str,
+        credential: bool,
+        traffic: &Traffic,
+    ) -> Call {
+        let span = match op {
+            Op::Open => tracing::debug_span!(
+                target: TARGET,
+                "vd_cred.open",
+                mode,
+                outcome = Empty,
+                duration_ms = Empty,
+            ),
+            Op::GetToken => call_span!("vd_cred.get_token", scopes, mode, credential),
+            Op::GetTokenInfo => call_span!("vd_cred.get_token_info", scopes, mode, credential),
+        };
+        traffic.requests.clear();
+        Call {
+            op,
+            span,
+            started: Instant::now(),
+            sent_before: traffic.sent(),
+        }
+    }
+
+    /// The call's span, to run the call in.
+    pub(crate) fn span(&self) -> Span {
+        self.span.clone()
+    }
+
+    /// The call ended with `result` (`Err`: the credential trapped or ran
+    /// past its limit): record the span's fields and the ending event.
+    pub(crate) fn finish<T>(
+        self,
+        result: &anyhow::Result<Result<T, CredentialError>>,
+        traffic: &Traffic,
+    ) {
+        // Even with the span disabled (a filter at WARN), a failure's event
+        // may be wanted: the fields are cheap (no request: no allocation).
+        let attempts = traffic.sent() - self.sent_before;
+        let statuses = traffic.requests.take();
+        let duration_ms = millis(self.started);
+        let op = self.op.name();
+        let span = &self.span;
+        span.record("attempts", attempts);
+        span.record("statuses", statuses.as_str());
+        span.record("duration_ms", duration_ms);
+        let _entered = span.enter();
+        let (kind, status) = match result {
+            Ok(Ok(_)) if self.op == Op::Open => {
+                span.record("outcome", "ok");
+                tracing::debug!(target: TARGET, op, duration_ms, "{op} succeeded");
+                return;
+            }
+            Ok(Ok(_)) => {
+                let source = if attempts > 0 { "minted" } else { "cached" };
+                span.record("outcome", "ok");
+                span.record("source", source);
+                let statuses = statuses.as_str();
+                if attempts > 0 {
+                    tracing::info!(target: TARGET, op, source, attempts, statuses, duration_ms, "{op} succeeded");
+                } else {
+                    tracing::debug!(target: TARGET, op, source, attempts, statuses, duration_ms, "{op} succeeded");
+                }
+                return;
+            }
+            Ok(Err(e)) => (e.kind(), error_status(e)),
+            // A trap, or a call stopped at its limit: the host's failure.
+            Err(_) => ("host", None),
+        };
+        span.record("outcome", kind);
+        if let Some(status) = status {
+            span.record("status", status);
+        }
+        let statuses = statuses.as_str();
+        tracing::warn!(
+            target: TARGET,
+            op,
+            error_kind = kind,
+            status,
+            attempts,
+            statuses,
+            duration_ms,
+            "{op} failed: {kind}"
+        );
+    }
+}
+
+/// The span of one token call of an agent's on its linked credential
+/// (`credential`: on a credential it opened, else the free functions).
+pub(crate) fn agent_call(agent_id: &str, credential: bool) -> Span {
+    tracing::info_span!(target: TARGET, "vd_cred.agent_call", agent_id, credential)
+}
+
+/// A token handed to an agent (what [`crate::linked::TokenEvent`] says):
+/// INFO when minted, DEBUG when served from the cache.
+pub(crate) fn agent_token(agent_id: &str, audience: &str, expires_on: u64, source: TokenSource) {
+    match source {
+        TokenSource::Minted => {
+            let source = "minted";
+            tracing::info!(target: TARGET, agent_id, audience, expires_on, source, "token handed to agent");
+        }
+        TokenSource::Cached => {
+            let source = "cached";
+            tracing::debug!(target: TARGET, agent_id, audience, expires_on, source, "token handed to agent");
+        }
+    }
+}
+
+/// A call of an agent's that failed (what [`crate::linked::ErrorEvent`]
+/// says, but the error's kind rather than its message): WARN.
+pub(crate) fn agent_error(
+    agent_id: &str,
+    audience: Option<&str>,
+    error_kind: &'static str,
+    status: Option<u16>,
+) {
+    let audience = audience.unwrap_or("");
+    tracing::warn!(target: TARGET, agent_id, audience, error_kind, status, "agent call failed: {error_kind}");
+}
+
+/// The span of one agent request the host adds a token to.
+pub(crate) fn inject_span(agent_id: &str, audience: &str, destination: &str) -> Span {
+    tracing::info_span!(target: TARGET, "vd_cred.inject", agent_id, audience, destination)
+}
+
+/// One agent request the host added a token to, or tried to (what
+/// [`InjectEvent`] says): DEBUG when sent with a cached token, INFO when a
+/// token was minted for it, WARN when the agent got an error or a 401.
+pub(crate) fn injected(event: &InjectEvent<'_>) {
+    let source = match event.source {
+        Some(TokenSource::Minted) => "minted",
+        Some(TokenSource::Cached) => "cached",
+        None => "none",
+    };
+    let outcome = format!("{:?}", event.outcome);
+    let (agent_id, audience, destination) = (event.agent_id, event.audience, event.destination);
+    let (minted, removed) = (event.minted, event.removed_agent_authorization);
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(
+                target: TARGET,
+                $level,
+                agent_id,
+                audience,
+                destination,
+                source,
+                minted,
+                outcome,
+                removed_agent_authorization = removed,
+                "token injection: {outcome}"
+            )
+        };
+    }
+    match event.outcome {
+        InjectOutcome::Sent if event.minted == 0 => at!(Level::DEBUG),
+        InjectOutcome::Sent | InjectOutcome::ChallengeAnswered => at!(Level::INFO),
+        _ => at!(Level::WARN),
+    }
+}
