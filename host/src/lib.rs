@@ -44,6 +44,7 @@ mod sandbox;
 mod state;
 mod tls;
 pub mod trace;
+mod tunnel;
 mod withheld;
 
 /// Host bindings for the `cred-broker` world.
