@@ -305,11 +305,35 @@ struct UrlRules {
     allow_insecure_http: bool,
 }
 
+/// `raw` as an error quotes it: a user-info, query or fragment (where
+/// credentials and signatures go) replaced by `...`, so that the message can
+/// be logged. Everything up to the last `@` before the query is user-info
+/// (a password may hold a `/`).
+fn shown_url(raw: &str) -> String {
+    let (head, tail) = match raw.find(['?', '#']) {
+        Some(i) => (&raw[..i], &raw[i..=i]),
+        None => (raw, ""),
+    };
+    let start = head.find("://").map_or(0, |i| i + 3);
+    let mut shown = match head[start..].rfind('@') {
+        Some(at) => format!("{}...{}", &head[..start], &head[start + at..]),
+        None => head.to_string(),
+    };
+    if !tail.is_empty() {
+        shown.push_str(tail);
+        shown.push_str("...");
+    }
+    shown
+}
+
 fn validate_url(raw: &str, rules: &UrlRules) -> Result<String, CredentialError> {
     let bad = |why: &str| {
         CredentialError::Configuration(format!(
-            "{} {raw:?} ({}) {why}; expected e.g. \"{}\"",
-            rules.what, rules.names, rules.example
+            "{} {:?} ({}) {why}; expected e.g. \"{}\"",
+            rules.what,
+            shown_url(raw),
+            rules.names,
+            rules.example
         ))
     };
     let url = raw.trim().trim_end_matches('/');
@@ -368,6 +392,33 @@ mod tests {
     }
 
     const URL: &str = "http://127.0.0.1:9/api/v1/credential-broker";
+
+    #[test]
+    fn a_quoted_url_shows_no_user_info_query_or_fragment() {
+        for (raw, shown) in [
+            ("https://b.example/api", "https://b.example/api"),
+            ("https://user:pw@b.example/api", "https://...@b.example/api"),
+            (
+                "https://user:pa/ss@b.example/api",
+                "https://...@b.example/api",
+            ),
+            ("user:pw@b.example/api", "...@b.example/api"),
+            (
+                "https://b.example/api?sig=AAA BBB",
+                "https://b.example/api?...",
+            ),
+            (
+                "https://u:p@b.example/api#frag?x",
+                "https://...@b.example/api#...",
+            ),
+        ] {
+            assert_eq!(shown_url(raw), shown, "{raw}");
+        }
+        let e = validate_broker_url("https://user:s3cr3t@b.example/x?sig=SIG", false).unwrap_err();
+        for secret in ["user", "s3cr3t", "SIG"] {
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+    }
 
     #[test]
     fn environment_then_options_win() {

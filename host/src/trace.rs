@@ -176,6 +176,21 @@ pub(crate) fn error_status(error: &CredentialError) -> Option<u16> {
 /// The audience the default audience map gives `scopes` (empty when it
 /// knows none of them; a credential opened with its own `audience-map` may
 /// map differently: `scopes` says what was asked).
+/// The scopes as a span records them: each up to a `?` or `#` (a scope is
+/// a resource URI; a query is no part of it and may carry a signature),
+/// control characters escaped (no newline forges a log line),
+/// space-separated.
+fn shown_scopes(scopes: &[String]) -> String {
+    let shown: Vec<String> = scopes
+        .iter()
+        .map(|s| {
+            let resource = s.split(['?', '#']).next().unwrap_or_default();
+            resource.escape_debug().to_string()
+        })
+        .collect();
+    shown.join(" ")
+}
+
 fn audience(scopes: &[String]) -> &'static str {
     scopes
         .iter()
@@ -214,6 +229,20 @@ pub(crate) struct Call {
     span: Span,
     started: Instant,
     sent_before: u64,
+    held_before: u64,
+    /// `finish` ran; otherwise the call was dropped (cancelled).
+    finished: bool,
+}
+
+impl Drop for Call {
+    /// A call whose future was dropped (an asyncio cancel, an abandoned
+    /// pool call) ends its span with `outcome = "cancelled"`.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.span.record("outcome", "cancelled");
+            self.span.record("duration_ms", millis(self.started));
+        }
+    }
 }
 
 macro_rules! call_span {
@@ -222,7 +251,7 @@ macro_rules! call_span {
             target: TARGET,
             $name,
             audience = audience($scopes),
-            scopes = %$scopes.join(" "),
+            scopes = %shown_scopes($scopes),
             mode = $mode,
             credential = $credential,
             attempts = Empty,
@@ -263,6 +292,8 @@ impl Call {
             span,
             started: Instant::now(),
             sent_before: traffic.sent(),
+            held_before: traffic.held_back(),
+            finished: false,
         }
     }
 
@@ -274,10 +305,11 @@ impl Call {
     /// The call ended with `result` (`Err`: the credential trapped or ran
     /// past its limit): record the span's fields and the ending event.
     pub(crate) fn finish<T>(
-        self,
+        mut self,
         result: &anyhow::Result<Result<T, CredentialError>>,
         traffic: &Traffic,
     ) {
+        self.finished = true;
         // Even with the span disabled (a filter at WARN), a failure's event
         // may be wanted: the fields are cheap (no request: no allocation).
         let attempts = traffic.sent() - self.sent_before;
@@ -305,6 +337,13 @@ impl Call {
                 } else {
                     tracing::debug!(target: TARGET, op, source, attempts, statuses, duration_ms, "{op} succeeded");
                 }
+                return;
+            }
+            // The host held the request back (an agent's mint budget): not
+            // the broker's failure; the linked route reports it.
+            Ok(Err(_)) if attempts == 0 && traffic.held_back() > self.held_before => {
+                span.record("outcome", "held");
+                tracing::debug!(target: TARGET, op, duration_ms, "{op} held back by the host");
                 return;
             }
             Ok(Err(e)) => (e.kind(), error_status(e)),

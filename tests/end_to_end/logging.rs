@@ -144,8 +144,21 @@ struct Captured {
     _guard: DefaultGuard,
 }
 
+/// A dispatcher that lives as long as the test binary and is nobody's
+/// default. `tracing` decides once whether a callsite is wanted; with one
+/// dispatcher alive it asks only the default of whichever thread reaches the
+/// callsite first (another test's thread has none: "never"). With this one
+/// alive too it asks every dispatcher, and this one wants ours.
+fn anchor() {
+    static ANCHOR: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    ANCHOR.get_or_init(|| {
+        tracing::Dispatch::new(tracing_subscriber::registry().with(Capture::default()))
+    });
+}
+
 impl Captured {
     fn start() -> Captured {
+        anchor();
         let (log, printed) = (Capture::default(), Printed::default());
         let writer = printed.clone();
         let fmt = tracing_subscriber::fmt::layer()
@@ -354,7 +367,7 @@ async fn a_failed_call_is_a_warning_with_its_kind() {
 }
 
 #[tokio::test]
-async fn a_configuration_error_does_not_log_the_url_it_quotes() {
+async fn a_configuration_error_quotes_no_query_and_logs_no_url() {
     let f = Fixture::new();
     let log = Captured::start();
     let mut sandbox = f.sandbox().await;
@@ -368,10 +381,14 @@ async fn a_configuration_error_does_not_log_the_url_it_quotes() {
             .unwrap(),
         Err(e) => Err(e),
     };
+    // The component quotes the URL without its query (the message may be
+    // logged by whoever gets it).
+    let message = result.unwrap_err().to_string();
     assert!(
-        result.unwrap_err().to_string().contains("SECRET-SIG"),
-        "the caller gets the full error"
+        message.contains("\"http://127.0.0.1:1/x?...\""),
+        "{message}"
     );
+    assert!(!message.contains("SECRET-SIG"), "{message}");
     let log_ = log.log.0.lock().unwrap();
     let warned: Vec<&EventRec> = log_
         .events
@@ -502,4 +519,96 @@ async fn an_injection_names_the_agent_and_the_destination() {
     assert_eq!(inner[0].parent, Some("vd_cred.inject"));
     assert_eq!(field(&inner[0], "source"), "minted");
     log.assert_no_secret(&[&f.bearer, "mock-vault-", "api-version", "/secrets/db"]);
+}
+
+#[tokio::test]
+async fn a_scope_is_logged_without_its_query_and_with_control_characters_escaped() {
+    let f = Fixture::new();
+    let log = Captured::start();
+    let mut sandbox = f.sandbox().await;
+    for scope in [
+        "https://vault.azure.net/.default?sig=SECRET-SIG",
+        "https://nope.example/x\nINFO forged line",
+    ] {
+        assert!(sandbox.get_token(&[scope]).await.unwrap().is_err());
+    }
+    let spans = log.spans("vd_cred.get_token");
+    let scopes: Vec<&str> = spans.iter().map(|s| field(s, "scopes")).collect();
+    assert_eq!(
+        scopes,
+        [
+            "https://vault.azure.net/.default",
+            "https://nope.example/x\\nINFO forged line"
+        ]
+    );
+    let printed = String::from_utf8(log.printed.0.lock().unwrap().clone()).unwrap();
+    assert!(!printed.contains("\nINFO forged"), "{printed}");
+    log.assert_no_secret(&[&f.bearer, "SECRET-SIG"]);
+}
+
+#[tokio::test]
+async fn a_call_the_agents_budget_holds_back_is_not_a_broker_failure() {
+    let f = Fixture::new();
+    let log = Captured::start();
+    let limits = vd_cred_host::linked::AgentLimits {
+        mints_per_minute: 1,
+        ..Default::default()
+    };
+    let policy = AgentPolicy::new("agent-held").limits(limits);
+    let linked = LinkedCredential::new(f.sandbox().await, policy);
+    let builder = AgentBuilder::default().credential_broker(f.broker.url());
+    let pre = crate::linked::agent_pre();
+    let mut agent = TestAgent::new(builder, Host::shared().engine(), pre, linked)
+        .await
+        .unwrap();
+    let uncached = test_agent::CredentialOptions {
+        disable_cache: true,
+        ..test_agent::no_options()
+    };
+    assert!(agent.token(&uncached, &[VAULT], 1).await.unwrap().is_ok());
+    assert!(agent.token(&uncached, &[VAULT], 1).await.unwrap().is_err());
+    assert_eq!(f.broker.request_count(), 1);
+
+    let inner = log.spans("vd_cred.get_token_info");
+    let outcomes: Vec<&str> = inner.iter().map(|s| field(s, "outcome")).collect();
+    // Over budget, the host held the request back: no broker failure from
+    // the credential, one WARN from the linked route (429, the budget).
+    assert_eq!(outcomes, ["ok", "held"]);
+    assert!(log.events("get_token_info failed").is_empty());
+    assert_eq!(log.events("get_token_info held back by the host").len(), 1);
+    let failed = log.events("agent call failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].fields["status"], "429");
+}
+
+#[tokio::test]
+async fn a_call_dropped_before_its_answer_ends_its_span_as_cancelled() {
+    let f = Fixture::new();
+    let log = Captured::start();
+    // The broker answers only after an hour: the call is dropped once the
+    // broker has the request (a count, not a time, decides when).
+    f.broker.push(Reply::Answer {
+        status: 200,
+        body: "{}".into(),
+        delay: std::time::Duration::from_secs(3600),
+        headers: Vec::new(),
+    });
+    let mut sandbox = f.sandbox().await;
+    {
+        let call = sandbox.get_token(&[VAULT]);
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                _ = &mut call => panic!("the broker never answers"),
+                _ = tokio::task::yield_now() => {}
+            }
+            if f.broker.request_count() == 1 {
+                break;
+            }
+        }
+    }
+    let spans = log.spans("vd_cred.get_token");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(field(&spans[0], "outcome"), "cancelled");
+    assert!(log.events("get_token failed").is_empty());
 }
