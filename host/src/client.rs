@@ -210,7 +210,7 @@ impl Connections {
             _ => None,
         }
         .cloned();
-        let target = crate::policy::shown(request.uri());
+        let target = crate::origin::shown(request.uri());
         async move {
             let timeouts = Timeouts::from(options);
             let deadline = tokio::time::Instant::now() + timeouts.head;

@@ -68,8 +68,9 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use crate::client::{Connections, Sent, Setup, Vet};
 use crate::inject::{Injection, injects_method};
 pub use crate::origin::Origin;
+use crate::origin::shown;
 use crate::origin::{default_port, literal_ip, normal_host};
-use crate::policy::{helper_host, shown};
+use crate::policy::helper_host;
 use crate::proxy::Proxies;
 use crate::tls::TrustedRoots;
 

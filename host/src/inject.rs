@@ -349,7 +349,7 @@ impl Injection {
             };
             let mut trip = Trip::default();
             let agent_id = linked.policy().agent_id();
-            let span = crate::trace::inject_span(agent_id, &audience, &destination);
+            let span = inject_span(agent_id, &audience, &destination);
             let run = trip.run(&linked, &scope, &audience, send);
             let result = tracing::Instrument::instrument(run, span.clone()).await;
             let event = InjectEvent {
@@ -361,7 +361,7 @@ impl Injection {
                 outcome: trip.outcome,
                 removed_agent_authorization: removed,
             };
-            span.in_scope(|| crate::trace::injected(&event));
+            span.in_scope(|| injected(&event));
             if let Some(hook) = &hook {
                 hook(&event);
             }
@@ -567,6 +567,46 @@ fn challenge(response: &hyper::Response<WasiBody>) -> Option<Challenge> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(Challenge::parse)
+}
+
+/// The span of one agent request the host adds a token to.
+fn inject_span(agent_id: &str, audience: &str, destination: &str) -> tracing::Span {
+    tracing::info_span!(target: crate::trace::TARGET, "vd_cred.inject", agent_id, audience, destination)
+}
+
+/// One agent request the host added a token to, or tried to (what
+/// [`InjectEvent`] says): DEBUG when sent with a cached token, INFO when a
+/// token was minted for it, WARN when the agent got an error or a 401.
+fn injected(event: &InjectEvent<'_>) {
+    let source = match event.source {
+        Some(TokenSource::Minted) => "minted",
+        Some(TokenSource::Cached) => "cached",
+        None => "none",
+    };
+    let outcome = format!("{:?}", event.outcome);
+    let (agent_id, audience, destination) = (event.agent_id, event.audience, event.destination);
+    let (minted, removed) = (event.minted, event.removed_agent_authorization);
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(
+                target: crate::trace::TARGET,
+                $level,
+                agent_id,
+                audience,
+                destination,
+                source,
+                minted,
+                outcome,
+                removed_agent_authorization = removed,
+                "token injection: {outcome}"
+            )
+        };
+    }
+    match event.outcome {
+        InjectOutcome::Sent if event.minted == 0 => at!(tracing::Level::DEBUG),
+        InjectOutcome::Sent | InjectOutcome::ChallengeAnswered => at!(tracing::Level::INFO),
+        _ => at!(tracing::Level::WARN),
+    }
 }
 
 #[cfg(test)]

@@ -500,7 +500,7 @@ impl Linked {
     /// Tell the error hook, and hand the agent the error with the
     /// credential's whereabouts withheld.
     fn refuse(&self, audience: Option<&str>, error: CredentialError) -> CredentialError {
-        crate::trace::agent_error(
+        agent_error(
             &self.policy.agent_id,
             audience,
             error.kind(),
@@ -519,7 +519,7 @@ impl Linked {
     /// A trap in the credential's store (it is replaced on the next call):
     /// the full reason to the error hook, a typed error to the agent.
     fn trapped(&self, audience: Option<&str>, trap: anyhow::Error) -> CredentialError {
-        crate::trace::agent_error(&self.policy.agent_id, audience, "host", None);
+        agent_error(&self.policy.agent_id, audience, "host", None);
         if let Some(hook) = &self.on_error {
             hook(&ErrorEvent {
                 agent_id: &self.policy.agent_id,
@@ -634,7 +634,7 @@ impl Linked {
         scopes: Vec<String>,
         options: &crate::TokenRequestOptions,
     ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
-        let span = crate::trace::agent_call(&self.policy.agent_id, key.is_some());
+        let span = agent_call(&self.policy.agent_id, key.is_some());
         tracing::Instrument::instrument(self.forward_traced(key, scopes, options), span).await
     }
 
@@ -658,7 +658,7 @@ impl Linked {
             Ok(answer) => answer,
             Err(fault) => return Ok(Err(self.answer(fault)?)),
         };
-        crate::trace::agent_token(&self.policy.agent_id, &audience, info.expires_on, source);
+        agent_token(&self.policy.agent_id, &audience, info.expires_on, source);
         if let Some(hook) = &self.on_token {
             hook(&TokenEvent {
                 agent_id: &self.policy.agent_id,
@@ -958,4 +958,37 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(wit::add_to_linker::<T, HasSelf<LinkedCredential>>(
         linker, get,
     )?)
+}
+
+/// The span of one token call of an agent's on its linked credential
+/// (`credential`: on a credential it opened, else the free functions).
+fn agent_call(agent_id: &str, credential: bool) -> tracing::Span {
+    tracing::info_span!(target: crate::trace::TARGET, "vd_cred.agent_call", agent_id, credential)
+}
+
+/// A token handed to an agent (what [`crate::linked::TokenEvent`] says):
+/// INFO when minted, DEBUG when served from the cache.
+fn agent_token(agent_id: &str, audience: &str, expires_on: u64, source: TokenSource) {
+    match source {
+        TokenSource::Minted => {
+            let source = "minted";
+            tracing::info!(target: crate::trace::TARGET, agent_id, audience, expires_on, source, "token handed to agent");
+        }
+        TokenSource::Cached => {
+            let source = "cached";
+            tracing::debug!(target: crate::trace::TARGET, agent_id, audience, expires_on, source, "token handed to agent");
+        }
+    }
+}
+
+/// A call of an agent's that failed (what [`crate::linked::ErrorEvent`]
+/// says, but the error's kind rather than its message): WARN.
+fn agent_error(
+    agent_id: &str,
+    audience: Option<&str>,
+    error_kind: &'static str,
+    status: Option<u16>,
+) {
+    let audience = audience.unwrap_or("");
+    tracing::warn!(target: crate::trace::TARGET, agent_id, audience, error_kind, status, "agent call failed: {error_kind}");
 }

@@ -71,3 +71,14 @@ impl std::fmt::Display for Origin {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
     }
 }
+
+/// `scheme://host[:port]` of a request, as errors, the record of denied
+/// requests and the logs show it: never the user-info, path or query.
+pub(crate) fn shown(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("");
+    let host = uri.host().unwrap_or("");
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
+}

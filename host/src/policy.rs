@@ -13,6 +13,7 @@ use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::client::{Connections, Sent, Setup, UnixRoute};
+use crate::origin::shown;
 use crate::proxy::Proxies;
 use crate::tls::TrustedRoots;
 
@@ -224,14 +225,6 @@ impl WasiHttpHooks for BrokerOnly {
         });
         let watched = crate::trace::Request::of(&request, &self.traffic.requests);
         Box::new(watched.watch(connections.send(request, options)))
-    }
-}
-
-/// `scheme://authority` of a request, for the record of denied ones.
-pub(crate) fn shown(uri: &Uri) -> String {
-    match (uri.scheme_str(), uri.authority()) {
-        (Some(s), Some(a)) => format!("{s}://{a}"),
-        _ => uri.to_string(),
     }
 }
 

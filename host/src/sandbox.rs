@@ -425,11 +425,24 @@ impl Sandbox {
             Some(_) => "helper",
             None => "broker",
         };
-        let traced = crate::trace::Call::start(op, scopes, mode, credential, self.traffic());
+        let counts = |t: &Traffic| crate::trace::Counts {
+            sent: t.sent(),
+            held_back: t.held_back(),
+        };
+        let traffic = self.traffic();
+        let traced = crate::trace::Call::start(
+            op,
+            scopes,
+            mode,
+            credential,
+            &traffic.requests,
+            counts(traffic),
+        );
         let result = tracing::Instrument::instrument(self.call(call), traced.span())
             .await
             .map(|r| r.map_err(Into::into));
-        traced.finish(&result, self.traffic());
+        let traffic = self.traffic();
+        traced.finish(&result, &traffic.requests, counts(traffic));
         result
     }
 

@@ -25,14 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tracing::field::Empty;
-use tracing::{Instrument, Level, Span};
+use tracing::{Instrument, Span};
 use vd_cred_broker::{CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime_wasi_http::Error;
 
 use crate::client::Sent;
-use crate::inject::{InjectEvent, InjectOutcome};
-use crate::linked::TokenSource;
-use crate::policy::Traffic;
+use crate::origin::shown;
 
 /// The target of every span and event of this crate's.
 pub const TARGET: &str = "vd_cred_host";
@@ -91,7 +89,7 @@ impl Request {
     pub(crate) fn of<B>(request: &hyper::Request<B>, requests: &Requests) -> Self {
         Request {
             method: request.method().clone(),
-            origin: origin(request.uri()),
+            origin: shown(request.uri()),
             requests: requests.clone(),
             span: Span::current(),
         }
@@ -123,16 +121,6 @@ impl Request {
             result
         }
         .instrument(span)
-    }
-}
-
-/// `scheme://host[:port]`: never the user-info, path or query.
-fn origin(uri: &hyper::Uri) -> String {
-    let scheme = uri.scheme_str().unwrap_or("");
-    let host = uri.host().unwrap_or("");
-    match uri.port_u16() {
-        Some(port) => format!("{scheme}://{host}:{port}"),
-        None => format!("{scheme}://{host}"),
     }
 }
 
@@ -222,14 +210,22 @@ impl Op {
     }
 }
 
+/// A sandbox's request counts at a moment: sent, and held back by the host
+/// (an agent's mint budget).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) sent: u64,
+    pub(crate) held_back: u64,
+}
+
 /// One credential call on a sandbox, traced: its span, and what to count
 /// the call's requests from.
 pub(crate) struct Call {
     op: Op,
     span: Span,
     started: Instant,
-    sent_before: u64,
-    held_before: u64,
+    /// The sandbox's counts when the call started.
+    before: Counts,
     /// `finish` ran; otherwise the call was dropped (cancelled).
     finished: bool,
 }
@@ -273,7 +269,8 @@ impl Call {
         scopes: &[String],
         mode: &'static str,
         credential: bool,
-        traffic: &Traffic,
+        requests: &Requests,
+        counts: Counts,
     ) -> Call {
         let span = match op {
             Op::Open => tracing::debug_span!(
@@ -286,13 +283,12 @@ impl Call {
             Op::GetToken => call_span!("vd_cred.get_token", scopes, mode, credential),
             Op::GetTokenInfo => call_span!("vd_cred.get_token_info", scopes, mode, credential),
         };
-        traffic.requests.clear();
+        requests.clear();
         Call {
             op,
             span,
             started: Instant::now(),
-            sent_before: traffic.sent(),
-            held_before: traffic.held_back(),
+            before: counts,
             finished: false,
         }
     }
@@ -307,13 +303,14 @@ impl Call {
     pub(crate) fn finish<T>(
         mut self,
         result: &anyhow::Result<Result<T, CredentialError>>,
-        traffic: &Traffic,
+        requests: &Requests,
+        counts: Counts,
     ) {
         self.finished = true;
         // Even with the span disabled (a filter at WARN), a failure's event
         // may be wanted: the fields are cheap (no request: no allocation).
-        let attempts = traffic.sent() - self.sent_before;
-        let statuses = traffic.requests.take();
+        let attempts = counts.sent - self.before.sent;
+        let statuses = requests.take();
         let duration_ms = millis(self.started);
         let op = self.op.name();
         let span = &self.span;
@@ -341,7 +338,7 @@ impl Call {
             }
             // The host held the request back (an agent's mint budget): not
             // the broker's failure; the linked route reports it.
-            Ok(Err(_)) if attempts == 0 && traffic.held_back() > self.held_before => {
+            Ok(Err(_)) if attempts == 0 && counts.held_back > self.before.held_back => {
                 span.record("outcome", "held");
                 tracing::debug!(target: TARGET, op, duration_ms, "{op} held back by the host");
                 return;
@@ -365,78 +362,5 @@ impl Call {
             duration_ms,
             "{op} failed: {kind}"
         );
-    }
-}
-
-/// The span of one token call of an agent's on its linked credential
-/// (`credential`: on a credential it opened, else the free functions).
-pub(crate) fn agent_call(agent_id: &str, credential: bool) -> Span {
-    tracing::info_span!(target: TARGET, "vd_cred.agent_call", agent_id, credential)
-}
-
-/// A token handed to an agent (what [`crate::linked::TokenEvent`] says):
-/// INFO when minted, DEBUG when served from the cache.
-pub(crate) fn agent_token(agent_id: &str, audience: &str, expires_on: u64, source: TokenSource) {
-    match source {
-        TokenSource::Minted => {
-            let source = "minted";
-            tracing::info!(target: TARGET, agent_id, audience, expires_on, source, "token handed to agent");
-        }
-        TokenSource::Cached => {
-            let source = "cached";
-            tracing::debug!(target: TARGET, agent_id, audience, expires_on, source, "token handed to agent");
-        }
-    }
-}
-
-/// A call of an agent's that failed (what [`crate::linked::ErrorEvent`]
-/// says, but the error's kind rather than its message): WARN.
-pub(crate) fn agent_error(
-    agent_id: &str,
-    audience: Option<&str>,
-    error_kind: &'static str,
-    status: Option<u16>,
-) {
-    let audience = audience.unwrap_or("");
-    tracing::warn!(target: TARGET, agent_id, audience, error_kind, status, "agent call failed: {error_kind}");
-}
-
-/// The span of one agent request the host adds a token to.
-pub(crate) fn inject_span(agent_id: &str, audience: &str, destination: &str) -> Span {
-    tracing::info_span!(target: TARGET, "vd_cred.inject", agent_id, audience, destination)
-}
-
-/// One agent request the host added a token to, or tried to (what
-/// [`InjectEvent`] says): DEBUG when sent with a cached token, INFO when a
-/// token was minted for it, WARN when the agent got an error or a 401.
-pub(crate) fn injected(event: &InjectEvent<'_>) {
-    let source = match event.source {
-        Some(TokenSource::Minted) => "minted",
-        Some(TokenSource::Cached) => "cached",
-        None => "none",
-    };
-    let outcome = format!("{:?}", event.outcome);
-    let (agent_id, audience, destination) = (event.agent_id, event.audience, event.destination);
-    let (minted, removed) = (event.minted, event.removed_agent_authorization);
-    macro_rules! at {
-        ($level:expr) => {
-            tracing::event!(
-                target: TARGET,
-                $level,
-                agent_id,
-                audience,
-                destination,
-                source,
-                minted,
-                outcome,
-                removed_agent_authorization = removed,
-                "token injection: {outcome}"
-            )
-        };
-    }
-    match event.outcome {
-        InjectOutcome::Sent if event.minted == 0 => at!(Level::DEBUG),
-        InjectOutcome::Sent | InjectOutcome::ChallengeAnswered => at!(Level::INFO),
-        _ => at!(Level::WARN),
     }
 }

@@ -219,6 +219,14 @@ impl Captured {
     }
 }
 
+/// Each event's level and two of its fields.
+fn levels<'a>(events: &'a [EventRec], a: &str, b: &str) -> Vec<(Level, &'a str, &'a str)> {
+    let events = events.iter();
+    events
+        .map(|e| (e.level, e.fields[a].as_str(), e.fields[b].as_str()))
+        .collect()
+}
+
 fn field<'a>(s: &'a SpanRec, name: &str) -> &'a str {
     s.fields
         .get(name)
@@ -426,18 +434,8 @@ async fn the_linked_route_names_the_agent() {
     assert!(inner.iter().all(|s| s.parent == Some("vd_cred.agent_call")));
 
     let handed = log.events("token handed to agent");
-    let seen: Vec<(Level, &str, &str)> = handed
-        .iter()
-        .map(|e| {
-            (
-                e.level,
-                e.fields["source"].as_str(),
-                e.fields["audience"].as_str(),
-            )
-        })
-        .collect();
     assert_eq!(
-        seen,
+        levels(&handed, "source", "audience"),
         [
             (Level::INFO, "minted", "vault"),
             (Level::DEBUG, "cached", "vault")
@@ -497,18 +495,8 @@ async fn an_injection_names_the_agent_and_the_destination() {
         assert_eq!(field(s, "destination"), format!("{VAULT_HOST}:443"));
     }
     let injected = log.events("token injection");
-    let seen: Vec<(Level, &str, &str)> = injected
-        .iter()
-        .map(|e| {
-            (
-                e.level,
-                e.fields["source"].as_str(),
-                e.fields["outcome"].as_str(),
-            )
-        })
-        .collect();
     assert_eq!(
-        seen,
+        levels(&injected, "source", "outcome"),
         [
             (Level::INFO, "minted", "Sent"),
             (Level::DEBUG, "cached", "Sent")
