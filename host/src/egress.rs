@@ -285,7 +285,8 @@ pub fn decide(addr: SocketAddr, cx: &Vetting<'_>) -> Verdict {
 /// One refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// `scheme://authority` as the agent wrote it.
+    /// `scheme://host[:port]` as the agent wrote it, without any user-info
+    /// ([`crate::origin::shown`]).
     pub target: String,
     /// The refused address, for a refusal at connect time.
     pub address: Option<SocketAddr>,
@@ -453,7 +454,8 @@ impl AgentEgress {
         self
     }
 
-    /// The refused requests' `scheme://authority`, as written by the agent.
+    /// The refused requests' `scheme://host[:port]`, as written by the agent
+    /// (no user-info).
     pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
         self.record.denied.clone()
     }

@@ -65,6 +65,14 @@ impl Traffic {
         self.held_back.load(Ordering::Acquire)
     }
 
+    /// [`Traffic::sent`] and [`Traffic::held_back`] now, for a call's span.
+    pub(crate) fn counts(&self) -> crate::trace::Counts {
+        crate::trace::Counts {
+            sent: self.sent(),
+            held_back: self.held_back(),
+        }
+    }
+
     fn held(&self) -> bool {
         self.held.load(Ordering::Acquire)
     }
@@ -173,7 +181,8 @@ impl BrokerOnly {
         self.connections = None;
     }
 
-    /// The denied requests' `scheme://authority`, shared with the sandbox.
+    /// The denied requests' `scheme://host[:port]` (no user-info), shared
+    /// with the sandbox.
     pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
         self.denied.clone()
     }

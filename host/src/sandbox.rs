@@ -425,24 +425,14 @@ impl Sandbox {
             Some(_) => "helper",
             None => "broker",
         };
-        let counts = |t: &Traffic| crate::trace::Counts {
-            sent: t.sent(),
-            held_back: t.held_back(),
-        };
         let traffic = self.traffic();
-        let traced = crate::trace::Call::start(
-            op,
-            scopes,
-            mode,
-            credential,
-            &traffic.requests,
-            counts(traffic),
-        );
+        let (requests, counts) = (&traffic.requests, traffic.counts());
+        let traced = crate::trace::Call::start(op, scopes, mode, credential, requests, counts);
         let result = tracing::Instrument::instrument(self.call(call), traced.span())
             .await
             .map(|r| r.map_err(Into::into));
         let traffic = self.traffic();
-        traced.finish(&result, &traffic.requests, counts(traffic));
+        traced.finish(&result, &traffic.requests, traffic.counts());
         result
     }
 
@@ -545,7 +535,8 @@ impl Sandbox {
         )
     }
 
-    /// Every outgoing request the policy denied, as `scheme://authority`.
+    /// Every outgoing request the policy denied, as `scheme://host[:port]`
+    /// (no user-info).
     pub fn denied_requests(&self) -> Vec<String> {
         self.recipe.records.denied.lock().unwrap().clone()
     }
