@@ -409,17 +409,22 @@ async fn a_configuration_error_quotes_no_query_and_logs_no_url() {
     log.assert_no_secret(&[&f.bearer, "SECRET-SIG"]);
 }
 
+/// The test agent, its credential linked under `policy` to `f`'s broker.
+async fn linked_agent(f: &Fixture, policy: AgentPolicy) -> TestAgent {
+    let linked = LinkedCredential::new(f.sandbox().await, policy);
+    let builder = AgentBuilder::default().credential_broker(f.broker.url());
+    let pre = crate::linked::agent_pre();
+    TestAgent::new(builder, Host::shared().engine(), pre, linked)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_linked_route_names_the_agent() {
     let f = Fixture::new();
     let log = Captured::start();
     let policy = AgentPolicy::new("agent-logged").allow(["vault"]);
-    let linked = LinkedCredential::new(f.sandbox().await, policy);
-    let builder = AgentBuilder::default().credential_broker(f.broker.url());
-    let pre = crate::linked::agent_pre();
-    let mut agent = TestAgent::new(builder, Host::shared().engine(), pre, linked)
-        .await
-        .unwrap();
+    let mut agent = linked_agent(&f, policy).await;
     let no = test_agent::no_options();
     let token = agent.token(&no, &[VAULT], 2).await.unwrap().unwrap();
     let refused = agent.token(&no, &["https://storage.azure.com/.default"], 1);
@@ -543,12 +548,7 @@ async fn a_call_the_agents_budget_holds_back_is_not_a_broker_failure() {
         ..Default::default()
     };
     let policy = AgentPolicy::new("agent-held").limits(limits);
-    let linked = LinkedCredential::new(f.sandbox().await, policy);
-    let builder = AgentBuilder::default().credential_broker(f.broker.url());
-    let pre = crate::linked::agent_pre();
-    let mut agent = TestAgent::new(builder, Host::shared().engine(), pre, linked)
-        .await
-        .unwrap();
+    let mut agent = linked_agent(&f, policy).await;
     let uncached = test_agent::CredentialOptions {
         disable_cache: true,
         ..test_agent::no_options()
