@@ -20,51 +20,92 @@ pub const MAX_BEARER_BYTES: u64 = 64 * 1024;
 /// the component's preopened directories and an unreadable file each get
 /// their own `bearer-unavailable` message; none of them blocks.
 pub fn read_bearer(path: &str) -> Result<Secret, CredentialError> {
-    let unavailable = |why: String| unavailable(path, &why);
-    let io = |e: std::io::Error| match e.kind() {
-        ErrorKind::NotFound => unavailable(
-            "does not exist, or is outside the directories the host shares with the component: \
-             is the Studio intent session active, and is its directory preopened?"
-                .into(),
-        ),
-        ErrorKind::PermissionDenied if e.raw_os_error() == Some(EPERM) => unavailable(
-            "leads outside the directories the host shares with the component (a `..` or a \
-             symbolic link out of the preopened directory), so the sandbox refused it: point \
-             VD_CREDENTIAL_FILE at the link's target itself, or have the host share the \
-             target's directory"
-                .into(),
-        ),
-        ErrorKind::PermissionDenied => unavailable(format!(
-            "cannot be read (permission denied: {e}): is the Studio intent session active?"
-        )),
-        _ => unavailable(format!(
-            "cannot be read ({e}): is the Studio intent session active, and is its directory \
-             preopened for the component?"
-        )),
+    let io = |e: std::io::Error| {
+        let why = match e.kind() {
+            ErrorKind::NotFound => BearerFileError::NotFound,
+            ErrorKind::PermissionDenied if e.raw_os_error() == Some(EPERM) => {
+                BearerFileError::OutsidePreopens
+            }
+            ErrorKind::PermissionDenied => BearerFileError::PermissionDenied(e.to_string()),
+            _ => BearerFileError::Io(e.to_string()),
+        };
+        bearer_file_error(path, why)
     };
     // Check the type before opening: opening a FIFO for reading would block.
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_dir() {
-        return Err(unavailable(
-            "is a directory: point it at the bearer file itself".into(),
-        ));
+        return Err(bearer_file_error(path, BearerFileError::IsDirectory));
     }
     if !meta.is_file() {
-        return Err(unavailable(
-            "is not a regular file (a FIFO, socket or device?)".into(),
-        ));
+        return Err(bearer_file_error(path, BearerFileError::NotRegularFile));
     }
     if meta.len() > MAX_BEARER_BYTES {
-        return Err(unavailable(format!(
-            "is {} bytes, more than the {MAX_BEARER_BYTES} a bearer can be: is it the right file?",
-            meta.len()
-        )));
+        return Err(bearer_file_error(
+            path,
+            BearerFileError::TooLarge(meta.len()),
+        ));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_BEARER_BYTES + 1).read_to_end(&mut bytes))
         .map_err(io)?;
-    parse_bearer(&bytes).map_err(unavailable)
+    parse_bearer(&bytes).map_err(|why| unavailable(path, &why))
+}
+
+/// Why a bearer file could not be read, as a filesystem reports it: each
+/// build's reader maps its filesystem's errors to these, so that every
+/// build says the same thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BearerFileError {
+    /// The path does not exist (or is outside every preopened directory).
+    NotFound,
+    /// The path leads out of the preopened directories (`..`, a link).
+    OutsidePreopens,
+    /// Reading was refused; the filesystem's words.
+    PermissionDenied(String),
+    /// The path is a directory.
+    IsDirectory,
+    /// A FIFO, socket or device.
+    NotRegularFile,
+    /// The file's length, over [`MAX_BEARER_BYTES`].
+    TooLarge(u64),
+    /// Any other failure; the filesystem's words.
+    Io(String),
+}
+
+/// The `bearer-unavailable` error for the file at `path`, saying what to do.
+pub fn bearer_file_error(path: &str, why: BearerFileError) -> CredentialError {
+    let why = match why {
+        BearerFileError::NotFound => {
+            "does not exist, or is outside the directories the host shares with the component: \
+             is the Studio intent session active, and is its directory preopened?"
+                .to_string()
+        }
+        BearerFileError::OutsidePreopens => {
+            "leads outside the directories the host shares with the component (a `..` or a \
+             symbolic link out of the preopened directory), so the sandbox refused it: point \
+             VD_CREDENTIAL_FILE at the link's target itself, or have the host share the \
+             target's directory"
+                .to_string()
+        }
+        BearerFileError::PermissionDenied(e) => {
+            format!("cannot be read (permission denied: {e}): is the Studio intent session active?")
+        }
+        BearerFileError::IsDirectory => {
+            "is a directory: point it at the bearer file itself".to_string()
+        }
+        BearerFileError::NotRegularFile => {
+            "is not a regular file (a FIFO, socket or device?)".to_string()
+        }
+        BearerFileError::TooLarge(len) => format!(
+            "is {len} bytes, more than the {MAX_BEARER_BYTES} a bearer can be: is it the right file?"
+        ),
+        BearerFileError::Io(e) => format!(
+            "cannot be read ({e}): is the Studio intent session active, and is its directory \
+             preopened for the component?"
+        ),
+    };
+    unavailable(path, &why)
 }
 
 /// The `bearer-unavailable` error for the file at `path`, `why` completing

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
     Answer, BrokerRequest, Credential, CredentialError, Options, Platform, Secret, SendError,
-    TokenInfo, TokenRequestOptions, transport,
+    TokenInfo, TokenRequestOptions, ready, transport,
 };
 
 wit_bindgen::generate!({ world: "cred-broker", path: "wit" });
@@ -15,7 +15,9 @@ struct Component;
 export!(Component);
 
 /// The platform inside the component: std's clock and filesystem are
-/// wasi:clocks and wasi:filesystem; requests go out through wasi:http.
+/// wasi:clocks and wasi:filesystem; requests go out through wasi:http. It
+/// blocks in each method (a WASI 0.2 export runs one call at a time), so the
+/// core's futures finish on their first poll ([`crate::ready`]).
 struct Wasi;
 
 impl Platform for Wasi {
@@ -25,15 +27,19 @@ impl Platform for Wasi {
             .map_or(0, |d| d.as_secs())
     }
 
-    fn read_bearer(&mut self, path: &str) -> Result<Secret, CredentialError> {
+    async fn read_bearer(&mut self, path: &str) -> Result<Secret, CredentialError> {
         crate::bearer_wasi::read(path)
     }
 
-    fn send(&mut self, request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendError> {
+    async fn send(
+        &mut self,
+        request: &BrokerRequest,
+        timeout: Duration,
+    ) -> Result<Answer, SendError> {
         transport::send(request, timeout)
     }
 
-    fn sleep(&mut self, duration: Duration) {
+    async fn sleep(&mut self, duration: Duration) {
         wasi::clocks::monotonic_clock::subscribe_duration(duration.as_nanos() as u64).block();
     }
 
@@ -52,7 +58,7 @@ fn get_token(
     credential: &Credential,
     scopes: Vec<String>,
 ) -> Result<wit::AccessToken, wit::CredentialError> {
-    let token = credential.get_token(&scopes, &mut Wasi)?;
+    let token = ready(credential.get_token(&scopes, &mut Wasi))?;
     Ok(wit::AccessToken {
         token: token.token.into_inner(),
         expires_on: token.expires_on,
@@ -73,7 +79,7 @@ fn get_token_info(
         token,
         expires_on,
         refresh_on,
-    } = credential.get_token_info(&scopes, &options, &mut Wasi)?;
+    } = ready(credential.get_token_info(&scopes, &options, &mut Wasi))?;
     Ok(wit::AccessTokenInfo {
         token: token.into_inner(),
         expires_on,

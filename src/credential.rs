@@ -3,9 +3,14 @@
 //! [`Platform`].
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::OnceLock;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::cache::{BearerDigest, Lookup, TokenCache, TokenInfo};
+use crate::flight::{Flights, Joined};
 use crate::retry::{MAX_ATTEMPTS, attempt_budget, backoff, is_retryable_send, is_retryable_status};
 use crate::{
     BrokerRequest, CredentialError, Minted, Mode, Options, Secret, Settings, bearer::read_bearer,
@@ -64,33 +69,57 @@ pub enum SendError {
 }
 
 /// What the credential needs from outside: clocks, the bearer file, and a
-/// way to send one request. The component implements it over WASI.
+/// way to send one request. Each build implements it over its WASI: the 0.2
+/// build blocks inside these methods (its calls run one at a time, through
+/// [`crate::ready`]); the 0.3 build waits, so that other calls into the same
+/// instance go on meanwhile.
+// The futures are never sent between threads (a component instance has
+// one), so the methods need not promise `Send`.
+#[allow(async_fn_in_trait)]
 pub trait Platform {
     /// The wall clock, in Unix seconds.
     fn now_unix(&mut self) -> u64;
 
+    /// A monotonic clock: only differences between readings matter (each
+    /// call's deadline). By default, std's `Instant`.
+    fn monotonic(&mut self) -> Duration {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
+    }
+
     /// Read and check the bearer file.
-    fn read_bearer(&mut self, path: &str) -> Result<Secret, CredentialError> {
+    async fn read_bearer(&mut self, path: &str) -> Result<Secret, CredentialError> {
         read_bearer(path)
     }
 
     /// Send `request` and read the answer, giving up after `timeout`. A
     /// non-2xx body is read up to [`crate::MAX_ANSWER_BYTES`] and cut there;
     /// a 2xx body over it is [`SendError::TooLarge`].
-    fn send(&mut self, request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendError>;
+    async fn send(
+        &mut self,
+        request: &BrokerRequest,
+        timeout: Duration,
+    ) -> Result<Answer, SendError>;
 
-    /// Wait (between retries).
-    fn sleep(&mut self, duration: Duration);
+    /// Wait (between retries, and a call waiting on another's mint for
+    /// its own deadline).
+    async fn sleep(&mut self, duration: Duration);
 
     /// A number in `[0, 1)` for backoff jitter; need not be cryptographic.
     fn random_unit(&mut self) -> f64;
 }
 
 /// A credential bound to one broker and one bearer file, with its own cache.
+///
+/// Calls may run concurrently (the WASI 0.3 build's `async` exports): each
+/// keeps its own deadline, a cached token is served without waiting for
+/// another call's mint, and concurrent misses for one audience and bearer
+/// share one mint ([`crate::flight`]).
 #[derive(Debug)]
 pub struct Credential {
     settings: Settings,
     cache: Option<RefCell<TokenCache>>,
+    flights: Flights,
 }
 
 impl Credential {
@@ -102,6 +131,7 @@ impl Credential {
         Ok(Credential {
             settings: Settings::resolve(options, env)?,
             cache: (!options.disable_cache).then(RefCell::default),
+            flights: Flights::default(),
         })
     }
 
@@ -111,12 +141,14 @@ impl Credential {
     }
 
     /// A token for `scopes`, as azure-core's `get_token`.
-    pub fn get_token(
+    pub async fn get_token(
         &self,
         scopes: &[String],
         platform: &mut impl Platform,
     ) -> Result<AccessToken, CredentialError> {
-        let info = self.get_token_info(scopes, &TokenRequestOptions::default(), platform)?;
+        let info = self
+            .get_token_info(scopes, &TokenRequestOptions::default(), platform)
+            .await?;
         Ok(AccessToken {
             token: info.token,
             expires_on: info.expires_on,
@@ -127,14 +159,17 @@ impl Credential {
     ///
     /// The bearer file is read on every call. A cached token is served only
     /// while the file holds the bearer that minted it and no refresh is due;
-    /// a due refresh that fails transiently serves the unexpired cached token.
-    pub fn get_token_info(
+    /// a due refresh that fails transiently serves the unexpired cached token,
+    /// as does a due refresh while another call is already minting. A miss
+    /// while another call mints for the same audience and bearer waits for
+    /// that mint (within this call's own deadline) instead of minting again.
+    pub async fn get_token_info(
         &self,
         scopes: &[String],
         options: &TokenRequestOptions,
         platform: &mut impl Platform,
     ) -> Result<TokenInfo, CredentialError> {
-        let started = Instant::now();
+        let started = platform.monotonic();
         if options
             .claims
             .as_deref()
@@ -147,28 +182,82 @@ impl Credential {
             ));
         }
         let audience = self.settings.audiences.audience_for(scopes)?;
-        // Broker modes read the bearer on every call, hit or miss; lane and
-        // revision are checked before anything is read or sent. The helper
-        // holds the bearer, so its tokens are cached by audience alone.
-        let broker = match &self.settings.mode {
-            Mode::Broker {
-                credential_file, ..
-            } => {
-                let protocol = self.settings.protocol()?;
-                Some((protocol, platform.read_bearer(credential_file)?))
+        loop {
+            // Broker modes read the bearer on every call, hit or miss; lane
+            // and revision are checked before anything is read or sent. The
+            // helper holds the bearer, so its tokens are cached by audience
+            // alone.
+            let broker = match &self.settings.mode {
+                Mode::Broker {
+                    credential_file, ..
+                } => {
+                    let protocol = self.settings.protocol()?;
+                    Some((protocol, platform.read_bearer(credential_file).await?))
+                }
+                Mode::Helper { .. } => None,
+            };
+            let digest = broker
+                .as_ref()
+                .map_or(BearerDigest::HELPER, |(_, bearer)| BearerDigest::of(bearer));
+            let Some(cache) = &self.cache else {
+                return self
+                    .fetch(audience, broker, digest, Lookup::Miss, started, platform)
+                    .await;
+            };
+            let lookup = cache.borrow().lookup(audience, digest, platform.now_unix());
+            match lookup {
+                Lookup::Fresh(info) => return Ok(info),
+                // Another call is already refreshing: the token is still good.
+                Lookup::Refresh(info) if self.flights.in_air(audience, digest) => return Ok(info),
+                _ => {}
             }
-            Mode::Helper { .. } => None,
-        };
-        let mut digest = broker
-            .as_ref()
-            .map_or(BearerDigest::HELPER, |(_, bearer)| BearerDigest::of(bearer));
-        let lookup = match &self.cache {
-            Some(cache) => cache.borrow().lookup(audience, digest, platform.now_unix()),
-            None => Lookup::Miss,
-        };
-        if let Lookup::Fresh(info) = lookup {
-            return Ok(info);
+            match self.flights.join(audience, digest) {
+                Joined::Lead(lead) => {
+                    let outcome = self
+                        .fetch(audience, broker, digest, lookup, started, platform)
+                        .await;
+                    lead.land(&outcome);
+                    return outcome;
+                }
+                Joined::Follow(follow) => {
+                    let left = self
+                        .settings
+                        .timeout
+                        .saturating_sub(platform.monotonic().saturating_sub(started));
+                    let mut follow = pin!(follow);
+                    let mut timer = pin!(platform.sleep(left));
+                    let landed = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(landed) = follow.as_mut().poll(cx) {
+                            return Poll::Ready(Some(landed));
+                        }
+                        timer.as_mut().poll(cx).map(|()| None)
+                    })
+                    .await;
+                    match landed {
+                        Some(Some(outcome)) => return outcome,
+                        // The leader's caller went away: look again, and lead.
+                        Some(None) => continue,
+                        None => {
+                            let url = self.settings.token_url();
+                            return Err(self.unreachable(&url, SendError::TimedOut));
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Mint for `audience` (on a miss or a due refresh): the request, the
+    /// retries, one retry across a bearer rotation, the cache updated.
+    async fn fetch(
+        &self,
+        audience: &str,
+        broker: Option<(crate::settings::Protocol, Secret)>,
+        mut digest: BearerDigest,
+        lookup: Lookup,
+        started: Duration,
+        platform: &mut impl Platform,
+    ) -> Result<TokenInfo, CredentialError> {
         // Only a miss or a due refresh pays for building the request.
         let url = self.settings.token_url();
         let (request, protocol) = match broker {
@@ -178,7 +267,7 @@ impl Credential {
             ),
             None => (BrokerRequest::helper(url.clone(), audience), None),
         };
-        let mut result = self.mint(&request, started, platform);
+        let mut result = self.mint(&request, started, platform).await;
         // One retry across a rotation: rejected (401/403) while the file now
         // holds another bearer, which the broker may accept. Once per call,
         // inside the same deadline, never with the same bearer.
@@ -189,13 +278,13 @@ impl Credential {
                 credential_file, ..
             },
         ) = (&result, &protocol, &self.settings.mode)
-            && let Ok(fresh) = platform.read_bearer(credential_file)
+            && let Ok(fresh) = platform.read_bearer(credential_file).await
             && let fresh_digest = BearerDigest::of(&fresh)
             && fresh_digest != digest
         {
             digest = fresh_digest;
             let request = BrokerRequest::mint(url, fresh, audience, protocol);
-            result = self.mint(&request, started, platform);
+            result = self.mint(&request, started, platform).await;
         }
         match result {
             Ok(minted) => {
@@ -226,10 +315,10 @@ impl Credential {
     }
 
     /// Up to [`MAX_ATTEMPTS`] round trips, all before `started + timeout`.
-    fn mint(
+    async fn mint(
         &self,
         request: &BrokerRequest,
-        started: Instant,
+        started: Duration,
         platform: &mut impl Platform,
     ) -> Result<Minted, CredentialError> {
         let timeout = self.settings.timeout;
@@ -242,9 +331,10 @@ impl Credential {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let left = timeout.saturating_sub(started.elapsed());
+            let elapsed = platform.monotonic().saturating_sub(started);
+            let left = timeout.saturating_sub(elapsed);
             let budget = attempt_budget(left, attempts);
-            let (error, retry_after) = match platform.send(request, budget) {
+            let (error, retry_after) = match platform.send(request, budget).await {
                 Ok(answer) if is_retryable_status(answer.status) => {
                     let error = parse(&answer).err();
                     (
@@ -255,19 +345,19 @@ impl Credential {
                 Ok(answer) => {
                     return parse(&answer).map_err(|e| e.after_attempts(attempts));
                 }
-                Err(e) if is_retryable_send(&e) => (self.unreachable(request, e), None),
-                Err(e) => return Err(self.unreachable(request, e).after_attempts(attempts)),
+                Err(e) if is_retryable_send(&e) => (self.unreachable(&request.url, e), None),
+                Err(e) => return Err(self.unreachable(&request.url, e).after_attempts(attempts)),
             };
             let wait = backoff(attempts, retry_after, platform.random_unit());
-            if attempts >= MAX_ATTEMPTS || started.elapsed() + wait >= timeout {
+            let elapsed = platform.monotonic().saturating_sub(started);
+            if attempts >= MAX_ATTEMPTS || elapsed + wait >= timeout {
                 return Err(error.after_attempts(attempts));
             }
-            platform.sleep(wait);
+            platform.sleep(wait).await;
         }
     }
 
-    fn unreachable(&self, request: &BrokerRequest, error: SendError) -> CredentialError {
-        let url = &request.url;
+    fn unreachable(&self, url: &str, error: SendError) -> CredentialError {
         let ms = self.settings.timeout.as_millis();
         if let (
             Mode::Helper { .. },
@@ -323,6 +413,7 @@ fn is_transient(error: &CredentialError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ready;
     use std::collections::VecDeque;
 
     /// A scripted platform: answers in order, a settable clock, recorded sends and sleeps.
@@ -330,6 +421,8 @@ mod tests {
         bearer: Result<&'static str, CredentialError>,
         answers: VecDeque<Result<Answer, SendError>>,
         now: u64,
+        /// The monotonic clock: moves only when the credential sleeps.
+        mono: Duration,
         sent: Vec<(BrokerRequest, Duration)>,
         slept: Vec<Duration>,
     }
@@ -338,10 +431,13 @@ mod tests {
         fn now_unix(&mut self) -> u64 {
             self.now
         }
-        fn read_bearer(&mut self, _: &str) -> Result<Secret, CredentialError> {
+        fn monotonic(&mut self) -> Duration {
+            self.mono
+        }
+        async fn read_bearer(&mut self, _: &str) -> Result<Secret, CredentialError> {
             self.bearer.clone().map(|b| Secret::new(b.into()))
         }
-        fn send(
+        async fn send(
             &mut self,
             request: &BrokerRequest,
             timeout: Duration,
@@ -351,8 +447,9 @@ mod tests {
                 .pop_front()
                 .unwrap_or(Err(SendError::Failed("script ran out".into())))
         }
-        fn sleep(&mut self, duration: Duration) {
+        async fn sleep(&mut self, duration: Duration) {
             self.slept.push(duration);
+            self.mono += duration;
         }
         fn random_unit(&mut self) -> f64 {
             0.5
@@ -372,6 +469,7 @@ mod tests {
             bearer: Ok("vd_iat_b"),
             answers: answers.into(),
             now: 1_000,
+            mono: Duration::ZERO,
             sent: vec![],
             slept: vec![],
         }
@@ -402,7 +500,7 @@ mod tests {
             200,
             r#"{"access_token":"tok","expires_in":"60"}"#,
         )]);
-        let t = credential().get_token(&vault(), &mut p).unwrap();
+        let t = ready(credential().get_token(&vault(), &mut p)).unwrap();
         assert_eq!((t.token.expose(), t.expires_on), ("tok", 1_060));
         let (req, timeout) = &p.sent[0];
         assert_eq!(req.url, "http://127.0.0.1:9/api/token");
@@ -418,27 +516,24 @@ mod tests {
     fn scope_errors_come_before_any_io() {
         let mut p = fake(vec![]);
         p.bearer = Err(CredentialError::BearerUnavailable("x".into()));
-        let err = credential()
-            .get_token(&["https://nope".into()], &mut p)
-            .unwrap_err();
+        let err = ready(credential().get_token(&["https://nope".into()], &mut p)).unwrap_err();
         assert!(matches!(err, CredentialError::ScopeNotAllowed { .. }));
-        let err = credential().get_token(&vault(), &mut p).unwrap_err();
+        let err = ready(credential().get_token(&vault(), &mut p)).unwrap_err();
         assert!(matches!(err, CredentialError::BearerUnavailable(_)));
         assert!(p.sent.is_empty());
     }
 
     #[test]
     fn final_send_errors_map_to_cases() {
-        let err = credential()
-            .get_token(&vault(), &mut fake(vec![Err(SendError::Denied)]))
+        let err = ready(credential().get_token(&vault(), &mut fake(vec![Err(SendError::Denied)])))
             .unwrap_err();
         assert!(
             matches!(err, CredentialError::BrokerUnreachable(ref m) if m.contains("refused")),
             "{err}"
         );
-        let err = credential()
-            .get_token(&vault(), &mut fake(vec![Err(SendError::TooLarge(10))]))
-            .unwrap_err();
+        let err =
+            ready(credential().get_token(&vault(), &mut fake(vec![Err(SendError::TooLarge(10))])))
+                .unwrap_err();
         assert!(matches!(err, CredentialError::InvalidResponse(_)));
     }
 
@@ -451,19 +546,25 @@ mod tests {
             answer(200, r#"{"access_token":"three","expires_in":3600}"#),
         ]);
         for _ in 0..5 {
-            assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "one");
+            assert_eq!(
+                ready(c.get_token(&vault(), &mut p)).unwrap().token.expose(),
+                "one"
+            );
         }
         assert_eq!(p.sent.len(), 1);
         p.bearer = Ok("vd_iat_rotated");
-        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "two");
+        assert_eq!(
+            ready(c.get_token(&vault(), &mut p)).unwrap().token.expose(),
+            "two"
+        );
         p.now += 3600 - 300;
         assert_eq!(
-            c.get_token(&vault(), &mut p).unwrap().token.expose(),
+            ready(c.get_token(&vault(), &mut p)).unwrap().token.expose(),
             "three"
         );
         assert_eq!(p.sent.len(), 3);
         p.bearer = Err(CredentialError::BearerUnavailable("gone".into()));
-        assert!(c.get_token(&vault(), &mut p).is_err());
+        assert!(ready(c.get_token(&vault(), &mut p)).is_err());
     }
 
     #[test]
@@ -473,8 +574,14 @@ mod tests {
             answer(200, r#"{"access_token":"a"}"#),
             answer(200, r#"{"access_token":"b"}"#),
         ]);
-        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "a");
-        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "b");
+        assert_eq!(
+            ready(c.get_token(&vault(), &mut p)).unwrap().token.expose(),
+            "a"
+        );
+        assert_eq!(
+            ready(c.get_token(&vault(), &mut p)).unwrap().token.expose(),
+            "b"
+        );
     }
 
     #[test]
@@ -484,12 +591,12 @@ mod tests {
             200,
             r#"{"access_token":"one","expires_in":3600,"refresh_in":600}"#,
         )]);
-        c.get_token(&vault(), &mut p).unwrap();
+        ready(c.get_token(&vault(), &mut p)).unwrap();
         p.now += 600;
         p.answers = vec![answer(400, "no"), Err(SendError::Denied)].into();
         // 400 is not transient: the error stands even with a cached token.
         assert!(matches!(
-            c.get_token(&vault(), &mut p),
+            ready(c.get_token(&vault(), &mut p)),
             Err(CredentialError::BrokerFailed { status: 400, .. })
         ));
         p.answers = vec![
@@ -500,17 +607,19 @@ mod tests {
         ]
         .into();
         let sent = p.sent.len();
-        let info = c
-            .get_token_info(&vault(), &TokenRequestOptions::default(), &mut p)
-            .unwrap();
+        let info =
+            ready(c.get_token_info(&vault(), &TokenRequestOptions::default(), &mut p)).unwrap();
         assert_eq!((info.token.expose(), info.refresh_on), ("one", Some(1_600)));
         assert_eq!(p.sent.len(), sent + 4);
         p.now += 29;
-        c.get_token(&vault(), &mut p).unwrap();
+        ready(c.get_token(&vault(), &mut p)).unwrap();
         assert_eq!(p.sent.len(), sent + 4, "no new attempt within 30 s");
         p.now += 1;
         p.answers = vec![answer(200, r#"{"access_token":"two"}"#)].into();
-        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "two");
+        assert_eq!(
+            ready(c.get_token(&vault(), &mut p)).unwrap().token.expose(),
+            "two"
+        );
     }
 
     #[test]
@@ -526,7 +635,10 @@ mod tests {
             }),
             answer(200, r#"{"access_token":"ok"}"#),
         ]);
-        assert_eq!(c.get_token(&vault(), &mut p).unwrap().token.expose(), "ok");
+        assert_eq!(
+            ready(c.get_token(&vault(), &mut p)).unwrap().token.expose(),
+            "ok"
+        );
         assert_eq!(p.sent.len(), 4);
         assert_eq!(p.slept[2], Duration::from_secs(1));
         assert!(p.slept[0] < p.slept[1]);
@@ -536,7 +648,7 @@ mod tests {
     fn gives_up_after_max_attempts_saying_so() {
         let c = credential_with(true);
         let mut p = fake((0..10).map(|_| answer(500, "boom")).collect());
-        let err = c.get_token(&vault(), &mut p).unwrap_err();
+        let err = ready(c.get_token(&vault(), &mut p)).unwrap_err();
         assert_eq!(p.sent.len(), MAX_ATTEMPTS as usize);
         assert!(
             err.to_string().contains("after 4 attempts") && err.to_string().contains("boom"),
@@ -552,7 +664,7 @@ mod tests {
             body: vec![],
             retry_after: Some(Duration::from_secs(60)),
         })]);
-        let err = c.get_token(&vault(), &mut p).unwrap_err();
+        let err = ready(c.get_token(&vault(), &mut p)).unwrap_err();
         assert!(matches!(
             err,
             CredentialError::BrokerFailed { status: 503, .. }
@@ -568,14 +680,14 @@ mod tests {
                 answer(status, ""),
                 answer(200, r#"{"access_token":"x"}"#),
             ]);
-            assert!(credential().get_token(&vault(), &mut p).is_err());
+            assert!(ready(credential().get_token(&vault(), &mut p)).is_err());
             assert_eq!(p.sent.len(), 1, "{status}");
         }
         let mut p = fake(vec![
             answer(200, "not json"),
             answer(200, r#"{"access_token":"x"}"#),
         ]);
-        assert!(credential().get_token(&vault(), &mut p).is_err());
+        assert!(ready(credential().get_token(&vault(), &mut p)).is_err());
         assert_eq!(p.sent.len(), 1);
     }
 
@@ -586,9 +698,7 @@ mod tests {
             claims: Some("{\"access_token\":{}}".into()),
             ..Default::default()
         };
-        let err = credential()
-            .get_token_info(&vault(), &claims, &mut p)
-            .unwrap_err();
+        let err = ready(credential().get_token_info(&vault(), &claims, &mut p)).unwrap_err();
         assert!(matches!(err, CredentialError::Unsupported(_)));
         assert!(p.sent.is_empty());
         let other = TokenRequestOptions {
@@ -596,10 +706,219 @@ mod tests {
             tenant_id: Some("t".into()),
             enable_cae: true,
         };
-        assert!(
-            credential()
-                .get_token_info(&vault(), &other, &mut p)
-                .is_ok()
-        );
+        assert!(ready(credential().get_token_info(&vault(), &other, &mut p)).is_ok());
+    }
+
+    /// Calls running concurrently in one instance, polled by hand: a broker
+    /// whose answers wait until the test releases them, a monotonic clock
+    /// the test moves, and a count of what was sent.
+    mod concurrent {
+        use super::*;
+        use std::cell::RefCell;
+        use std::pin::Pin;
+        use std::rc::Rc;
+        use std::task::{Context, Waker};
+
+        #[derive(Default)]
+        struct Broker {
+            /// Answers released to waiting sends, in order.
+            released: VecDeque<Result<Answer, SendError>>,
+            sent: Vec<String>,
+            mono: Duration,
+            now: u64,
+        }
+
+        #[derive(Clone, Default)]
+        struct Gated(Rc<RefCell<Broker>>);
+
+        impl Platform for Gated {
+            fn now_unix(&mut self) -> u64 {
+                self.0.borrow().now
+            }
+            fn monotonic(&mut self) -> Duration {
+                self.0.borrow().mono
+            }
+            async fn read_bearer(&mut self, _: &str) -> Result<Secret, CredentialError> {
+                Ok(Secret::new("vd_iat_b".into()))
+            }
+            async fn send(
+                &mut self,
+                request: &BrokerRequest,
+                _: Duration,
+            ) -> Result<Answer, SendError> {
+                let body = String::from_utf8(request.body.clone()).unwrap();
+                self.0.borrow_mut().sent.push(body);
+                std::future::poll_fn(|_| match self.0.borrow_mut().released.pop_front() {
+                    Some(answer) => Poll::Ready(answer),
+                    None => Poll::Pending,
+                })
+                .await
+            }
+            async fn sleep(&mut self, duration: Duration) {
+                let until = self.0.borrow().mono + duration;
+                std::future::poll_fn(|_| match self.0.borrow().mono >= until {
+                    true => Poll::Ready(()),
+                    false => Poll::Pending,
+                })
+                .await
+            }
+            fn random_unit(&mut self) -> f64 {
+                0.5
+            }
+        }
+
+        type Call<'a> = Pin<Box<dyn Future<Output = Result<TokenInfo, CredentialError>> + 'a>>;
+
+        fn call<'a>(c: &'a Credential, broker: &Gated, scope: &str) -> Call<'a> {
+            let mut platform = broker.clone();
+            let scopes = vec![scope.to_string()];
+            Box::pin(async move {
+                let options = TokenRequestOptions::default();
+                c.get_token_info(&scopes, &options, &mut platform).await
+            })
+        }
+
+        fn poll(call: &mut Call<'_>) -> Poll<Result<TokenInfo, CredentialError>> {
+            call.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        }
+
+        fn token(poll: Poll<Result<TokenInfo, CredentialError>>) -> String {
+            match poll {
+                Poll::Ready(Ok(info)) => info.token.expose().to_string(),
+                other => panic!("expected a token, got {other:?}"),
+            }
+        }
+
+        fn release(broker: &Gated, status: u16, body: &str) {
+            broker
+                .0
+                .borrow_mut()
+                .released
+                .push_back(answer(status, body));
+        }
+
+        const VAULT: &str = "https://vault.azure.net/.default";
+        const STORAGE: &str = "https://storage.azure.com/.default";
+
+        #[test]
+        fn concurrent_misses_share_one_mint() {
+            let c = credential();
+            let broker = Gated::default();
+            let mut calls: Vec<Call> = (0..5).map(|_| call(&c, &broker, VAULT)).collect();
+            for call in &mut calls {
+                assert!(poll(call).is_pending());
+            }
+            assert_eq!(broker.0.borrow().sent, [r#"{"audience":"vault"}"#]);
+            release(&broker, 200, r#"{"access_token":"one","expires_in":3600}"#);
+            for call in &mut calls {
+                assert_eq!(token(poll(call)), "one");
+            }
+            assert_eq!(broker.0.borrow().sent.len(), 1);
+        }
+
+        #[test]
+        fn a_shared_mint_that_fails_fails_once_for_all() {
+            let c = credential();
+            let broker = Gated::default();
+            let mut calls: Vec<Call> = (0..3).map(|_| call(&c, &broker, VAULT)).collect();
+            for call in &mut calls {
+                assert!(poll(call).is_pending());
+            }
+            release(&broker, 403, r#"{"detail":"intent revoked"}"#);
+            for call in &mut calls {
+                match poll(call) {
+                    Poll::Ready(Err(CredentialError::BrokerRejected { status: 403, .. })) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(broker.0.borrow().sent.len(), 1);
+            // The failure is not cached: the next call mints.
+            let mut next = call(&c, &broker, VAULT);
+            assert!(poll(&mut next).is_pending());
+            assert_eq!(broker.0.borrow().sent.len(), 2);
+        }
+
+        #[test]
+        fn other_audiences_and_cached_tokens_do_not_wait() {
+            let c = credential();
+            let broker = Gated::default();
+            let mut first = call(&c, &broker, VAULT);
+            assert!(poll(&mut first).is_pending());
+            release(
+                &broker,
+                200,
+                r#"{"access_token":"v","expires_in":3600,"refresh_in":600}"#,
+            );
+            assert_eq!(token(poll(&mut first)), "v");
+            // A storage mint in the air: vault is served from the cache at once,
+            // and a second storage call waits for the first's mint.
+            let mut storage = call(&c, &broker, STORAGE);
+            assert!(poll(&mut storage).is_pending());
+            assert_eq!(token(poll(&mut call(&c, &broker, VAULT))), "v");
+            // Vault's refresh falls due: one call refreshes, another is served
+            // the still-valid token meanwhile.
+            broker.0.borrow_mut().now += 600;
+            let mut refresh = call(&c, &broker, VAULT);
+            assert!(poll(&mut refresh).is_pending());
+            assert_eq!(token(poll(&mut call(&c, &broker, VAULT))), "v");
+            assert_eq!(broker.0.borrow().sent.len(), 3);
+            release(&broker, 200, r#"{"access_token":"s"}"#);
+            release(&broker, 200, r#"{"access_token":"v2","expires_in":3600}"#);
+            assert_eq!(token(poll(&mut storage)), "s");
+            assert_eq!(token(poll(&mut refresh)), "v2");
+        }
+
+        #[test]
+        fn each_call_keeps_its_own_deadline() {
+            // timeout-ms 5000. The first call mints at 0 s; a second joins at
+            // 3 s and gives up at 8 s, its own deadline, not the first's.
+            let c = credential();
+            let broker = Gated::default();
+            let mut first = call(&c, &broker, VAULT);
+            assert!(poll(&mut first).is_pending());
+            broker.0.borrow_mut().mono = Duration::from_secs(3);
+            let mut second = call(&c, &broker, VAULT);
+            assert!(poll(&mut second).is_pending());
+            broker.0.borrow_mut().mono = Duration::from_millis(7_999);
+            assert!(poll(&mut second).is_pending());
+            broker.0.borrow_mut().mono = Duration::from_secs(8);
+            match poll(&mut second) {
+                Poll::Ready(Err(CredentialError::BrokerUnreachable(m))) => {
+                    assert!(m.contains("within 5000 ms"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+            // The first is still waiting on its own request, and gets it.
+            release(&broker, 200, r#"{"access_token":"late"}"#);
+            assert_eq!(token(poll(&mut first)), "late");
+            assert_eq!(broker.0.borrow().sent.len(), 1);
+        }
+
+        #[test]
+        fn a_cancelled_mint_hands_over_to_a_waiting_call() {
+            let c = credential();
+            let broker = Gated::default();
+            let mut first = call(&c, &broker, VAULT);
+            assert!(poll(&mut first).is_pending());
+            let mut second = call(&c, &broker, VAULT);
+            assert!(poll(&mut second).is_pending());
+            drop(first);
+            // The second call mints itself.
+            assert!(poll(&mut second).is_pending());
+            assert_eq!(broker.0.borrow().sent.len(), 2);
+            release(&broker, 200, r#"{"access_token":"mine"}"#);
+            assert_eq!(token(poll(&mut second)), "mine");
+        }
+
+        #[test]
+        fn without_a_cache_every_call_mints() {
+            let c = credential_with(true);
+            let broker = Gated::default();
+            let mut calls: Vec<Call> = (0..3).map(|_| call(&c, &broker, VAULT)).collect();
+            for call in &mut calls {
+                assert!(poll(call).is_pending());
+            }
+            assert_eq!(broker.0.borrow().sent.len(), 3);
+        }
     }
 }

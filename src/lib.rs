@@ -24,6 +24,8 @@ mod credential;
 mod error;
 mod excerpt;
 mod exchange;
+pub mod flight;
+mod ready;
 pub mod retry;
 mod secret;
 mod settings;
@@ -38,7 +40,10 @@ mod transport;
 pub use audience::{
     AudienceMap, DEFAULT_AUDIENCES, SECRET_STORE_AUDIENCES, normalize_scope, scope_class,
 };
-pub use bearer::{MAX_BEARER_BYTES, parse_bearer, preopen_relative, read_bearer};
+pub use bearer::{
+    BearerFileError, MAX_BEARER_BYTES, bearer_file_error, parse_bearer, preopen_relative,
+    read_bearer,
+};
 pub use cache::TokenInfo;
 pub use credential::{AccessToken, Answer, Credential, Platform, SendError, TokenRequestOptions};
 pub use error::CredentialError;
@@ -47,6 +52,7 @@ pub use exchange::{
     BrokerRequest, DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, Minted, parse_answer,
     parse_helper_answer,
 };
+pub use ready::ready;
 pub use secret::Secret;
 pub use settings::{
     DEFAULT_TIMEOUT_MS, ENV_BROKER_URL, ENV_CONFIGURATION_REVISION, ENV_CREDENTIAL_FILE, ENV_LANE,

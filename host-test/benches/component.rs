@@ -289,7 +289,7 @@ fn main() {
                 .unwrap()
         }));
         u_native.extend(time(300, || {
-            native_uncached.get_token(&scopes, &mut native).unwrap()
+            vd_cred_broker::ready(native_uncached.get_token(&scopes, &mut native)).unwrap()
         }));
         if let Ok(original) = &original {
             u_original.extend(original.calls(300).unwrap());
@@ -319,7 +319,7 @@ fn main() {
                 .unwrap()
         }));
         c_native.extend(time(3000, || {
-            native_cached.get_token(&scopes, &mut native).unwrap()
+            vd_cred_broker::ready(native_cached.get_token(&scopes, &mut native)).unwrap()
         }));
     }
     let original_median = (!u_original.is_empty()).then(|| median(u_original.clone()));

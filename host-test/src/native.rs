@@ -37,13 +37,17 @@ impl Platform for NativePlatform {
             .map_or(0, |d| d.as_secs())
     }
 
-    fn send(&mut self, request: &BrokerRequest, timeout: Duration) -> Result<Answer, SendError> {
+    async fn send(
+        &mut self,
+        request: &BrokerRequest,
+        timeout: Duration,
+    ) -> Result<Answer, SendError> {
         self.runtime
             .block_on(async { tokio::time::timeout(timeout, send(request)).await })
             .unwrap_or(Err(SendError::TimedOut))
     }
 
-    fn sleep(&mut self, duration: Duration) {
+    async fn sleep(&mut self, duration: Duration) {
         std::thread::sleep(duration);
     }
 
