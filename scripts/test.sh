@@ -3,7 +3,7 @@
 # .ci/run runs after its lints.
 #
 # Rust: unit tests, end-to-end tests through the component in the wasmtime
-# sandbox (and agents in Rust, JavaScript and Python, the latter two built
+# sandbox, once per build of it (WASI 0.2 and 0.3) (and agents in Rust, JavaScript and Python, the latter two built
 # first with the virtualenv's Node.js and componentize-py, and run through
 # `host-test run-agent`), property tests, doctests. Python: the package built as a wheel over
 # the same host library, installed in its own virtualenv (target/venv) with
@@ -29,6 +29,8 @@ COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py" examples/py-agent/build.sh targ
 # Python tests drive.
 cargo build --package host-test
 cargo test --workspace --exclude vd-cred-python
+# The end-to-end suite again, against the WASI 0.3 build of the credential.
+VD_E2E_BUILD=p3 cargo test --test end_to_end
 
 rm -rf target/wheels
 "$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml --out target/wheels \

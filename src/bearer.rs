@@ -71,6 +71,8 @@ pub enum BearerFileError {
     TooLarge(u64),
     /// Any other failure; the filesystem's words.
     Io(String),
+    /// The content is not a usable bearer: [`parse_bearer`]'s reason.
+    Content(String),
 }
 
 /// The `bearer-unavailable` error for the file at `path`, saying what to do.
@@ -104,6 +106,7 @@ pub fn bearer_file_error(path: &str, why: BearerFileError) -> CredentialError {
             "cannot be read ({e}): is the Studio intent session active, and is its directory \
              preopened for the component?"
         ),
+        BearerFileError::Content(why) => why,
     };
     unavailable(path, &why)
 }

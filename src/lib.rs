@@ -30,11 +30,11 @@ pub mod retry;
 mod secret;
 mod settings;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "wasip2"))]
 mod bearer_wasi;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "wasip2"))]
 mod component;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "wasip2"))]
 mod transport;
 
 pub use audience::{

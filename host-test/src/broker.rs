@@ -175,6 +175,22 @@ struct Inner {
     accepted: Option<Vec<String>>,
     /// Called with each request's number before it is answered ([`MockBroker::on_request`]).
     hook: Option<RequestHook>,
+    /// Requests held before they are answered ([`MockBroker::hold`]), by number.
+    held: Vec<(usize, Arc<tokio::sync::Semaphore>)>,
+}
+
+/// A request the broker holds until [`Hold::release`] (or until dropped).
+pub struct Hold(Arc<tokio::sync::Semaphore>);
+
+impl Hold {
+    /// Let the held request be answered.
+    pub fn release(self) {}
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
 }
 
 /// What [`MockBroker::on_request`] runs.
@@ -301,6 +317,17 @@ impl MockBroker {
     /// broker locked (it must not call the broker); replaces any earlier hook.
     pub fn on_request(&self, hook: impl FnMut(usize, &mut Option<Vec<String>>) + Send + 'static) {
         self.inner.lock().unwrap().hook = Some(Box::new(hook));
+    }
+
+    /// Hold request number `n` (counting from 1 since the start), recorded,
+    /// unanswered, until the returned [`Hold`] is released or dropped: a
+    /// test decides what happens while a request is at the broker, without
+    /// assuming how long anything takes. The broker goes on serving other
+    /// requests meanwhile.
+    pub fn hold(&self, n: usize) -> Hold {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.inner.lock().unwrap().held.push((n, gate.clone()));
+        Hold(gate)
     }
 
     /// Every request received so far.
@@ -452,6 +479,7 @@ async fn answer(
         Ok(b) => b.to_bytes().to_vec(),
         Err(_) => return Err(DroppedConnection),
     };
+    let gate;
     let reply = {
         let mut inner = inner.lock().unwrap();
         inner.requests.push(Recorded {
@@ -465,6 +493,11 @@ async fn answer(
         });
         inner.served += 1;
         let n = inner.served;
+        gate = inner
+            .held
+            .iter()
+            .find(|(held, _)| *held == n)
+            .map(|(_, g)| g.clone());
         let last = inner.requests.len() - 1;
         let Inner { hook, accepted, .. } = &mut *inner;
         if let Some(hook) = hook {
@@ -510,6 +543,9 @@ async fn answer(
             Some(reply) => reply,
         }
     };
+    if let Some(gate) = gate {
+        let _ = gate.acquire().await;
+    }
     match reply {
         Reply::Answer {
             status,

@@ -29,12 +29,38 @@ pub fn guest_target_dir() -> PathBuf {
 
 /// `cargo build --release --target wasm32-wasip2 --lib -p <packages>` into `guest_target`.
 pub fn build_guest(root: &Path, guest_target: &Path, packages: &[&str]) {
-    require_wasm_target();
+    build_guest_for(root, guest_target, packages, WASIP2);
+}
+
+/// The target of WASI 0.2 components.
+pub const WASIP2: &str = "wasm32-wasip2";
+
+/// The target of the WASI 0.3 build: bare wasm, made a component by
+/// `wasm-component-ld` (the linker rustc ships for wasm32-wasip2), so that
+/// std brings in no WASI 0.2 import (wasm32-wasip2's std imports 0.2 cli and
+/// io for panics and the environment); the WASI it uses comes from `wasip3`.
+#[allow(
+    dead_code,
+    reason = "host-test's build script builds WASI 0.2 guests only"
+)]
+pub const BARE: &str = "wasm32-unknown-unknown";
+
+/// [`build_guest`] for the target `triple`.
+#[allow(
+    dead_code,
+    reason = "host-test's build script builds WASI 0.2 guests only"
+)]
+pub fn build_guest_for(root: &Path, guest_target: &Path, packages: &[&str], triple: &str) {
+    require_wasm_target(triple);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--lib", "--target", "wasm32-wasip2", "--release"])
-        .env("CARGO_TARGET_DIR", guest_target);
+        .args(["build", "--lib", "--target", triple, "--release"])
+        .env("CARGO_TARGET_DIR", guest_target)
+        .env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER",
+            "wasm-component-ld",
+        );
     for package in packages {
         cmd.args(["--package", package]);
     }
@@ -61,7 +87,7 @@ pub fn build_guest(root: &Path, guest_target: &Path, packages: &[&str]) {
     assert!(
         status.success(),
         "building the guest component failed (cargo's output is above). If it says the \
-         wasm32-wasip2 target is missing, run: rustup target add wasm32-wasip2"
+         {triple} target is missing, run: rustup target add {triple}"
     );
 }
 
@@ -70,29 +96,29 @@ pub fn build_guest(root: &Path, guest_target: &Path, packages: &[&str]) {
 /// missing toolchain; so under rustup (with auto-install on) this adds it,
 /// as `rustup toolchain install` would, and otherwise stops with the command
 /// to run.
-fn require_wasm_target() {
-    if has_wasm_target() {
+fn require_wasm_target(triple: &str) {
+    if has_wasm_target(triple) {
         return;
     }
     let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
     let auto_install = std::env::var("RUSTUP_AUTO_INSTALL").map_or(true, |v| v != "0");
     if let (Some(toolchain), true) = (toolchain, auto_install) {
         println!(
-            "cargo:warning=installing the wasm32-wasip2 target for {toolchain} (rust-toolchain.toml)"
+            "cargo:warning=installing the {triple} target for {toolchain} (rust-toolchain.toml)"
         );
         let _ = Command::new("rustup")
-            .args(["target", "add", "wasm32-wasip2", "--toolchain", &toolchain])
+            .args(["target", "add", triple, "--toolchain", &toolchain])
             .status();
     }
     assert!(
-        has_wasm_target(),
-        "the wasm32-wasip2 target is not installed for this toolchain: run \
-         `rustup target add wasm32-wasip2`, then build again"
+        has_wasm_target(triple),
+        "the {triple} target is not installed for this toolchain: run \
+         `rustup target add {triple}`, then build again"
     );
 }
 
-/// Whether the sysroot of the compiler building us has the wasm32-wasip2 std.
-fn has_wasm_target() -> bool {
+/// Whether the sysroot of the compiler building us has the std of `triple`.
+fn has_wasm_target(triple: &str) -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     Command::new(rustc)
         .args(["--print", "sysroot"])
@@ -100,5 +126,5 @@ fn has_wasm_target() -> bool {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        .is_none_or(|sysroot| sysroot.join("lib/rustlib/wasm32-wasip2").exists())
+        .is_none_or(|sysroot| sysroot.join("lib/rustlib").join(triple).exists())
 }

@@ -13,11 +13,49 @@ use crate::bindings::CredBrokerPre;
 use crate::precompiled::{self, Source};
 use crate::state::{State, link};
 
-/// The release credential component this crate was built with.
+/// The release credential component this crate was built with (the WASI
+/// 0.2 build).
 pub static COMPONENT: &[u8] = include_bytes!(env!("VD_CRED_BROKER_WASM"));
 
 /// Where the build script put [`COMPONENT`] (for tools that want the file).
 pub const COMPONENT_WASM: &str = env!("VD_CRED_BROKER_WASM");
+
+/// The release WASI 0.3 build of the credential (`p3/`: `async` exports,
+/// wasi:http@0.3.0), which one instance serves many callers at once with.
+pub static COMPONENT_P3: &[u8] = include_bytes!(env!("VD_CRED_BROKER_P3_WASM"));
+
+/// Where the build script put [`COMPONENT_P3`].
+pub const COMPONENT_P3_WASM: &str = env!("VD_CRED_BROKER_P3_WASM");
+
+/// Which build of the credential a [`Host`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Build {
+    /// WASI 0.2 (`wasm32-wasip2`, synchronous exports): one call at a time
+    /// per instance. Every WASI 0.2 runtime runs it. The default.
+    #[default]
+    P2,
+    /// WASI 0.3 (`async func` exports, wasi:http@0.3.0): concurrent calls in
+    /// one instance, sharing mints ([`crate::shared`]). Needs a runtime with
+    /// WASI 0.3 (wasmtime 48 with `-S p3`, or this crate).
+    P3,
+}
+
+impl Build {
+    /// The embedded component of this build, and its cache name.
+    fn embedded(self) -> (&'static [u8], &'static str) {
+        match self {
+            Build::P2 => (COMPONENT, "vd_cred_broker"),
+            Build::P3 => (COMPONENT_P3, "vd_cred_broker_p3"),
+        }
+    }
+}
+
+/// A build's instance pre-linked: what sandboxes are instantiated from.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    P2(CredBrokerPre<State>),
+    P3(crate::p3::bindings::CredBrokerPre<State>),
+}
 
 /// How a [`Host`] is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +74,9 @@ pub struct HostOptions {
     /// is not in the cache. A process forked from one that compiled has that
     /// pool without its threads: it must compile on one.
     pub parallel_compilation: bool,
+    /// Which embedded build [`Host::embedded_with`] loads ([`Build::P2`]
+    /// unless set). [`Host::load`] tells the build from the file.
+    pub build: Build,
 }
 
 impl Default for HostOptions {
@@ -45,6 +86,7 @@ impl Default for HostOptions {
             precompiled_cache: true,
             cache_dir: None,
             parallel_compilation: true,
+            build: Build::P2,
         }
     }
 }
@@ -55,10 +97,12 @@ impl Default for HostOptions {
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The engine configuration a [`Host`] uses: epoch interruption on (every
-/// store of the engine needs a deadline; see [`yield_on_epoch`]).
+/// store of the engine needs a deadline; see [`yield_on_epoch`]), and the
+/// component model's async (the WASI 0.3 build's `async func` exports).
 pub fn engine_config(pooling: Option<u32>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config.wasm_component_model_async(true);
     if let Some(instances) = pooling {
         let mut pool = PoolingAllocationConfig::default();
         // A component instance of this crate holds a few core instances, one
@@ -104,7 +148,7 @@ pub fn yield_on_epoch<T>(store: &mut wasmtime::Store<T>) {
 /// An engine and the component, compiled and linked once; sandboxes are cheap.
 pub struct Host {
     pub(crate) engine: Engine,
-    pub(crate) pre: CredBrokerPre<State>,
+    pub(crate) pre: Pre,
     source: Source,
 }
 
@@ -114,6 +158,19 @@ impl Host {
     pub fn shared() -> &'static Host {
         static HOST: OnceLock<Host> = OnceLock::new();
         HOST.get_or_init(|| Host::embedded().expect("load the embedded credential component"))
+    }
+
+    /// The embedded WASI 0.3 build ([`COMPONENT_P3`]), loaded once per
+    /// process with default options.
+    pub fn shared_p3() -> &'static Host {
+        static HOST: OnceLock<Host> = OnceLock::new();
+        HOST.get_or_init(|| {
+            let options = HostOptions {
+                build: Build::P3,
+                ..HostOptions::default()
+            };
+            Host::embedded_with(options).expect("load the embedded WASI 0.3 credential component")
+        })
     }
 
     /// Load the embedded component ([`COMPONENT`]), from the per-user
@@ -131,13 +188,15 @@ impl Host {
             true => options.cache_dir.or_else(precompiled::user_cache_dir),
             false => None,
         };
+        let (bytes, name) = options.build.embedded();
         let (component, source) =
-            precompiled::load_bytes(&engine, "vd_cred_broker", COMPONENT, cache_dir.as_deref())?;
+            precompiled::load_bytes(&engine, name, bytes, cache_dir.as_deref())?;
         Host::from_component(engine, component, source)
     }
 
     /// Load the component at `wasm` (from the precompiled cache next to it
-    /// when it matches) and link WASI p2 and wasi:http.
+    /// when it matches) and link WASI and wasi:http: 0.2 for the 0.2 build,
+    /// 0.3 for the 0.3 build (told apart by its exports).
     pub fn load(wasm: impl AsRef<Path>) -> Result<Host> {
         Host::load_with(wasm, HostOptions::default())
     }
@@ -162,13 +221,24 @@ impl Host {
     /// Link an already compiled component.
     /// Its engine must have epoch interruption on ([`engine_config`]).
     pub fn from_component(engine: Engine, component: Component, source: Source) -> Result<Host> {
-        let pre = CredBrokerPre::new(link(&engine, &component)?)?;
+        let pre = match crate::p3::is_p3(&engine, &component) {
+            true => Pre::P3(crate::p3::link(&engine, &component)?),
+            false => Pre::P2(CredBrokerPre::new(link(&engine, &component)?)?),
+        };
         tick(&engine)?;
         Ok(Host {
             engine,
             pre,
             source,
         })
+    }
+
+    /// Which build of the credential this host runs.
+    pub fn build(&self) -> Build {
+        match self.pre {
+            Pre::P2(_) => Build::P2,
+            Pre::P3(_) => Build::P3,
+        }
     }
 
     /// Whether the component was compiled or loaded precompiled.

@@ -37,10 +37,12 @@ mod host;
 pub mod inject;
 pub mod linked;
 mod origin;
+pub mod p3;
 pub mod policy;
 pub mod precompiled;
 pub mod proxy;
 mod sandbox;
+pub mod shared;
 mod state;
 mod tls;
 pub mod trace;
@@ -57,7 +59,8 @@ pub mod bindings {
 }
 
 pub use host::{
-    COMPONENT, COMPONENT_WASM, EPOCH_TICK, Host, HostOptions, engine_config, yield_on_epoch,
+    Build, COMPONENT, COMPONENT_P3, COMPONENT_P3_WASM, COMPONENT_WASM, EPOCH_TICK, Host,
+    HostOptions, engine_config, yield_on_epoch,
 };
 pub use policy::RUNTIME_ACCESS_URL;
 pub use proxy::Proxies;

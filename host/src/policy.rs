@@ -233,13 +233,40 @@ impl WasiHttpHooks for BrokerOnly {
             })
         });
         let watched = crate::trace::Request::of(&request, &self.traffic.requests);
-        Box::new(watched.watch(connections.send(request, options)))
+        Box::new(watched.watch(connections.send(host_first(request), options)))
     }
+}
+
+/// `request` with its `Host` header first, as RFC 9110 asks of a user agent
+/// (and as `requests` sends it): wasmtime adds it first for a WASI 0.2
+/// request and last for a WASI 0.3 one, so that both builds put the same
+/// bytes on the wire.
+fn host_first<B>(mut request: hyper::Request<B>) -> hyper::Request<B> {
+    let headers = request.headers_mut();
+    if let Some(host) = headers.remove(hyper::header::HOST) {
+        let rest = std::mem::take(headers);
+        headers.insert(hyper::header::HOST, host);
+        headers.extend(rest);
+    }
+    request
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_header_goes_first() {
+        let request = hyper::Request::builder()
+            .header("authorization", "Bearer x")
+            .header("content-type", "application/json")
+            .header("host", "broker:8080")
+            .body(())
+            .unwrap();
+        let request = host_first(request);
+        let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "authorization", "content-type"]);
+    }
 
     #[test]
     fn origins() {

@@ -17,9 +17,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, HostWallClock, WasiCtx};
 use wasmtime_wasi_http::WasiHttpCtx;
 
+use crate::bindings::CredBroker;
 use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
-use crate::bindings::{CredBroker, CredBrokerPre};
-use crate::host::Host;
+use crate::host::{Host, Pre};
 use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL, Traffic};
 use crate::proxy::Proxies;
 use crate::state::State;
@@ -196,11 +196,7 @@ impl SandboxBuilder<'_> {
     pub async fn build(self) -> Result<Sandbox> {
         let call_limit = self.call_limit;
         let recipe = self.recipe();
-        let withheld = Withheld::new(
-            &recipe.plan.env,
-            recipe.plan.broker.as_deref(),
-            recipe.plan.runtime_access.as_deref(),
-        );
+        let withheld = recipe.withheld();
         let live = recipe.instantiate().await?;
         Ok(Sandbox {
             live: Some(live),
@@ -210,6 +206,15 @@ impl SandboxBuilder<'_> {
             generation: 0,
             withheld,
         })
+    }
+
+    /// One instance of the WASI 0.3 build ([`crate::Build::P3`]) serving
+    /// any number of concurrent calls ([`crate::shared`]), set up as
+    /// [`SandboxBuilder::build`] sets up a sandbox: the same grants, policy,
+    /// limits and clock. Fails for the 0.2 build.
+    pub async fn build_shared(self) -> Result<crate::shared::SharedCredential> {
+        let call_limit = self.call_limit;
+        crate::shared::SharedCredential::start(self.recipe(), call_limit).await
     }
 
     /// Instantiate any component linked with [`crate::link`] in this sandbox;
@@ -222,7 +227,7 @@ impl SandboxBuilder<'_> {
     }
 
     /// What the sandbox is made from, and made again from after a trap.
-    fn recipe(self) -> Recipe {
+    pub(crate) fn recipe(self) -> Recipe {
         Recipe {
             engine: self.host.engine.clone(),
             pre: self.host.pre.clone(),
@@ -233,9 +238,9 @@ impl SandboxBuilder<'_> {
 }
 
 /// Everything a sandbox is made from, kept to make it again after a trap.
-struct Recipe {
+pub(crate) struct Recipe {
     engine: Engine,
-    pre: CredBrokerPre<State>,
+    pre: Pre,
     plan: Plan,
     records: Records,
 }
@@ -260,16 +265,66 @@ impl Default for Records {
     }
 }
 
+/// A live instance of the credential, of either build.
+pub(crate) enum Live {
+    P2(CredBroker, Store<State>),
+    P3(crate::p3::Instance),
+}
+
+impl Live {
+    fn store(&mut self) -> &mut Store<State> {
+        match self {
+            Live::P2(_, store) => store,
+            Live::P3(instance) => &mut instance.store,
+        }
+    }
+}
+
 impl Recipe {
+    /// Whether this is the 0.3 build.
+    pub(crate) fn is_p3(&self) -> bool {
+        matches!(self.pre, Pre::P3(_))
+    }
+
+    /// The policy's counts, kept across the instances the recipe makes.
+    pub(crate) fn traffic(&self) -> Arc<Traffic> {
+        self.records.traffic.clone()
+    }
+
+    /// What messages to an agent withhold.
+    pub(crate) fn withheld(&self) -> Withheld {
+        Withheld::new(
+            &self.plan.env,
+            self.plan.broker.as_deref(),
+            self.plan.runtime_access.as_deref(),
+        )
+    }
+
+    /// The broker URLs the credential is configured with.
+    pub(crate) fn broker_urls(&self) -> Vec<String> {
+        let plan = &self.plan;
+
+        let from_env = plan
+            .env
+            .iter()
+            .filter(|(k, v)| k == vd_cred_broker::ENV_BROKER_URL && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string());
+        let mut urls: Vec<String> = self.plan.broker.iter().cloned().chain(from_env).collect();
+        urls.dedup();
+        urls
+    }
+
     /// The credential in a fresh store.
-    async fn instantiate(&self) -> Result<(CredBroker, Store<State>)> {
+    pub(crate) async fn instantiate(&self) -> Result<Live> {
         let mut store = self.store()?;
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        Ok((instance, store))
+        Ok(match &self.pre {
+            Pre::P2(pre) => Live::P2(pre.instantiate_async(&mut store).await?, store),
+            Pre::P3(pre) => Live::P3(crate::p3::Instance::new(pre, store).await?),
+        })
     }
 
     /// A fresh store holding the sandbox's WASI context, HTTP policy and limits.
-    fn store(&self) -> Result<Store<State>> {
+    pub(crate) fn store(&self) -> Result<Store<State>> {
         let records = self.records.clone();
         let mut wasi = WasiCtx::builder();
         wasi.stdout(records.stdout)
@@ -341,7 +396,7 @@ impl Recipe {
 /// credentials opened before no longer exist.
 pub struct Sandbox {
     /// The instance and its store; `None` after a trap, until replaced.
-    live: Option<(CredBroker, Store<State>)>,
+    live: Option<Live>,
     recipe: Recipe,
     call_limit: Option<Duration>,
     /// The longest `timeout-ms` a credential was opened with.
@@ -369,21 +424,23 @@ impl Sandbox {
     /// instance to be replaced.
     async fn call<R>(
         &mut self,
-        call: impl AsyncFnOnce(&mut Store<State>, wit::Guest) -> wasmtime::Result<R>,
+        call: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
     ) -> Result<R> {
         self.renew().await?;
         let limit = self
             .call_limit
             .unwrap_or(self.longest_timeout + CALL_MARGIN);
-        let (instance, store) = self.live.as_mut().expect("renewed");
-        let iface = instance.vibedata_cred_broker_token_credential().clone();
+        let live = self.live.as_mut().expect("renewed");
         // No deadline at all for a limit past the clock's range.
-        store.data_mut().deadline = Instant::now().checked_add(limit);
-        let outcome = match store.data().deadline {
-            Some(deadline) => within(deadline, call(store, iface)).await,
-            None => Ok(call(store, iface).await),
+        let deadline = Instant::now().checked_add(limit);
+        live.store().data_mut().deadline = deadline;
+        let outcome = match deadline {
+            Some(deadline) => within(deadline, call(live)).await,
+            None => Ok(call(live).await),
         };
-        store.data_mut().deadline = None;
+        if let Some(live) = self.live.as_mut() {
+            live.store().data_mut().deadline = None;
+        }
         match outcome {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(trap)) => {
@@ -419,7 +476,7 @@ impl Sandbox {
         op: crate::trace::Op,
         scopes: &[String],
         credential: bool,
-        call: impl AsyncFnOnce(&mut Store<State>, wit::Guest) -> wasmtime::Result<Result<T, E>>,
+        call: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<Result<T, E>>,
     ) -> Result<Result<T, vd_cred_broker::CredentialError>> {
         let mode = match self.recipe.plan.runtime_access {
             Some(_) => "helper",
@@ -440,8 +497,15 @@ impl Sandbox {
     pub async fn get_token(&mut self, scopes: &[&str]) -> Result<TokenResult> {
         let scopes = owned(scopes);
         let op = crate::trace::Op::GetToken;
-        self.traced(op, &scopes, false, async |store, iface| {
-            iface.call_get_token(store, &scopes).await
+        self.traced(op, &scopes.clone(), false, async |live| match live {
+            Live::P2(i, store) => {
+                let iface = i.vibedata_cred_broker_token_credential();
+                Ok(iface
+                    .call_get_token(store, &scopes)
+                    .await?
+                    .map_err(Into::into))
+            }
+            Live::P3(i) => i.run(async |a, c| c.get_token(a, scopes).await).await,
         })
         .await
     }
@@ -455,8 +519,14 @@ impl Sandbox {
             self.longest_timeout = self.longest_timeout.max(Duration::from_millis(ms.into()));
         }
         let op = crate::trace::Op::Open;
-        self.traced(op, &[], true, async |store, iface| {
-            iface.credential().call_open(store, options).await
+        let options = options.clone();
+        self.traced(op, &[], true, async |live| match live {
+            Live::P2(i, store) => {
+                let iface = i.vibedata_cred_broker_token_credential();
+                let opened = iface.credential().call_open(store, &options).await?;
+                Ok(opened.map_err(Into::into))
+            }
+            Live::P3(i) => i.run(async |a, c| c.open(a, &options).await).await,
         })
         .await
     }
@@ -469,11 +539,16 @@ impl Sandbox {
     ) -> Result<TokenResult> {
         let scopes = owned(scopes);
         let op = crate::trace::Op::GetToken;
-        self.traced(op, &scopes, true, async |store, iface| {
-            iface
-                .credential()
-                .call_get_token(store, credential, &scopes)
-                .await
+        self.traced(op, &scopes.clone(), true, async |live| match live {
+            Live::P2(i, store) => {
+                let iface = i.vibedata_cred_broker_token_credential().credential();
+                let token = iface.call_get_token(store, credential, &scopes).await?;
+                Ok(token.map_err(Into::into))
+            }
+            Live::P3(i) => {
+                i.run(async |a, c| c.credential_get_token(a, credential, scopes).await)
+                    .await
+            }
         })
         .await
     }
@@ -486,8 +561,17 @@ impl Sandbox {
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
         let op = crate::trace::Op::GetTokenInfo;
-        self.traced(op, &scopes, false, async |store, iface| {
-            iface.call_get_token_info(store, &scopes, options).await
+        let options = options.clone();
+        self.traced(op, &scopes.clone(), false, async |live| match live {
+            Live::P2(i, store) => {
+                let iface = i.vibedata_cred_broker_token_credential();
+                let info = iface.call_get_token_info(store, &scopes, &options).await?;
+                Ok(info.map_err(Into::into))
+            }
+            Live::P3(i) => {
+                i.run(async |a, c| c.get_token_info(a, scopes, &options).await)
+                    .await
+            }
         })
         .await
     }
@@ -501,18 +585,29 @@ impl Sandbox {
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
         let op = crate::trace::Op::GetTokenInfo;
-        self.traced(op, &scopes, true, async |store, iface| {
-            iface
-                .credential()
-                .call_get_token_info(store, credential, &scopes, options)
-                .await
+        let options = options.clone();
+        self.traced(op, &scopes.clone(), true, async |live| match live {
+            Live::P2(i, store) => {
+                let iface = i.vibedata_cred_broker_token_credential().credential();
+                let info = iface
+                    .call_get_token_info(store, credential, &scopes, &options)
+                    .await?;
+                Ok(info.map_err(Into::into))
+            }
+            Live::P3(i) => {
+                let call = async |a: &_, c: crate::p3::Calls| {
+                    c.credential_get_token_info(a, credential, scopes, &options)
+                        .await
+                };
+                i.run(call).await
+            }
         })
         .await
     }
 
     /// Drop a credential resource (of this [`Sandbox::generation`]).
     pub async fn drop_credential(&mut self, credential: ResourceAny) -> Result<()> {
-        self.call(async |store, _| credential.resource_drop_async(store).await)
+        self.call(async |live| credential.resource_drop_async(live.store()).await)
             .await
     }
 
@@ -521,9 +616,15 @@ impl Sandbox {
         &mut self,
         error: &vd_cred_broker::CredentialError,
     ) -> Result<String> {
-        let error = error.clone().into();
-        self.call(async |store, iface| iface.call_describe_error(store, &error).await)
-            .await
+        let error = error.clone();
+        self.call(async |live| match live {
+            Live::P2(i, store) => {
+                let iface = i.vibedata_cred_broker_token_credential();
+                iface.call_describe_error(store, &error.into()).await
+            }
+            Live::P3(i) => i.run(async |a, c| c.describe_error(a, &error).await).await,
+        })
+        .await
     }
 
     /// What the component wrote to stdout and stderr so far.
@@ -551,22 +652,7 @@ impl Sandbox {
     /// and `VD_CREDENTIAL_BROKER_URL`'s), for an agent's egress policy to
     /// refuse.
     pub fn broker_urls(&self) -> Vec<String> {
-        let plan = &self.recipe.plan;
-        let from_env = plan
-            .env
-            .iter()
-            .filter(|(k, v)| k == vd_cred_broker::ENV_BROKER_URL && !v.trim().is_empty())
-            .map(|(_, v)| v.trim().to_string());
-        let mut urls: Vec<String> = self
-            .recipe
-            .plan
-            .broker
-            .iter()
-            .cloned()
-            .chain(from_env)
-            .collect();
-        urls.dedup();
-        urls
+        self.recipe.broker_urls()
     }
 
     /// How often the instance was replaced after a trap: credentials opened

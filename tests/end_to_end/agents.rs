@@ -14,8 +14,8 @@ use host_test::azure::MockAzure;
 use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError;
+use vd_cred_host::TrustedRoots;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
-use vd_cred_host::{Host, TrustedRoots};
 use wasmtime::component::{Component, InstancePre, Val};
 
 use crate::{Fixture, VAULT, rand_u64};
@@ -28,7 +28,7 @@ const READ_DB: &str = r#"read-secret("https://myvault.vault.azure.net", "db")"#;
 fn wstd_agent() -> &'static (Component, InstancePre<AgentState>) {
     static AGENT: OnceLock<(Component, InstancePre<AgentState>)> = OnceLock::new();
     AGENT.get_or_init(|| {
-        let engine = Host::shared().engine();
+        let engine = crate::host().engine();
         let (component, _) =
             vd_cred_host::precompiled::load(engine, std::path::Path::new(WSTD_AGENT_WASM)).unwrap();
         let pre = agent::link(engine, &component).unwrap();
@@ -77,7 +77,7 @@ impl Vault {
             .connect_to(VAULT_HOST, 443, self.mock.addr());
         let linked = LinkedCredential::new(self.f.sandbox().await, policy);
         let (component, pre) = wstd_agent();
-        let engine = Host::shared().engine();
+        let engine = crate::host().engine();
         let (mut store, instance) = builder.instantiate(engine, pre, linked).await.unwrap();
         agent::invoke(component, &instance, &mut store, call)
             .await

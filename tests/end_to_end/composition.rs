@@ -6,20 +6,20 @@ use std::sync::OnceLock;
 
 use host_test::keyvault::{self, KeyVaultReader};
 use host_test::{MockBroker, Reply};
-use vd_cred_host::{Host, State};
+use vd_cred_host::State;
 use wasmtime::component::{Component, InstancePre};
 
 use crate::Fixture;
 
 fn composed() -> &'static (Component, InstancePre<State>) {
     static COMPOSED: OnceLock<(Component, InstancePre<State>)> = OnceLock::new();
-    COMPOSED.get_or_init(|| keyvault::load(Host::shared()).unwrap())
+    COMPOSED.get_or_init(|| keyvault::load(crate::host()).unwrap())
 }
 
 #[test]
 fn the_composed_component_imports_only_wasi() {
     let (component, _) = composed();
-    let engine = Host::shared().engine();
+    let engine = crate::host().engine();
     let ty = component.component_type();
     let imports: Vec<String> = ty
         .imports(engine)

@@ -10,7 +10,6 @@ use std::sync::OnceLock;
 use host_test::agent::test_agent::{self, TestAgent};
 use host_test::agent::{AgentBuilder, AgentState};
 use host_test::{MockBroker, Reply};
-use vd_cred_host::Host;
 use vd_cred_host::egress::{Reason, Refusal};
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
 use wasmtime::component::InstancePre;
@@ -22,7 +21,7 @@ const DENIED: &str = "ErrorCode::HttpRequestDenied";
 
 fn agent_pre() -> &'static InstancePre<AgentState> {
     static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
-    PRE.get_or_init(|| test_agent::load(Host::shared().engine()).unwrap())
+    PRE.get_or_init(|| test_agent::load(crate::host().engine()).unwrap())
 }
 
 /// A test agent linked to `f`'s credential, its egress as `builder` says,
@@ -30,7 +29,7 @@ fn agent_pre() -> &'static InstancePre<AgentState> {
 async fn agent(f: &Fixture, builder: AgentBuilder) -> TestAgent {
     let linked = LinkedCredential::new(f.sandbox().await, AgentPolicy::new("egress"));
     let builder = builder.credential_broker(f.broker.url());
-    TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
+    TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
         .await
         .unwrap()
 }

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use host_test::Reply;
 use vd_cred_broker::CredentialError as E;
-use vd_cred_host::Host;
 
 use crate::{Fixture, GUEST_DIR, GUEST_FILE, VAULT, options};
 
@@ -16,7 +15,7 @@ fn message(e: &E) -> String {
 async fn configuration_names_the_variable() {
     let f = Fixture::new();
     // No environment at all.
-    let mut bare = Host::shared()
+    let mut bare = crate::host()
         .sandbox()
         .bearer_dir(f.dir.path(), GUEST_DIR)
         .build()
@@ -28,7 +27,7 @@ async fn configuration_names_the_variable() {
         "{err}"
     );
 
-    let mut only_url = Host::shared()
+    let mut only_url = crate::host()
         .sandbox()
         .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
         .build()

@@ -8,8 +8,8 @@ use std::path::Path;
 use host_test::MockBroker;
 use host_test::tls::{TestCa, Validity};
 use vd_cred_broker::CredentialError as E;
+use vd_cred_host::Sandbox;
 use vd_cred_host::from_env::{Setup, sandbox_from_env};
-use vd_cred_host::{Host, Sandbox};
 
 use crate::VAULT;
 
@@ -29,7 +29,7 @@ fn env(broker: &MockBroker, file: &Path, extra: &[(&str, &str)]) -> HashMap<Stri
 }
 
 async fn sandbox(env: HashMap<String, String>) -> Sandbox {
-    sandbox_from_env(Host::shared(), move |k| env.get(k).cloned())
+    sandbox_from_env(crate::host(), move |k| env.get(k).cloned())
         .unwrap()
         .build()
         .await

@@ -10,8 +10,8 @@ use host_test::agent::test_agent::{
     self, CredentialError as W, CredentialOptions, TestAgent, TokenRequestOptions,
 };
 use host_test::{Reply, TestClock};
+use vd_cred_host::Sandbox;
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
-use vd_cred_host::{Host, Sandbox};
 
 use crate::linked::agent_pre;
 use crate::{Fixture, GUEST_FILE, VAULT};
@@ -36,7 +36,7 @@ async fn agent_in(
         .on_token(move |e| seen_sources.lock().unwrap().push(e.source));
     let agent = TestAgent::new(
         AgentBuilder::default(),
-        Host::shared().engine(),
+        crate::host().engine(),
         agent_pre(),
         linked,
     )
@@ -479,7 +479,7 @@ async fn the_agents_egress_knows_its_credentials_broker_without_being_told() {
     let linked = LinkedCredential::new(f.sandbox().await, AgentPolicy::new("forgetful"));
     let port = f.broker.addr().port();
     let builder = AgentBuilder::default().egress(format!("http://*:{port}"));
-    let mut a = TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
+    let mut a = TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
         .await
         .unwrap();
     for url in [

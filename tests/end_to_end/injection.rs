@@ -14,10 +14,10 @@ use host_test::azure::{MockAzure, Scripted};
 use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError;
+use vd_cred_host::TrustedRoots;
 use vd_cred_host::egress::Reason;
 use vd_cred_host::inject::InjectOutcome;
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
-use vd_cred_host::{Host, TrustedRoots};
 use wasmtime::component::InstancePre;
 
 use crate::Fixture;
@@ -28,7 +28,7 @@ const ONELAKE_HOST: &str = "onelake.dfs.fabric.microsoft.com";
 
 fn agent_pre() -> &'static InstancePre<AgentState> {
     static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
-    PRE.get_or_init(|| test_agent::load(Host::shared().engine()).unwrap())
+    PRE.get_or_init(|| test_agent::load(crate::host().engine()).unwrap())
 }
 
 /// What the audit hook saw, without the token (it never has one).
@@ -134,7 +134,7 @@ impl Azure {
         let linked = LinkedCredential::new(sandbox, policy).budget_clock(self.f.clock.clone());
         TestAgent::new(
             self.audited(builder),
-            Host::shared().engine(),
+            crate::host().engine(),
             agent_pre(),
             linked,
         )
@@ -744,7 +744,7 @@ async fn an_endpoint_that_always_challenges_costs_at_most_the_mint_budget() {
 /// The JavaScript agent (`examples/js-agent`), compiled once per process.
 fn js_pre() -> &'static InstancePre<AgentState> {
     static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
-    PRE.get_or_init(|| host_test::js_agent::load(Host::shared().engine()).unwrap())
+    PRE.get_or_init(|| host_test::js_agent::load(crate::host().engine()).unwrap())
 }
 
 #[tokio::test]
@@ -754,7 +754,7 @@ async fn a_javascript_agent_reads_a_secret_with_its_plain_fetch_and_no_credentia
     let linked = LinkedCredential::new(az.f.sandbox().await, policy);
     let builder = az.audited(az.builder().inject_defaults());
     let mut js =
-        host_test::js_agent::JsAgent::new(builder, Host::shared().engine(), js_pre(), linked)
+        host_test::js_agent::JsAgent::new(builder, crate::host().engine(), js_pre(), linked)
             .await
             .unwrap();
     let vault = format!("https://{VAULT_HOST}");

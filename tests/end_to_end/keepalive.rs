@@ -6,7 +6,7 @@
 use host_test::MockBroker;
 use host_test::tls::{TestCa, Validity};
 use vd_cred_broker::CredentialError as E;
-use vd_cred_host::{Host, TrustedRoots};
+use vd_cred_host::TrustedRoots;
 
 use crate::{Fixture, VAULT, options};
 
@@ -50,7 +50,7 @@ async fn sequential_mints_share_one_connection_over_http_https_and_the_helper_so
 
     let dir = tempfile::tempdir().unwrap();
     let helper = MockBroker::start_unix(dir.path().join("helper.sock")).unwrap();
-    let builder = Host::shared()
+    let builder = crate::host()
         .sandbox()
         .runtime_access(helper.socket_path().unwrap());
     mints(builder, 5).await;

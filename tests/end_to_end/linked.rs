@@ -10,7 +10,6 @@ use host_test::agent::test_agent::{
 use host_test::agent::{AgentBuilder, AgentState};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError as E;
-use vd_cred_host::Host;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential, TokenSource};
 use wasmtime::component::InstancePre;
 
@@ -20,7 +19,7 @@ const STORAGE: &str = "https://storage.azure.com/.default";
 
 pub fn agent_pre() -> &'static InstancePre<AgentState> {
     static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
-    PRE.get_or_init(|| test_agent::load(Host::shared().engine()).unwrap())
+    PRE.get_or_init(|| test_agent::load(crate::host().engine()).unwrap())
 }
 
 /// (agent id, audience, expires-on, source) of every token handed out.
@@ -40,7 +39,7 @@ async fn agent(f: &Fixture, policy: AgentPolicy, builder: AgentBuilder) -> (Test
         ))
     });
     let builder = builder.credential_broker(f.broker.url());
-    let agent = TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
+    let agent = TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
         .await
         .unwrap();
     (agent, events)
@@ -271,7 +270,7 @@ async fn the_agent_never_touches_the_bearer_the_broker_or_the_helper() {
 async fn helper_mode_through_the_link() {
     let dir = tempfile::tempdir().unwrap();
     let helper = MockBroker::start_unix(dir.path().join("program.sock")).unwrap();
-    let sandbox = Host::shared()
+    let sandbox = crate::host()
         .sandbox()
         .runtime_access(helper.socket_path().unwrap())
         .build()
@@ -280,7 +279,7 @@ async fn helper_mode_through_the_link() {
     let linked = LinkedCredential::new(sandbox, AgentPolicy::new("a").allow(["vault"]));
     let mut a = TestAgent::new(
         AgentBuilder::default(),
-        Host::shared().engine(),
+        crate::host().engine(),
         agent_pre(),
         linked,
     )

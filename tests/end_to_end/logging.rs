@@ -19,8 +19,8 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use vd_cred_host::TrustedRoots;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
-use vd_cred_host::{Host, TrustedRoots};
 
 use crate::{Fixture, VAULT, options};
 
@@ -414,7 +414,7 @@ async fn linked_agent(f: &Fixture, policy: AgentPolicy) -> TestAgent {
     let linked = LinkedCredential::new(f.sandbox().await, policy);
     let builder = AgentBuilder::default().credential_broker(f.broker.url());
     let pre = crate::linked::agent_pre();
-    TestAgent::new(builder, Host::shared().engine(), pre, linked)
+    TestAgent::new(builder, crate::host().engine(), pre, linked)
         .await
         .unwrap()
 }
@@ -483,7 +483,7 @@ async fn an_injection_names_the_agent_and_the_destination() {
     let policy = AgentPolicy::new("agent-injected").reveal_tokens(false);
     let linked = LinkedCredential::new(f.sandbox().await, policy);
     let pre = crate::linked::agent_pre();
-    let mut agent = TestAgent::new(builder, Host::shared().engine(), pre, linked)
+    let mut agent = TestAgent::new(builder, crate::host().engine(), pre, linked)
         .await
         .unwrap();
     let url = format!("https://{VAULT_HOST}/secrets/db?api-version=7.4");

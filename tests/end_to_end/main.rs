@@ -1,10 +1,15 @@
 //! End-to-end tests: the release component in the wasmtime sandbox, against
 //! the loopback mock broker. One test binary, so the component is compiled
-//! once ([`Host::shared`]) and shared by every test.
+//! once ([`host`]) and shared by every test.
+//!
+//! The suite runs against the WASI 0.2 build, or with `VD_E2E_BUILD=p3` the
+//! WASI 0.3 build (`scripts/test.sh` runs both); `concurrent` holds what
+//! only the 0.3 build does.
 
 mod agents;
 mod agents_lang;
 mod composition;
+mod concurrent;
 mod egress;
 mod errors;
 mod from_env;
@@ -63,7 +68,7 @@ impl Fixture {
     pub fn with_broker(broker: MockBroker) -> Fixture {
         // Load (or, on a fresh machine, compile) the component now, so that
         // tests timing a call do not time the first compile too.
-        Host::shared();
+        host();
         let dir = tempfile::tempdir().unwrap();
         let bearer = format!("vd_iat_{:016x}", rand_u64());
         std::fs::write(dir.path().join("credential"), format!("{bearer}\n")).unwrap();
@@ -83,7 +88,7 @@ impl Fixture {
     /// The standard sandbox: env pointing at the broker and the bearer file,
     /// the bearer dir preopened read-only, HTTP only to the broker, our clock.
     pub fn builder(&self) -> SandboxBuilder<'static> {
-        Host::shared()
+        host()
             .sandbox()
             .env("VD_CREDENTIAL_BROKER_URL", self.broker.url())
             .env("VD_CREDENTIAL_FILE", GUEST_FILE)
@@ -127,6 +132,16 @@ impl Fixture {
             .credential_get_token(credential, scopes)
             .await
             .unwrap()
+    }
+}
+
+/// The host the suite runs against: the embedded WASI 0.2 build, or with
+/// `VD_E2E_BUILD=p3` the 0.3 build.
+pub fn host() -> &'static Host {
+    match std::env::var("VD_E2E_BUILD").as_deref() {
+        Ok("p3") => Host::shared_p3(),
+        Ok("p2") | Err(_) => Host::shared(),
+        Ok(other) => panic!("VD_E2E_BUILD={other}: use p2 or p3"),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError as E;
-use vd_cred_host::{Host, from_env::sandbox_from_env};
+use vd_cred_host::from_env::sandbox_from_env;
 
 use crate::{Fixture, VAULT, options};
 
@@ -202,7 +202,7 @@ impl Helper {
 
     fn builder(&self) -> vd_cred_host::SandboxBuilder<'static> {
         let env = self.env.clone();
-        sandbox_from_env(Host::shared(), move |k| env.get(k).cloned()).unwrap()
+        sandbox_from_env(crate::host(), move |k| env.get(k).cloned()).unwrap()
     }
 }
 
@@ -362,7 +362,7 @@ async fn a_helper_url_must_not_send_the_token_back_in_clear() {
         ("https://helper.example.com", true),
         ("http://127.0.0.1:9", true),
     ] {
-        let mut sandbox = Host::shared()
+        let mut sandbox = crate::host()
             .sandbox()
             .env("VD_RUNTIME_ACCESS_URL", url)
             .build()

@@ -18,7 +18,7 @@ use host_test::tls::{TestCa, Validity};
 use vd_cred_broker::CredentialError as E;
 use vd_cred_host::from_env::Setup;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
-use vd_cred_host::{Host, Proxies, Sandbox, TrustedRoots};
+use vd_cred_host::{Proxies, Sandbox, TrustedRoots};
 use wasmtime::component::InstancePre;
 
 use crate::{Fixture, VAULT, options};
@@ -150,7 +150,7 @@ fn env(f: &Fixture, url: &str, extra: &[(&str, &str)]) -> HashMap<String, String
 
 async fn from_env(env: HashMap<String, String>, roots: Option<TrustedRoots>) -> Sandbox {
     let setup = Setup::from_env(|k| env.get(k).cloned());
-    let builder = setup.sandbox(Host::shared()).unwrap();
+    let builder = setup.sandbox(crate::host()).unwrap();
     let builder = match roots {
         Some(roots) => builder.trusted_roots(roots),
         None => builder,
@@ -310,7 +310,7 @@ async fn the_helpers_unix_socket_is_never_proxied() {
     let helper = MockBroker::start_unix(dir.path().join("program.sock")).unwrap();
     let proxy = TestProxy::start().unwrap();
     let everything = Proxies::none().all(&proxy.url()).unwrap();
-    let mut s = Host::shared()
+    let mut s = crate::host()
         .sandbox()
         .runtime_access(helper.socket_path().unwrap())
         .proxies(everything)
@@ -356,14 +356,14 @@ const DENIED: &str = "ErrorCode::HttpRequestDenied";
 
 fn agent_pre() -> &'static InstancePre<AgentState> {
     static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
-    PRE.get_or_init(|| test_agent::load(Host::shared().engine()).unwrap())
+    PRE.get_or_init(|| test_agent::load(crate::host().engine()).unwrap())
 }
 
 /// A test agent linked to `f`'s credential, its egress as `builder` says.
 async fn agent(f: &Fixture, builder: AgentBuilder) -> TestAgent {
     let linked = LinkedCredential::new(f.sandbox().await, AgentPolicy::new("proxy"));
     let builder = builder.credential_broker(f.broker.url());
-    TestAgent::new(builder, Host::shared().engine(), agent_pre(), linked)
+    TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
         .await
         .unwrap()
 }

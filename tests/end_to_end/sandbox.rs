@@ -69,7 +69,7 @@ async fn requests_to_any_other_origin_are_denied() {
 #[tokio::test]
 async fn without_a_broker_origin_all_http_is_denied() {
     let f = Fixture::new();
-    let mut sandbox = vd_cred_host::Host::shared()
+    let mut sandbox = crate::host()
         .sandbox()
         .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
         .env("VD_CREDENTIAL_FILE", crate::GUEST_FILE)

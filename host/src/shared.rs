@@ -1,0 +1,392 @@
+//! One instance of the credential's WASI 0.3 build serving many callers at
+//! once: a [`SharedCredential`].
+//!
+//! Under WASI 0.2 an instance runs one call at a time, so a runtime gives
+//! each agent a [`Sandbox`](crate::Sandbox) of its own. The 0.3 build's
+//! exports are `async func`s: one instance takes any number of calls at
+//! once, a call waiting on the broker holds up no other, and concurrent
+//! misses for one audience share one mint (the core's flights). The
+//! instance lives in a task of its own, which runs the store's event loop
+//! and starts each call as it arrives.
+//!
+//! ```no_run
+//! # async fn demo(broker_url: String) -> anyhow::Result<()> {
+//! use vd_cred_host::Host;
+//! let shared = Host::shared_p3()
+//!     .sandbox()
+//!     .env("VD_CREDENTIAL_BROKER_URL", &broker_url)
+//!     .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
+//!     .bearer_dir("/run/vd", "/run/vd")
+//!     .broker_url(&broker_url)
+//!     .build_shared()
+//!     .await?;
+//! let credential = shared.open(&vd_cred_host::default_options()).await??;
+//! // Clones share the instance; calls on them run concurrently.
+//! let calls = (0..100).map(|_| {
+//!     let shared = shared.clone();
+//!     tokio::spawn(async move { shared.get_token(&credential, &["https://vault.azure.net/.default"]).await })
+//! });
+//! # let _ = calls.count(); Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::{mpsc, oneshot};
+use wasmtime::component::{Accessor, AccessorTask, ResourceAny};
+
+use crate::p3::Calls;
+use crate::policy::Traffic;
+use crate::sandbox::{CALL_MARGIN, Live, Recipe};
+use crate::state::State;
+use crate::withheld::Withheld;
+use crate::{CredentialOptions, TokenInfoResult, TokenRequestOptions, TokenResult};
+
+/// A credential opened in a [`SharedCredential`]: valid in the instance
+/// generation it was opened in (after a trap, open it again). Credentials
+/// live as long as the instance (open one per set of options and share
+/// it: its cache and its mints are what callers share).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedHandle {
+    generation: u64,
+    resource: ResourceAny,
+    /// Its `timeout-ms`: a call on it may run this plus [`CALL_MARGIN`].
+    timeout: Duration,
+}
+
+impl SharedHandle {
+    /// The instance generation the credential belongs to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// One instance of the 0.3 build, shared: clone it freely; every clone
+/// sends its calls to the same instance, where they run concurrently.
+#[derive(Clone)]
+pub struct SharedCredential {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: mpsc::UnboundedSender<Job>,
+    generation: Arc<AtomicU64>,
+    in_progress: AtomicUsize,
+    traffic: Arc<Traffic>,
+    withheld: Withheld,
+    broker_urls: Vec<String>,
+}
+
+/// What the driver task runs: one call, and where its answer goes.
+enum Job {
+    Open {
+        options: CredentialOptions,
+        reply: oneshot::Sender<wasmtime::Result<Result<SharedHandle, CoreError>>>,
+    },
+    Token {
+        handle: Option<SharedHandle>,
+        scopes: Vec<String>,
+        options: Option<TokenRequestOptions>,
+        reply: oneshot::Sender<wasmtime::Result<TokenInfoResult>>,
+    },
+}
+
+type CoreError = vd_cred_broker::CredentialError;
+
+/// The component's own default `timeout-ms`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(vd_cred_broker::DEFAULT_TIMEOUT_MS as u64);
+
+impl SharedCredential {
+    /// Start the instance's task on the current tokio runtime. The builder's
+    /// host must run the 0.3 build ([`crate::Build::P3`]).
+    pub(crate) async fn start(recipe: Recipe, call_limit: Option<Duration>) -> Result<Self> {
+        anyhow::ensure!(
+            recipe.is_p3(),
+            "a shared credential needs the WASI 0.3 build (Host::shared_p3, or Host::load of \
+             vd_cred_broker_p3.wasm): the 0.2 build runs one call at a time"
+        );
+        // Instantiate once here, so that a component that fails to start
+        // fails now.
+        let first = recipe.instantiate().await?;
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let generation = Arc::new(AtomicU64::new(0));
+        let inner = Inner {
+            jobs,
+            generation: generation.clone(),
+            in_progress: AtomicUsize::new(0),
+            traffic: recipe.traffic(),
+            withheld: recipe.withheld(),
+            broker_urls: recipe.broker_urls(),
+        };
+        tokio::spawn(drive(recipe, first, queue, generation, call_limit));
+        Ok(SharedCredential {
+            inner: Arc::new(inner),
+        })
+    }
+
+    async fn send<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<wasmtime::Result<T>>) -> Job,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let in_progress = &self.inner.in_progress;
+        in_progress.fetch_add(1, Ordering::AcqRel);
+        let _done = Done(in_progress);
+        self.inner
+            .jobs
+            .send(job(reply))
+            .map_err(|_| anyhow::anyhow!("the shared credential's task has ended"))?;
+        let answer = answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the shared credential's task ended during the call"))?;
+        answer.map_err(|trap| anyhow::Error::from(trap).context("the credential trapped"))
+    }
+
+    /// `credential.open(options)` in the shared instance.
+    pub async fn open(
+        &self,
+        options: &CredentialOptions,
+    ) -> Result<Result<SharedHandle, CoreError>> {
+        let options = options.clone();
+        self.send(|reply| Job::Open { options, reply }).await
+    }
+
+    /// `credential.get-token(scopes)` on `handle`, alongside any other calls.
+    pub async fn get_token(&self, handle: &SharedHandle, scopes: &[&str]) -> Result<TokenResult> {
+        let info = self.token(Some(*handle), scopes, None).await?;
+        Ok(info.map(|i| crate::AccessToken {
+            token: i.token,
+            expires_on: i.expires_on,
+        }))
+    }
+
+    /// `credential.get-token-info(scopes, options)` on `handle`.
+    pub async fn get_token_info(
+        &self,
+        handle: &SharedHandle,
+        scopes: &[&str],
+        options: &TokenRequestOptions,
+    ) -> Result<TokenInfoResult> {
+        self.token(Some(*handle), scopes, Some(options.clone()))
+            .await
+    }
+
+    /// The free `get-token-info` (a credential from the environment, one call).
+    pub async fn free_get_token_info(
+        &self,
+        scopes: &[&str],
+        options: &TokenRequestOptions,
+    ) -> Result<TokenInfoResult> {
+        self.token(None, scopes, Some(options.clone())).await
+    }
+
+    async fn token(
+        &self,
+        handle: Option<SharedHandle>,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions>,
+    ) -> Result<TokenInfoResult> {
+        let scopes = scopes.iter().map(|s| s.to_string()).collect();
+        self.send(|reply| Job::Token {
+            handle,
+            scopes,
+            options,
+            reply,
+        })
+        .await
+    }
+
+    /// Calls sent to the instance and not yet answered.
+    pub fn calls_in_progress(&self) -> usize {
+        self.inner.in_progress.load(Ordering::Acquire)
+    }
+
+    /// How often the instance was replaced after a trap.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// The requests the policy let through (to the broker, or the helper).
+    pub fn traffic(&self) -> &Traffic {
+        &self.inner.traffic
+    }
+
+    /// The credential's broker URL, bearer path and helper socket.
+    pub fn withheld(&self) -> &Withheld {
+        &self.inner.withheld
+    }
+
+    /// The broker URLs the credential is configured with.
+    pub fn broker_urls(&self) -> &[String] {
+        &self.inner.broker_urls
+    }
+}
+
+/// Counts a call out of [`SharedCredential::calls_in_progress`] when it
+/// ends, answered or dropped.
+struct Done<'a>(&'a AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The instance's task: run the store's event loop, starting each job as
+/// a task of its own in it; after a trap (or a call past `limit`), fail
+/// what is in flight and go on in a fresh instance.
+async fn drive(
+    recipe: Recipe,
+    first: Live,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    generation: Arc<AtomicU64>,
+    limit: Option<Duration>,
+) {
+    let mut live = Some(first);
+    loop {
+        let Some(Live::P3(mut instance)) = live.take() else {
+            return;
+        };
+        let calls = instance.calls.clone();
+        let number = generation.load(Ordering::Acquire);
+        let (trapped, mut traps) = mpsc::unbounded_channel::<()>();
+        let ran = instance
+            .store
+            .run_concurrent(async |a| {
+                loop {
+                    tokio::select! {
+                        job = queue.recv() => match job {
+                            Some(job) => {
+                                let task = Call { job, calls: calls.clone(), number, limit, trapped: trapped.clone() };
+                                if a.spawn(task).is_err() {
+                                    return false;
+                                }
+                            }
+                            None => return true,
+                        },
+                        _ = traps.recv() => return false,
+                    }
+                }
+            })
+            .await;
+        if let Ok(true) = ran {
+            return; // every handle dropped
+        }
+        // Replaced: calls still in flight in the old store are dropped with
+        // it, and their callers told.
+        drop(instance);
+        generation.fetch_add(1, Ordering::AcqRel);
+        live = loop {
+            match recipe.instantiate().await {
+                Ok(fresh) => break Some(fresh),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+    }
+}
+
+/// One job, run as a task in the store's event loop.
+struct Call {
+    job: Job,
+    calls: Calls,
+    number: u64,
+    /// The host's limit on a call, if set; else the call's `timeout-ms`
+    /// plus [`CALL_MARGIN`].
+    limit: Option<Duration>,
+    trapped: mpsc::UnboundedSender<()>,
+}
+
+impl AccessorTask<State> for Call {
+    async fn run(self, a: &Accessor<State>) -> wasmtime::Result<()> {
+        let Call {
+            job,
+            calls,
+            number,
+            limit,
+            trapped,
+        } = self;
+        let stale = |handle: &SharedHandle| {
+            (handle.generation != number).then(|| {
+                CoreError::Configuration(
+                    "this credential was opened in an instance the host has since replaced (a \
+                     call trapped): open it again"
+                        .into(),
+                )
+            })
+        };
+        match job {
+            Job::Open { options, reply } => {
+                let timeout = options
+                    .timeout_ms
+                    .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()));
+                let opened = timed(limit, DEFAULT_TIMEOUT, calls.open(a, &options)).await;
+                let opened = opened.map(|r| {
+                    r.map(|resource| SharedHandle {
+                        generation: number,
+                        resource,
+                        timeout,
+                    })
+                });
+                if opened.is_err() {
+                    let _ = trapped.send(());
+                }
+                let _ = reply.send(opened);
+            }
+            Job::Token {
+                handle,
+                scopes,
+                options,
+                reply,
+            } => {
+                if let Some(error) = handle.as_ref().and_then(stale) {
+                    let _ = reply.send(Ok(Err(error)));
+                    return Ok(());
+                }
+                let options = options.unwrap_or_else(no_options);
+                let result: wasmtime::Result<TokenInfoResult> = match handle {
+                    Some(h) => {
+                        let call = calls.credential_get_token_info(a, h.resource, scopes, &options);
+                        timed(limit, h.timeout, call).await
+                    }
+                    None => {
+                        let call = calls.get_token_info(a, scopes, &options);
+                        timed(limit, DEFAULT_TIMEOUT, call).await
+                    }
+                };
+                if result.is_err() {
+                    let _ = trapped.send(());
+                }
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `call`, failed once it runs past `limit` (the host's), or else past
+/// `timeout` (the call's own) plus [`CALL_MARGIN`]. The guest's task is not
+/// stopped by this (wasmtime 48 cancels none): the instance is replaced.
+async fn timed<T>(
+    limit: Option<Duration>,
+    timeout: Duration,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let limit = limit.unwrap_or(timeout + CALL_MARGIN);
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::format_err!(
+            "the credential's call ran past its limit of {} ms and was stopped",
+            limit.as_millis()
+        )),
+    }
+}
+
+fn no_options() -> TokenRequestOptions {
+    TokenRequestOptions {
+        claims: None,
+        tenant_id: None,
+        enable_cae: false,
+    }
+}

@@ -1,0 +1,193 @@
+//! What only the WASI 0.3 build does: many calls at once in one instance
+//! ([`vd_cred_host::shared::SharedCredential`]). The broker holds its
+//! answer until the test lets it go, so every verdict follows from what was
+//! waiting when, never from how fast the machine is.
+
+use std::time::Duration;
+
+use host_test::Reply;
+use vd_cred_broker::CredentialError;
+use vd_cred_host::Host;
+use vd_cred_host::shared::SharedCredential;
+
+use crate::{Fixture, GUEST_DIR, GUEST_FILE, VAULT, options};
+
+const STORAGE: &str = "https://storage.azure.com/.default";
+
+/// The fixture's sandbox, as one shared instance of the 0.3 build.
+async fn shared(f: &Fixture) -> SharedCredential {
+    Host::shared_p3()
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
+        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
+        .bearer_dir(f.dir.path(), GUEST_DIR)
+        .broker_url(f.broker.url())
+        .clock(f.clock.clone())
+        .build_shared()
+        .await
+        .unwrap()
+}
+
+/// Wait until `ready` holds; a condition on what happened, with a bound
+/// only against hanging forever.
+async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..60_000 {
+        if ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_audience_share_one_mint() {
+    let f = Fixture::new();
+    f.broker.set_default(Reply::Named {
+        delay: Duration::ZERO,
+    });
+    let shared = shared(&f).await;
+    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let held = f.broker.hold(1);
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.get_token(&credential, &[VAULT]).await })
+        })
+        .collect();
+    until("50 calls in the instance, one at the broker", || {
+        shared.calls_in_progress() == 50 && f.broker.request_count() == 1
+    })
+    .await;
+    held.release();
+    for call in calls {
+        let token = call.await.unwrap().unwrap().unwrap();
+        assert_eq!(token.token, "mock-vault-1");
+    }
+    let requests = f.broker.requests();
+    assert_eq!(requests.len(), 1, "one mint for 50 callers");
+    assert_eq!(requests[0].body, br#"{"audience":"vault"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_mint_that_fails_fails_each_caller_once() {
+    let f = Fixture::new();
+    f.broker
+        .set_default(Reply::json(403, r#"{"detail":"intent revoked"}"#));
+    let shared = shared(&f).await;
+    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let held = f.broker.hold(1);
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.get_token(&credential, &[VAULT]).await })
+        })
+        .collect();
+    until("20 calls in the instance, one at the broker", || {
+        shared.calls_in_progress() == 20 && f.broker.request_count() == 1
+    })
+    .await;
+    held.release();
+    for call in calls {
+        match call.await.unwrap().unwrap() {
+            Err(CredentialError::BrokerRejected { status: 403, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(f.broker.request_count(), 1, "one request for 20 callers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_call_is_not_held_up_by_another_audiences_mint() {
+    let f = Fixture::new();
+    f.broker.set_default(Reply::Named {
+        delay: Duration::ZERO,
+    });
+    let shared = shared(&f).await;
+    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let vault = shared.get_token(&credential, &[VAULT]).await.unwrap();
+    assert_eq!(vault.unwrap().token, "mock-vault-1");
+    // The storage mint waits at the broker until released; the cached vault
+    // token comes back meanwhile (were calls taken in turn, this would wait
+    // forever).
+    let held = f.broker.hold(2);
+    let storage = {
+        let shared = shared.clone();
+        tokio::spawn(async move { shared.get_token(&credential, &[STORAGE]).await })
+    };
+    until("the storage mint at the broker", || {
+        f.broker.request_count() == 2
+    })
+    .await;
+    for _ in 0..10 {
+        let token = shared.get_token(&credential, &[VAULT]).await.unwrap();
+        assert_eq!(token.unwrap().token, "mock-vault-1");
+    }
+    assert!(!storage.is_finished());
+    held.release();
+    let storage = storage.await.unwrap().unwrap().unwrap();
+    assert_eq!(storage.token, "mock-storage-2");
+    assert_eq!(f.broker.request_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_free_functions_and_other_credentials_do_not_share_a_cache() {
+    // Each credential (and each free call, which opens its own) keeps its
+    // own cache: sharing is per credential, as in the 0.2 build.
+    let f = Fixture::new();
+    f.broker.set_default(Reply::Named {
+        delay: Duration::ZERO,
+    });
+    let shared = shared(&f).await;
+    let one = shared.open(&options()).await.unwrap().unwrap();
+    let two = shared.open(&options()).await.unwrap().unwrap();
+    let a = shared.get_token(&one, &[VAULT]).await.unwrap().unwrap();
+    let b = shared.get_token(&two, &[VAULT]).await.unwrap().unwrap();
+    let no_options = vd_cred_host::TokenRequestOptions {
+        claims: None,
+        tenant_id: None,
+        enable_cae: false,
+    };
+    let c = shared
+        .free_get_token_info(&[VAULT], &no_options)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        [a.token, b.token, c.token],
+        ["mock-vault-1", "mock-vault-2", "mock-vault-3"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_instance_keeps_the_sandbox() {
+    // Denied egress and the bearer's directory hold for the shared instance
+    // as for a sandbox: a broker URL the policy does not allow is refused.
+    let f = Fixture::new();
+    let shared = shared(&f).await;
+    let mut elsewhere = options();
+    elsewhere.broker_url = Some("http://127.0.0.1:9/api".into());
+    let credential = shared.open(&elsewhere).await.unwrap().unwrap();
+    let err = shared
+        .get_token(&credential, &[VAULT])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, CredentialError::BrokerUnreachable(m) if m.contains("refused")),
+        "{err}"
+    );
+    assert_eq!(f.broker.request_count(), 0);
+    let mut outside = options();
+    outside.credential_file = Some("/etc/passwd".into());
+    let credential = shared.open(&outside).await.unwrap().unwrap();
+    let err = shared
+        .get_token(&credential, &[VAULT])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, CredentialError::BearerUnavailable(_)),
+        "{err}"
+    );
+}
