@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backend;
 mod client;
 pub mod egress;
 mod error;

@@ -38,10 +38,12 @@ use anyhow::Result;
 use slab::Slab;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
-use wasmtime::component::{HasSelf, Linker, Resource, ResourceAny};
+use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::HostMonotonicClock;
 
+use crate::backend::{Backend, Opened};
 use crate::sandbox::{Sandbox, default_options};
+use crate::shared::SharedCredential;
 
 /// Host bindings for the `credential-user` world: the import side of
 /// `token-credential`, whose `credential` resource is a [`LinkedHandle`].
@@ -220,11 +222,11 @@ pub struct ErrorEvent<'a> {
 type AuditHook = Arc<dyn Fn(&TokenEvent<'_>) + Send + Sync>;
 type ErrorHook = Arc<dyn Fn(&ErrorEvent<'_>) + Send + Sync>;
 
-/// One `credential` the agent opened: its options, and the resource in the
-/// credential's store (opened again after the instance was replaced).
+/// One `credential` the agent opened: its options, and the credential in
+/// the backend (opened again after the instance was replaced).
 struct Handle {
     options: crate::CredentialOptions,
-    resource: Option<(u64, ResourceAny)>,
+    resource: Option<(u64, Opened)>,
 }
 
 /// A token bucket of mints for one audience.
@@ -251,7 +253,11 @@ pub struct LinkedCredential {
 
 /// What a [`LinkedCredential`] shares between its handles.
 struct Linked {
-    sandbox: Sandbox,
+    credential: Backend,
+    /// With a shared instance: the last token handed to the agent per
+    /// audience, served while fresh when the agent is over its mint budget
+    /// (a shared instance's requests cannot be held back for one agent).
+    last: HashMap<String, crate::AccessTokenInfo>,
     policy: Arc<AgentPolicy>,
     audiences: AudienceMap,
     handles: Slab<Handle>,
@@ -301,10 +307,29 @@ const MINUTE_NS: f64 = 60e9;
 impl LinkedCredential {
     /// Forward an agent's calls to the credential in `sandbox`, under `policy`.
     pub fn new(sandbox: Sandbox, policy: AgentPolicy) -> Self {
+        Self::with(Backend::Own(sandbox), policy)
+    }
+
+    /// Forward an agent's calls to `shared`, one instance of the WASI 0.3
+    /// build that many agents share (one per bearer), under `policy`: the
+    /// policy, limits, budget and audit stay the agent's own and are checked
+    /// here before a call is forwarded; calls of different agents run
+    /// concurrently, and agents opening a credential with the same options
+    /// share it (its cache, and its mints: a thousand agents asking at once
+    /// cause one). A token is reported [`TokenSource::Minted`] to the first
+    /// agent handed it, [`TokenSource::Cached`] to the rest, and only that
+    /// agent's budget is spent. Over budget, an agent is served the last
+    /// token it was handed while that is fresh, else refused (429).
+    pub fn shared(shared: SharedCredential, policy: AgentPolicy) -> Self {
+        Self::with(Backend::Shared(shared), policy)
+    }
+
+    fn with(credential: Backend, policy: AgentPolicy) -> Self {
         let policy = Arc::new(policy);
-        let broker_urls = sandbox.broker_urls().into();
+        let broker_urls = credential.broker_urls().into();
         let linked = Linked {
-            sandbox,
+            credential,
+            last: HashMap::new(),
             policy: policy.clone(),
             audiences: AudienceMap::default(),
             handles: Slab::new(),
@@ -361,10 +386,15 @@ impl LinkedCredential {
     }
 
     /// The credential's sandbox (its output, its denied requests), once no
-    /// call is in progress. Do not hold the guard across a call into the
-    /// agent: the agent's token calls wait for it.
-    pub async fn sandbox(&self) -> MappedMutexGuard<'_, Sandbox> {
-        MutexGuard::map(self.linked.lock().await, |l| &mut l.sandbox)
+    /// call is in progress; `None` for a shared instance
+    /// ([`LinkedCredential::shared`]). Do not hold the guard across a call
+    /// into the agent: the agent's token calls wait for it.
+    pub async fn sandbox(&self) -> Option<MappedMutexGuard<'_, Sandbox>> {
+        MutexGuard::try_map(self.linked.lock().await, |l| match &mut l.credential {
+            Backend::Own(sandbox) => Some(sandbox),
+            Backend::Shared(_) => None,
+        })
+        .ok()
     }
 
     /// How many credentials the agent has open.
@@ -513,7 +543,7 @@ impl Linked {
                 error: &error.to_string(),
             });
         }
-        self.sandbox.withheld().error(error)
+        self.credential.withheld().error(error)
     }
 
     /// A trap in the credential's store (it is replaced on the next call):
@@ -537,11 +567,11 @@ impl Linked {
 
     /// The agent's credential `key` in the current instance, opened again
     /// if the instance was replaced since.
-    async fn resource(&mut self, key: u32) -> Result<ResourceAny, Fault> {
-        if let Err(trap) = self.sandbox.renew().await {
+    async fn resource(&mut self, key: u32) -> Result<Opened, Fault> {
+        if let Err(trap) = self.credential.renew().await {
             return Err(Fault::Trapped(None, trap));
         }
-        let generation = self.sandbox.generation();
+        let generation = self.credential.generation();
         let handle = self
             .handles
             .get(key as usize)
@@ -552,7 +582,7 @@ impl Linked {
             return Ok(resource);
         }
         let options = handle.options.clone();
-        let opened = self.open_in_sandbox(&options).await?;
+        let opened = self.open_in_sandbox(&options, false).await?;
         if let Some(handle) = self.handles.get_mut(key as usize) {
             handle.resource = Some(opened);
         }
@@ -562,15 +592,11 @@ impl Linked {
     /// The host's own credential for injecting `audience`'s tokens in the
     /// current instance: opened on first use, again after the instance was
     /// replaced, and anew (its cache dropped with the old one) when `fresh`.
-    async fn injector_resource(
-        &mut self,
-        audience: &str,
-        fresh: bool,
-    ) -> Result<ResourceAny, Fault> {
-        if let Err(trap) = self.sandbox.renew().await {
+    async fn injector_resource(&mut self, audience: &str, fresh: bool) -> Result<Opened, Fault> {
+        if let Err(trap) = self.credential.renew().await {
             return Err(Fault::Trapped(None, trap));
         }
-        let generation = self.sandbox.generation();
+        let generation = self.credential.generation();
         let current = self
             .injectors
             .get(audience)
@@ -581,15 +607,15 @@ impl Linked {
             (Some((_, resource)), true) => {
                 self.injectors.remove(audience);
                 // A trap here replaces the instance; the open below renews it.
-                let _ = self.sandbox.drop_credential(resource).await;
-                if let Err(trap) = self.sandbox.renew().await {
+                let _ = self.credential.drop_credential(resource).await;
+                if let Err(trap) = self.credential.renew().await {
                     return Err(Fault::Trapped(None, trap));
                 }
             }
             (None, _) => {}
         }
         let options = default_options();
-        let opened = self.open_in_sandbox(&options).await?;
+        let opened = self.open_in_sandbox(&options, fresh).await?;
         let handle = Handle {
             options,
             resource: Some(opened),
@@ -599,14 +625,16 @@ impl Linked {
         Ok(opened.1)
     }
 
-    /// `open` in the credential's sandbox: the resource, and the instance
+    /// `open` in the credential's backend (`fresh`: a credential of its own
+    /// even in a shared instance): the credential, and the instance
     /// generation it belongs to.
     async fn open_in_sandbox(
         &mut self,
         options: &crate::CredentialOptions,
-    ) -> Result<(u64, ResourceAny), Fault> {
-        match self.sandbox.open(options).await {
-            Ok(Ok(resource)) => Ok((self.sandbox.generation(), resource)),
+        fresh: bool,
+    ) -> Result<(u64, Opened), Fault> {
+        match self.credential.open(options, fresh).await {
+            Ok(Ok(resource)) => Ok((self.credential.generation(), resource)),
             Ok(Err(e)) => Err(Fault::Refused(None, e)),
             Err(trap) => Err(Fault::Trapped(None, trap)),
         }
@@ -698,20 +726,21 @@ impl Linked {
             ),
         };
         let over_budget = !self.may_mint(&audience);
-        let traffic = self.sandbox.traffic();
+        if let Backend::Shared(shared) = &self.credential {
+            return self
+                .shared_token(shared.clone(), caller, resource, scopes, options, audience)
+                .await;
+        }
+        let traffic = self.credential.traffic();
         traffic.hold(over_budget);
         let (sent, held_back) = (traffic.sent(), traffic.held_back());
         let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-        let result = match resource {
-            Some(resource) => {
-                self.sandbox
-                    .credential_get_token_info(resource, &scopes, options)
-                    .await
-            }
-            None => self.sandbox.get_token_info(&scopes, options).await,
-        };
+        let result = self
+            .credential
+            .get_token_info(resource, &scopes, options)
+            .await;
         // The sandbox keeps its traffic across the instances it replaces.
-        let traffic = self.sandbox.traffic();
+        let traffic = self.credential.traffic();
         let requests = traffic.sent() - sent;
         let reached_broker = requests > 0;
         let was_held = traffic.held_back() > held_back;
@@ -732,6 +761,59 @@ impl Linked {
         {
             injector.last = Some(info.token.clone());
         }
+        Ok((info, source, audience))
+    }
+
+    /// [`Linked::token`] through a shared instance: an agent over its budget
+    /// gets the last token it was handed while that is fresh, else a 429;
+    /// the first agent handed a new token is charged for its mint.
+    async fn shared_token(
+        &mut self,
+        shared: SharedCredential,
+        caller: Caller,
+        resource: Option<Opened>,
+        scopes: Vec<String>,
+        options: &crate::TokenRequestOptions,
+        audience: String,
+    ) -> Result<(crate::AccessTokenInfo, TokenSource, String), Fault> {
+        if !self.may_mint(&audience) {
+            let now = shared.now_unix();
+            let fresh = self.last.get(&audience).filter(|info| {
+                now < info
+                    .expires_on
+                    .saturating_sub(vd_cred_broker::cache::EXPIRY_MARGIN_SECS)
+                    && info.refresh_on.is_none_or(|r| now < r)
+            });
+            return match fresh {
+                Some(info) => Ok((info.clone(), TokenSource::Cached, audience)),
+                None => Err(self.over_budget(audience)),
+            };
+        }
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        let result = self
+            .credential
+            .get_token_info(resource, &scopes, options)
+            .await;
+        let result = result.map_err(|trap| Fault::Trapped(Some(audience.clone()), trap))?;
+        let info = result.map_err(|e| Fault::Refused(Some(audience.clone()), e))?;
+        // A free call opens a credential of its own, which mints.
+        let minted = match resource {
+            Some(Opened::Shared(handle)) => shared.first_sight(&handle, &audience, &info.token),
+            _ => true,
+        };
+        let source = match minted {
+            true => {
+                self.spend(&audience, 1);
+                TokenSource::Minted
+            }
+            false => TokenSource::Cached,
+        };
+        if let Caller::Injector { .. } = caller
+            && let Some(injector) = self.injectors.get_mut(&audience)
+        {
+            injector.last = Some(info.token.clone());
+        }
+        self.last.insert(audience.clone(), info.clone());
         Ok((info, source, audience))
     }
 
@@ -767,7 +849,7 @@ impl Linked {
             ));
         }
         let options = agent_options(options, &limits).map_err(|e| Fault::Refused(None, e))?;
-        let opened = self.open_in_sandbox(&options).await?;
+        let opened = self.open_in_sandbox(&options, false).await?;
         let key = self.handles.insert(Handle {
             options,
             resource: Some(opened),
@@ -909,14 +991,14 @@ impl wit::HostCredential for LinkedCredential {
         let key = handle.rep() as usize;
         let linked = &mut *self.linked.lock().await;
         // A credential of an instance that trapped is gone with it.
-        let renewed = linked.sandbox.renew().await.is_ok();
+        let renewed = linked.credential.renew().await.is_ok();
         if let Some(handle) = linked.handles.try_remove(key)
             && let Some((generation, resource)) = handle.resource
             && renewed
-            && generation == linked.sandbox.generation()
+            && generation == linked.credential.generation()
         {
             // A trap here replaces the instance; the agent's drop succeeds.
-            let _ = linked.sandbox.drop_credential(resource).await;
+            let _ = linked.credential.drop_credential(resource).await;
         }
         Ok(())
     }

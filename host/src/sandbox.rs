@@ -291,6 +291,14 @@ impl Recipe {
         self.records.traffic.clone()
     }
 
+    /// The sandbox's wall clock, in Unix seconds (the test's when set).
+    pub(crate) fn clock(&self) -> Arc<dyn HostWallClock + Sync> {
+        match &self.plan.clock {
+            Some(clock) => clock.clone(),
+            None => Arc::new(RealClock),
+        }
+    }
+
     /// What messages to an agent withhold.
     pub(crate) fn withheld(&self) -> Withheld {
         Withheld::new(
@@ -685,6 +693,21 @@ async fn within<T>(deadline: Instant, future: impl Future<Output = T>) -> Result
         timer.as_mut().poll(cx).map(|()| Err(()))
     })
     .await
+}
+
+/// The real wall clock.
+struct RealClock;
+
+impl HostWallClock for RealClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
 }
 
 /// A shared wall clock, as wasmtime-wasi takes one.

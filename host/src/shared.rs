@@ -29,13 +29,16 @@
 //! # let _ = calls.count(); Ok(()) }
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
 use tokio::sync::{mpsc, oneshot};
+use vd_cred_broker::cache::BearerDigest;
 use wasmtime::component::{Accessor, AccessorTask, ResourceAny};
+use wasmtime_wasi::HostWallClock;
 
 use crate::p3::Calls;
 use crate::policy::Traffic;
@@ -77,6 +80,12 @@ struct Inner {
     traffic: Arc<Traffic>,
     withheld: Withheld,
     broker_urls: Vec<String>,
+    clock: Arc<dyn HostWallClock + Sync>,
+    /// Credentials opened for [`SharedCredential::open_shared`], by options.
+    opened: tokio::sync::Mutex<Vec<(String, SharedHandle)>>,
+    /// The last token seen per credential and audience (a digest), to tell
+    /// the first caller handed a newly minted token from the rest.
+    seen: Mutex<HashMap<String, BearerDigest>>,
 }
 
 /// What the driver task runs: one call, and where its answer goes.
@@ -119,6 +128,9 @@ impl SharedCredential {
             traffic: recipe.traffic(),
             withheld: recipe.withheld(),
             broker_urls: recipe.broker_urls(),
+            clock: recipe.clock(),
+            opened: Default::default(),
+            seen: Default::default(),
         };
         tokio::spawn(drive(recipe, first, queue, generation, call_limit));
         Ok(SharedCredential {
@@ -151,6 +163,45 @@ impl SharedCredential {
     ) -> Result<Result<SharedHandle, CoreError>> {
         let options = options.clone();
         self.send(|reply| Job::Open { options, reply }).await
+    }
+
+    /// The credential opened with `options` for everyone who asks with the
+    /// same options: opened on first use (and again after the instance was
+    /// replaced), then shared, with its cache and its mints.
+    pub async fn open_shared(
+        &self,
+        options: &CredentialOptions,
+    ) -> Result<Result<SharedHandle, CoreError>> {
+        let key = format!("{options:?}");
+        let mut opened = self.inner.opened.lock().await;
+        let generation = self.generation();
+        if let Some((_, handle)) = opened.iter().find(|(k, _)| *k == key)
+            && handle.generation == generation
+        {
+            return Ok(Ok(*handle));
+        }
+        let handle = match self.open(options).await? {
+            Ok(handle) => handle,
+            Err(e) => return Ok(Err(e)),
+        };
+        opened.retain(|(k, _)| *k != key);
+        opened.push((key, handle));
+        Ok(Ok(handle))
+    }
+
+    /// Whether `token` for `audience` from `handle` is one no caller was
+    /// handed before (it was minted for this call or for the calls sharing
+    /// its mint, of which this is the first to report).
+    pub fn first_sight(&self, handle: &SharedHandle, audience: &str, token: &str) -> bool {
+        let key = format!("{}/{:?}/{audience}", handle.generation, handle.resource);
+        let digest = BearerDigest::of(&vd_cred_broker::Secret::new(token.to_string()));
+        let mut seen = self.inner.seen.lock().unwrap();
+        seen.insert(key, digest) != Some(digest)
+    }
+
+    /// The instance's wall clock, in Unix seconds.
+    pub fn now_unix(&self) -> u64 {
+        self.inner.clock.now().as_secs()
     }
 
     /// `credential.get-token(scopes)` on `handle`, alongside any other calls.

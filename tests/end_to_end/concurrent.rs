@@ -191,3 +191,160 @@ async fn the_shared_instance_keeps_the_sandbox() {
         "{err}"
     );
 }
+
+/// The linked route over one shared instance: agents of one bearer, each
+/// with its own policy, budget and audit.
+mod linked {
+    use std::sync::{Arc, Mutex};
+
+    use host_test::agent::AgentBuilder;
+    use host_test::agent::test_agent::{self, CredentialError as W, TestAgent};
+    use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
+
+    use super::*;
+    use crate::linked::agent_pre;
+
+    type Events = Arc<Mutex<Vec<(String, TokenSource)>>>;
+
+    async fn agent(
+        f: &Fixture,
+        shared: &SharedCredential,
+        policy: AgentPolicy,
+        events: &Events,
+    ) -> TestAgent {
+        let seen = events.clone();
+        let linked = LinkedCredential::shared(shared.clone(), policy).on_token(move |e| {
+            seen.lock()
+                .unwrap()
+                .push((e.agent_id.to_string(), e.source))
+        });
+        let builder = AgentBuilder::default().credential_broker(f.broker.url());
+        TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_agents_one_instance_one_mint() {
+        let f = Fixture::new();
+        f.broker.set_default(Reply::Named {
+            delay: Duration::ZERO,
+        });
+        let shared = shared(&f).await;
+        let events = Events::default();
+        let mut agents = Vec::new();
+        for i in 0..20 {
+            let policy = AgentPolicy::new(format!("agent-{i}")).allow(["vault"]);
+            agents.push(agent(&f, &shared, policy, &events).await);
+        }
+        let held = f.broker.hold(1);
+        let calls: Vec<_> = agents
+            .into_iter()
+            .map(|mut a| {
+                tokio::spawn(async move {
+                    let token = a.token(&test_agent::no_options(), &[VAULT], 1).await;
+                    (a, token)
+                })
+            })
+            .collect();
+        until(
+            "20 agents' calls in the instance, one at the broker",
+            || shared.calls_in_progress() == 20 && f.broker.request_count() == 1,
+        )
+        .await;
+        held.release();
+        for call in calls {
+            let (_, token) = call.await.unwrap();
+            assert_eq!(token.unwrap().unwrap().token, "mock-vault-1");
+        }
+        assert_eq!(f.broker.request_count(), 1, "one mint for 20 agents");
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 20);
+        let minted = events
+            .iter()
+            .filter(|(_, s)| *s == TokenSource::Minted)
+            .count();
+        assert_eq!(minted, 1, "one agent is told it minted: {events:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_agent_keeps_its_policy_and_budget() {
+        let f = Fixture::new();
+        f.broker.set_default(Reply::Named {
+            delay: Duration::ZERO,
+        });
+        let shared = shared(&f).await;
+        let events = Events::default();
+        let one_mint = AgentLimits {
+            mints_per_minute: 1,
+            ..AgentLimits::default()
+        };
+        let policy = AgentPolicy::new("vault-only").allow(["vault", "storage"]);
+        let mut frugal = agent(&f, &shared, policy.limits(one_mint), &events).await;
+        let policy = AgentPolicy::new("storage-only").allow(["storage"]);
+        let mut other = agent(&f, &shared, policy, &events).await;
+        // Policy: refused by the host, nothing sent.
+        let err = other
+            .token(&test_agent::no_options(), &[VAULT], 1)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, W::ScopeNotAllowed(_)), "{err:?}");
+        assert_eq!(f.broker.request_count(), 0);
+        // An agent may not widen the shared credential's settings.
+        let mut wider = test_agent::no_options();
+        wider.broker_url = Some("http://127.0.0.1:9/".into());
+        let err = other
+            .token(&wider, &[STORAGE], 1)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, W::Configuration(_)), "{err:?}");
+        // Budget: one mint a minute per audience. The first vault token
+        // spends it; the same token is served again from the agent's last.
+        let t = frugal.token(&test_agent::no_options(), &[VAULT], 1).await;
+        assert_eq!(t.unwrap().unwrap().token, "mock-vault-1");
+        let t = frugal.token(&test_agent::no_options(), &[VAULT], 2).await;
+        assert_eq!(t.unwrap().unwrap().token, "mock-vault-1");
+        // Another agent's storage mint, which a third agent is then served
+        // from the shared credential's cache.
+        let t = other.token(&test_agent::no_options(), &[STORAGE], 1).await;
+        assert_eq!(t.unwrap().unwrap().token, "mock-storage-2");
+        let policy = AgentPolicy::new("late").allow(["storage"]);
+        let mut late = agent(&f, &shared, policy, &events).await;
+        let t = late.token(&test_agent::no_options(), &[STORAGE], 1).await;
+        assert_eq!(t.unwrap().unwrap().token, "mock-storage-2");
+        assert_eq!(f.broker.request_count(), 2);
+        // An hour on (the sandbox's clock): the vault token has expired.
+        // The frugal agent, its budget spent (the budget's clock is the real
+        // one), is refused; another agent mints.
+        f.clock.advance(Duration::from_secs(3600));
+        let err = frugal
+            .token(&test_agent::no_options(), &[VAULT], 1)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&err, W::BrokerFailed(b) if b.status == 429),
+            "{err:?}"
+        );
+        assert_eq!(f.broker.request_count(), 2);
+        let policy = AgentPolicy::new("fresh").allow(["vault"]);
+        let mut fresh = agent(&f, &shared, policy, &events).await;
+        let t = fresh.token(&test_agent::no_options(), &[VAULT], 1).await;
+        assert_eq!(t.unwrap().unwrap().token, "mock-vault-3");
+        assert_eq!(f.broker.request_count(), 3);
+        let sources: Vec<(String, TokenSource)> = events.lock().unwrap().clone();
+        assert_eq!(
+            sources,
+            [
+                ("vault-only".into(), TokenSource::Minted),
+                ("vault-only".into(), TokenSource::Cached),
+                ("vault-only".into(), TokenSource::Cached),
+                ("storage-only".into(), TokenSource::Minted),
+                ("late".into(), TokenSource::Cached),
+                ("fresh".into(), TokenSource::Minted),
+            ]
+        );
+    }
+}

@@ -133,7 +133,7 @@ async fn too_many_or_too_long_scopes_are_refused_before_anything_is_sent() {
     assert_eq!(f.broker.request_count(), 0);
     assert!(a.token(&options(), &[VAULT], 1).await.unwrap().is_ok());
     assert_eq!(
-        a.store.data().linked.sandbox().await.generation(),
+        a.store.data().linked.sandbox().await.unwrap().generation(),
         0,
         "nothing trapped"
     );
@@ -330,7 +330,10 @@ async fn a_trapping_credential_is_a_typed_error_and_is_replaced() {
         (1, 1),
         "the second call, in a fresh instance, minted"
     );
-    assert_eq!(a.store.data().linked.sandbox().await.generation(), 1);
+    assert_eq!(
+        a.store.data().linked.sandbox().await.unwrap().generation(),
+        1
+    );
     assert_eq!(errors.lock().unwrap().len(), 1);
     assert_eq!(f.broker.request_count(), 2);
 
@@ -340,7 +343,10 @@ async fn a_trapping_credential_is_a_typed_error_and_is_replaced() {
     let (_, failed, _) = a.mint_loop(&options(), &[VAULT], 1, false).await.unwrap();
     assert_eq!(failed, 1);
     assert!(a.token(&options(), &[VAULT], 1).await.unwrap().is_ok());
-    assert_eq!(a.store.data().linked.sandbox().await.generation(), 2);
+    assert_eq!(
+        a.store.data().linked.sandbox().await.unwrap().generation(),
+        2
+    );
 }
 
 /// An answer of almost 1 MiB (under the component's cap).

@@ -824,7 +824,10 @@ async fn a_credential_that_traps_while_injecting_is_replaced_for_the_next_reques
     );
     // The next request: a fresh instance, the host's credential opened in it.
     assert_eq!(get(&mut a).await.status, 200);
-    assert_eq!(a.store.data().linked.sandbox().await.generation(), 1);
+    assert_eq!(
+        a.store.data().linked.sandbox().await.unwrap().generation(),
+        1
+    );
     let outcomes: Vec<InjectOutcome> = az.events().iter().map(|e| e.outcome).collect();
     assert_eq!(outcomes, [InjectOutcome::NoToken, InjectOutcome::Sent]);
 }

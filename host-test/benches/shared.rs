@@ -1,0 +1,441 @@
+//! `cargo bench -p host-test --bench shared`: the fleet benchmark (see
+//! `fleet.rs`) with the WASI 0.3 build's one shared instance beside the WASI
+//! 0.2 build's one instance per agent. Every agent holds the same bearer
+//! (one intent session: the case sharing is for) and asks for the same
+//! audience at once. For 1, 100 and 1,000 agents, against the fast loopback
+//! broker with 0 ms and 20 ms of added latency:
+//!
+//! - 0.2, an instance per agent: N sandboxes, each with a credential opened;
+//!   all N call `get-token` at once;
+//! - 0.3, one shared instance: one instance, one credential opened in it, and
+//!   N agents (tasks, each with a clone of the [`SharedCredential`] and the
+//!   handle); all N call `get-token` at once.
+//!
+//! The first wave's wall time, p50 / p99 per call (from the common release),
+//! the mints the broker saw; then a second wave, every token cached. Memory
+//! per agent is the host's RSS growth from before the configuration was
+//! built to after both waves, over N (and its anonymous part alone); for the
+//! shared instance, also the instance's own fixed cost (built, credential
+//! opened, no agent yet) and the per-agent part without it. The engines and
+//! compiled components are loaded, and one call of each build made, before
+//! any baseline: no row counts them. Prints a Markdown table; asserts nothing
+//! about time.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use host_test::fast_broker::FastBroker;
+use host_test::{rss_anon_kib, rss_kib};
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+use vd_cred_host::shared::{SharedCredential, SharedHandle};
+use vd_cred_host::{
+    Build, COMPONENT_P3_WASM, COMPONENT_WASM, Host, HostOptions, Sandbox, default_options,
+};
+use wasmtime::component::ResourceAny;
+
+const VAULT: &str = "https://vault.azure.net/.default";
+const SIZES: [usize; 3] = [1, 100, 1000];
+const LATENCIES: [Duration; 2] = [Duration::ZERO, Duration::from_millis(20)];
+const GUEST_DIR: &str = "/run/vd";
+const GUEST_FILE: &str = "/run/vd/credential";
+/// The one bearer every agent holds.
+const BEARER: &str = "vd_iat_shared_intent_session\n";
+
+struct Wave {
+    wall: Duration,
+    times: Vec<Duration>,
+}
+
+impl Wave {
+    fn at(&self, q: f64) -> Duration {
+        let mut t = self.times.clone();
+        t.sort();
+        t[((t.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
+fn show(d: Duration) -> String {
+    match d.as_micros() {
+        n if n >= 10_000 => format!("{:.1} ms", n as f64 / 1e3),
+        n => format!("{:.2} ms", n as f64 / 1e3),
+    }
+}
+
+/// RSS and its anonymous part, KiB.
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: i64,
+    anon: i64,
+}
+
+fn memory() -> Memory {
+    Memory {
+        rss: rss_kib().unwrap_or(0) as i64,
+        anon: rss_anon_kib().unwrap_or(0) as i64,
+    }
+}
+
+impl std::ops::Sub for Memory {
+    type Output = Memory;
+    fn sub(self, base: Memory) -> Memory {
+        Memory {
+            rss: self.rss - base.rss,
+            anon: self.anon - base.anon,
+        }
+    }
+}
+
+/// Reset the process's peak RSS (`VmHWM`) to its current RSS (Linux's
+/// `clear_refs` 5); false where that is refused.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The process's peak RSS since the last [`reset_peak`], KiB.
+fn peak_kib() -> Option<i64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Give freed heap memory back to the system, so that a configuration's RSS
+/// growth is not hidden by memory a previous one left behind (as fleet.rs).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// An agent of the 0.2 build: an instance of its own.
+struct P2Agent {
+    sandbox: Sandbox,
+    credential: ResourceAny,
+}
+
+async fn p2_agent(host: &Host, url: &str, bearer: &std::path::Path) -> P2Agent {
+    let mut sandbox = host
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", url)
+        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
+        .bearer_dir(bearer, GUEST_DIR)
+        .broker_url(url)
+        .build()
+        .await
+        .unwrap();
+    let credential = sandbox.open(&default_options()).await.unwrap().unwrap();
+    P2Agent {
+        sandbox,
+        credential,
+    }
+}
+
+async fn p2_call(mut a: P2Agent) -> (P2Agent, String) {
+    let token = a
+        .sandbox
+        .credential_get_token(a.credential, &[VAULT])
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("a 0.2 agent's get-token failed: {e}"));
+    (a, token.token)
+}
+
+/// An agent of the 0.3 build: a clone of the one instance, and the one
+/// credential opened in it.
+#[derive(Clone)]
+struct P3Agent {
+    shared: SharedCredential,
+    handle: SharedHandle,
+}
+
+async fn p3_shared(host: &Host, url: &str, bearer: &std::path::Path) -> P3Agent {
+    let shared = host
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", url)
+        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
+        .bearer_dir(bearer, GUEST_DIR)
+        .broker_url(url)
+        .build_shared()
+        .await
+        .unwrap();
+    let handle = shared.open(&default_options()).await.unwrap().unwrap();
+    P3Agent { shared, handle }
+}
+
+async fn p3_call(a: P3Agent) -> (P3Agent, String) {
+    let token = a
+        .shared
+        .get_token(&a.handle, &[VAULT])
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("a 0.3 agent's get-token failed: {e}"));
+    (a, token.token)
+}
+
+/// Every agent makes its call at once (tasks released together); each
+/// call's time counts from the release. Checks each token is non-empty.
+async fn wave<A, F>(agents: Vec<A>, call: fn(A) -> F) -> (Vec<A>, Wave)
+where
+    A: Send + 'static,
+    F: Future<Output = (A, String)> + Send + 'static,
+{
+    let (go, ready) = watch::channel(false);
+    let tasks: Vec<_> = agents
+        .into_iter()
+        .map(|a| {
+            let mut ready = ready.clone();
+            tokio::spawn(async move {
+                ready.wait_for(|go| *go).await.unwrap();
+                let out = call(a).await;
+                (out, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await; // every task waiting
+    let released = Instant::now();
+    go.send(true).unwrap();
+    let mut agents = Vec::new();
+    let mut times = Vec::new();
+    let mut last = released;
+    for task in tasks {
+        let ((a, token), done) = task.await.unwrap();
+        assert!(!token.is_empty(), "every agent gets a token");
+        times.push(done - released);
+        last = last.max(done);
+        agents.push(a);
+    }
+    (
+        agents,
+        Wave {
+            wall: last - released,
+            times,
+        },
+    )
+}
+
+/// What one (build, N, latency) configuration measured.
+struct Row {
+    build: &'static str,
+    n: usize,
+    latency: Duration,
+    first: Wave,
+    mints: usize,
+    cached: Wave,
+    cached_mints: usize,
+    /// Growth from the baseline to after both waves, agents still alive.
+    growth: Memory,
+    /// The shared instance's own cost (before any agent), if any.
+    fixed: Option<Memory>,
+    /// Peak RSS over the baseline, if the peak could be reset.
+    peak: Option<i64>,
+}
+
+impl Row {
+    fn markdown(&self) -> String {
+        let n = self.n as f64;
+        let per = |total: i64, fixed: Option<i64>| match fixed {
+            None => format!("{:.1}", total as f64 / n),
+            Some(f) => format!(
+                "{:.1} (without the instance: {:.1})",
+                total as f64 / n,
+                (total - f) as f64 / n
+            ),
+        };
+        format!(
+            "| {} | {} | {} ms | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |",
+            self.build,
+            self.n,
+            self.latency.as_millis(),
+            show(self.first.wall),
+            show(self.first.at(0.5)),
+            show(self.first.at(0.99)),
+            self.mints,
+            self.cached_mints,
+            per(self.growth.rss, self.fixed.map(|f| f.rss)),
+            per(self.growth.anon, self.fixed.map(|f| f.anon)),
+            show(self.cached.wall),
+            show(self.cached.at(0.99)),
+            match self.fixed {
+                Some(f) => format!("{} / {}", f.rss, f.anon),
+                None => "-".into(),
+            },
+            match self.peak {
+                Some(p) => format!("{:.1}", p as f64 / n),
+                None => "n/a".into(),
+            },
+        )
+    }
+}
+
+/// Let tasks finishing in the background (a dropped shared instance's
+/// driver) end, then give freed memory back.
+fn settle(runtime: &Runtime) {
+    runtime.block_on(tokio::time::sleep(Duration::from_millis(200)));
+    trim_heap();
+}
+
+fn p2_row(
+    runtime: &Runtime,
+    host: &Host,
+    broker: &FastBroker,
+    bearer: &std::path::Path,
+    n: usize,
+    latency: Duration,
+) -> Row {
+    let url = broker.url();
+    settle(runtime);
+    let base = memory();
+    let peaked = reset_peak();
+    let agents = runtime.block_on(async {
+        let mut agents = Vec::with_capacity(n);
+        for _ in 0..n {
+            agents.push(p2_agent(host, &url, bearer).await);
+        }
+        agents
+    });
+    let before = broker.requests();
+    let (agents, first) = runtime.block_on(wave(agents, p2_call));
+    let mints = broker.requests() - before;
+    let (agents, cached) = runtime.block_on(wave(agents, p2_call));
+    let cached_mints = broker.requests() - before - mints;
+    let growth = memory() - base;
+    let peak = peak_kib().filter(|_| peaked).map(|p| p - base.rss);
+    drop(agents);
+    Row {
+        build: "0.2, an instance per agent",
+        n,
+        latency,
+        first,
+        mints,
+        cached,
+        cached_mints,
+        growth,
+        fixed: None,
+        peak,
+    }
+}
+
+fn p3_row(
+    runtime: &Runtime,
+    host: &Host,
+    broker: &FastBroker,
+    bearer: &std::path::Path,
+    n: usize,
+    latency: Duration,
+) -> Row {
+    let url = broker.url();
+    settle(runtime);
+    let base = memory();
+    let peaked = reset_peak();
+    let one = runtime.block_on(p3_shared(host, &url, bearer));
+    let fixed = memory() - base;
+    let agents: Vec<P3Agent> = (0..n).map(|_| one.clone()).collect();
+    let before = broker.requests();
+    let (agents, first) = runtime.block_on(wave(agents, p3_call));
+    let mints = broker.requests() - before;
+    let (agents, cached) = runtime.block_on(wave(agents, p3_call));
+    let cached_mints = broker.requests() - before - mints;
+    let growth = memory() - base;
+    let peak = peak_kib().filter(|_| peaked).map(|p| p - base.rss);
+    assert_eq!(one.shared.calls_in_progress(), 0, "every call answered");
+    assert_eq!(one.shared.generation(), 0, "no call trapped");
+    drop(agents);
+    drop(one); // the instance's task ends once every clone is gone
+    Row {
+        build: "0.3, one shared instance",
+        n,
+        latency,
+        first,
+        mints,
+        cached,
+        cached_mints,
+        growth,
+        fixed: Some(fixed),
+        peak,
+    }
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("machine: {cores} cores (nproc), {model}")
+}
+
+fn main() {
+    let started = Instant::now();
+    println!("{}", machine());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The 0.2 host as fleet.rs loads it (pooling for 1,000 instances); the
+    // 0.3 host for its one instance.
+    let p2 = Host::load_with(
+        COMPONENT_WASM,
+        HostOptions {
+            pooling: Some(1100),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let p3 = Host::load_with(COMPONENT_P3_WASM, HostOptions::default()).unwrap();
+    assert_eq!(p2.build(), Build::P2);
+    assert_eq!(p3.build(), Build::P3);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("credential"), BEARER).unwrap();
+    let bearer = dir.path();
+
+    // Warm up: one call of each build, so that no row pays for first use
+    // (code paged in, allocator and runtime pools grown).
+    {
+        let broker = FastBroker::start().unwrap();
+        let url = broker.url();
+        runtime.block_on(async {
+            let a = p2_agent(&p2, &url, bearer).await;
+            let (_a, token) = p2_call(a).await;
+            assert!(!token.is_empty());
+            let b = p3_shared(&p3, &url, bearer).await;
+            let (_b, token) = p3_call(b).await;
+            assert!(!token.is_empty());
+        });
+    }
+
+    let mut rows = vec![
+        "| build | agents | broker latency | first wave: wall | p50 | p99 | mints seen (first / cached wave) | RSS KiB/agent | anon KiB/agent | cached wave: wall | cached p99 | instance fixed cost, KiB (RSS / anon) | peak RSS KiB/agent |".to_string(),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |".to_string(),
+    ];
+    for latency in LATENCIES {
+        let broker = FastBroker::with_latency(latency).unwrap();
+        for n in SIZES {
+            let row = p2_row(&runtime, &p2, &broker, bearer, n, latency);
+            rows.push(row.markdown());
+            let row = p3_row(&runtime, &p3, &broker, bearer, n, latency);
+            rows.push(row.markdown());
+        }
+    }
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "RSS / anon KiB per agent: the host's growth from before the configuration was built to \
+         after both waves (agents alive), over the agents. For the shared instance the first \
+         figure includes the instance's own fixed cost (built, credential opened, before any \
+         agent: its column); the one in brackets is (growth - fixed cost) / agents, what each \
+         agent adds. Peak: the process's peak RSS (VmHWM, reset at the baseline) over the \
+         baseline, over the agents, fixed cost included. Engines and compiled components are \
+         loaded before every baseline and counted by no row."
+    );
+    println!("run took {:.1} s", started.elapsed().as_secs_f64());
+}

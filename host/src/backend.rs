@@ -1,0 +1,122 @@
+//! What a [`crate::linked::LinkedCredential`] forwards an agent's calls to:
+//! a credential instance of the agent's own (a [`Sandbox`], either build),
+//! or one instance of the WASI 0.3 build shared by every agent of a bearer
+//! (a [`SharedCredential`]).
+
+use anyhow::Result;
+use vd_cred_broker::CredentialError;
+use wasmtime::component::ResourceAny;
+
+use crate::policy::Traffic;
+use crate::sandbox::Sandbox;
+use crate::shared::{SharedCredential, SharedHandle};
+use crate::withheld::Withheld;
+use crate::{CredentialOptions, TokenInfoResult, TokenRequestOptions};
+
+/// The credential behind a linked agent.
+pub(crate) enum Backend {
+    /// An instance of the agent's own: its calls take turns.
+    Own(Sandbox),
+    /// One instance shared with other agents: calls run concurrently, and
+    /// agents opening a credential with the same options share it (its
+    /// cache, its mints).
+    Shared(SharedCredential),
+}
+
+/// A credential opened in the backend.
+#[derive(Clone, Copy)]
+pub(crate) enum Opened {
+    Own(ResourceAny),
+    Shared(SharedHandle),
+}
+
+impl Backend {
+    /// Replace the instance if the last call trapped (a shared instance
+    /// replaces itself).
+    pub(crate) async fn renew(&mut self) -> Result<()> {
+        match self {
+            Backend::Own(sandbox) => sandbox.renew().await,
+            Backend::Shared(_) => Ok(()),
+        }
+    }
+
+    /// How often the instance was replaced.
+    pub(crate) fn generation(&self) -> u64 {
+        match self {
+            Backend::Own(sandbox) => sandbox.generation(),
+            Backend::Shared(shared) => shared.generation(),
+        }
+    }
+
+    /// Open a credential: the agent's own, or for a shared instance the one
+    /// every agent with these options shares (`fresh`: a new one, with an
+    /// empty cache, replacing none).
+    pub(crate) async fn open(
+        &mut self,
+        options: &CredentialOptions,
+        fresh: bool,
+    ) -> Result<Result<Opened, CredentialError>> {
+        Ok(match self {
+            Backend::Own(sandbox) => sandbox.open(options).await?.map(Opened::Own),
+            Backend::Shared(shared) if fresh => shared.open(options).await?.map(Opened::Shared),
+            Backend::Shared(shared) => shared.open_shared(options).await?.map(Opened::Shared),
+        })
+    }
+
+    /// Drop an agent's credential (a shared one stays: others use it).
+    pub(crate) async fn drop_credential(&mut self, opened: Opened) -> Result<()> {
+        match (self, opened) {
+            (Backend::Own(sandbox), Opened::Own(resource)) => {
+                sandbox.drop_credential(resource).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `get-token-info` on `opened`, or the free function.
+    pub(crate) async fn get_token_info(
+        &mut self,
+        opened: Option<Opened>,
+        scopes: &[&str],
+        options: &TokenRequestOptions,
+    ) -> Result<TokenInfoResult> {
+        match (self, opened) {
+            (Backend::Own(sandbox), Some(Opened::Own(resource))) => {
+                sandbox
+                    .credential_get_token_info(resource, scopes, options)
+                    .await
+            }
+            (Backend::Own(sandbox), None) => sandbox.get_token_info(scopes, options).await,
+            (Backend::Shared(shared), Some(Opened::Shared(handle))) => {
+                shared.get_token_info(&handle, scopes, options).await
+            }
+            (Backend::Shared(shared), None) => shared.free_get_token_info(scopes, options).await,
+            _ => anyhow::bail!("a credential of one backend was used with another"),
+        }
+    }
+
+    /// The requests the policy let through, and its hold switch (the
+    /// instance's: shared by every agent of a shared instance).
+    pub(crate) fn traffic(&self) -> &Traffic {
+        match self {
+            Backend::Own(sandbox) => sandbox.traffic(),
+            Backend::Shared(shared) => shared.traffic(),
+        }
+    }
+
+    /// What messages to the agent withhold.
+    pub(crate) fn withheld(&self) -> &Withheld {
+        match self {
+            Backend::Own(sandbox) => sandbox.withheld(),
+            Backend::Shared(shared) => shared.withheld(),
+        }
+    }
+
+    /// The credential's broker URLs.
+    pub(crate) fn broker_urls(&self) -> Vec<String> {
+        match self {
+            Backend::Own(sandbox) => sandbox.broker_urls(),
+            Backend::Shared(shared) => shared.broker_urls().to_vec(),
+        }
+    }
+}
