@@ -16,7 +16,7 @@ use crate::{CredentialOptions, TokenInfoResult, TokenRequestOptions};
 /// The credential behind a linked agent.
 pub(crate) enum Backend {
     /// An instance of the agent's own: its calls take turns.
-    Own(Sandbox),
+    Own(Box<Sandbox>),
     /// One instance shared with other agents: calls run concurrently, and
     /// agents opening a credential with the same options share it (its
     /// cache, its mints).

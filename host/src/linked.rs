@@ -307,7 +307,7 @@ const MINUTE_NS: f64 = 60e9;
 impl LinkedCredential {
     /// Forward an agent's calls to the credential in `sandbox`, under `policy`.
     pub fn new(sandbox: Sandbox, policy: AgentPolicy) -> Self {
-        Self::with(Backend::Own(sandbox), policy)
+        Self::with(Backend::Own(Box::new(sandbox)), policy)
     }
 
     /// Forward an agent's calls to `shared`, one instance of the WASI 0.3
@@ -391,7 +391,7 @@ impl LinkedCredential {
     /// into the agent: the agent's token calls wait for it.
     pub async fn sandbox(&self) -> Option<MappedMutexGuard<'_, Sandbox>> {
         MutexGuard::try_map(self.linked.lock().await, |l| match &mut l.credential {
-            Backend::Own(sandbox) => Some(sandbox),
+            Backend::Own(sandbox) => Some(&mut **sandbox),
             Backend::Shared(_) => None,
         })
         .ok()
