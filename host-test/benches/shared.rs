@@ -274,7 +274,7 @@ impl Row {
 /// Let tasks finishing in the background (a dropped shared instance's
 /// driver) end, then give freed memory back.
 fn settle(runtime: &Runtime) {
-    runtime.block_on(tokio::time::sleep(Duration::from_millis(200)));
+    runtime.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
     trim_heap();
 }
 
