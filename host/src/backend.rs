@@ -59,8 +59,19 @@ impl Backend {
         Ok(match self {
             Backend::Own(sandbox) => sandbox.open(options).await?.map(Opened::Own),
             Backend::Shared(shared) if fresh => shared.open(options).await?.map(Opened::Shared),
-            Backend::Shared(shared) => shared.open_shared(options).await?.map(Opened::Shared),
+            Backend::Shared(shared) => {
+                let options = shared_options(options);
+                shared.open_shared(&options).await?.map(Opened::Shared)
+            }
         })
+    }
+
+    /// The instance generation `opened` belongs to.
+    pub(crate) fn generation_of(&self, opened: &Opened) -> u64 {
+        match opened {
+            Opened::Shared(handle) => handle.generation(),
+            Opened::Own(_) => self.generation(),
+        }
     }
 
     /// Drop an agent's credential (a shared one stays: others use it).
@@ -68,6 +79,10 @@ impl Backend {
         match (self, opened) {
             (Backend::Own(sandbox), Opened::Own(resource)) => {
                 sandbox.drop_credential(resource).await
+            }
+            (Backend::Shared(shared), Opened::Shared(handle)) => {
+                shared.drop_credential(handle);
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -118,5 +133,47 @@ impl Backend {
             Backend::Own(sandbox) => sandbox.broker_urls(),
             Backend::Shared(shared) => shared.broker_urls().to_vec(),
         }
+    }
+}
+
+/// The `timeout-ms` values agents' shared credentials are opened with, in
+/// ms: an agent's is rounded up to the next (past the last, to whole
+/// minutes). Agents with the same settings share a credential, so the
+/// settings they can ask for are kept few: an agent cannot fill the shared
+/// instance with credentials by asking for every timeout in turn.
+const SHARED_TIMEOUTS_MS: [u32; 7] = [1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 60_000];
+
+/// `options` as an agent's shared credential is opened with them.
+fn shared_options(options: &CredentialOptions) -> CredentialOptions {
+    let mut options = options.clone();
+    options.timeout_ms = options.timeout_ms.map(|ms| {
+        SHARED_TIMEOUTS_MS
+            .into_iter()
+            .find(|&bucket| ms <= bucket)
+            .unwrap_or_else(|| ms.div_ceil(60_000).saturating_mul(60_000))
+    });
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_timeouts_fall_into_few_buckets() {
+        let timeout = |ms| {
+            let mut options = crate::default_options();
+            options.timeout_ms = ms;
+            shared_options(&options).timeout_ms
+        };
+        assert_eq!(timeout(None), None);
+        assert_eq!(timeout(Some(1)), Some(1_000));
+        assert_eq!(timeout(Some(1_000)), Some(1_000));
+        assert_eq!(timeout(Some(1_001)), Some(2_000));
+        assert_eq!(timeout(Some(59_999)), Some(60_000));
+        assert_eq!(timeout(Some(60_001)), Some(120_000));
+        let distinct: std::collections::BTreeSet<_> =
+            (1..=120_000).map(|ms| timeout(Some(ms))).collect();
+        assert_eq!(distinct.len(), 8);
     }
 }

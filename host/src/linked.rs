@@ -634,7 +634,7 @@ impl Linked {
         fresh: bool,
     ) -> Result<(u64, Opened), Fault> {
         match self.credential.open(options, fresh).await {
-            Ok(Ok(resource)) => Ok((self.credential.generation(), resource)),
+            Ok(Ok(resource)) => Ok((self.credential.generation_of(&resource), resource)),
             Ok(Err(e)) => Err(Fault::Refused(None, e)),
             Err(trap) => Err(Fault::Trapped(None, trap)),
         }
@@ -795,7 +795,17 @@ impl Linked {
             .get_token_info(resource, &scopes, options)
             .await;
         let result = result.map_err(|trap| Fault::Trapped(Some(audience.clone()), trap))?;
-        let info = result.map_err(|e| Fault::Refused(Some(audience.clone()), e))?;
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                // The broker was asked (by this call, or by the call whose
+                // request it shared): that counts against the budget.
+                if reached_broker(&e) {
+                    self.spend(&audience, 1);
+                }
+                return Err(Fault::Refused(Some(audience), e));
+            }
+        };
         // A free call opens a credential of its own, which mints.
         let minted = match resource {
             Some(Opened::Shared(handle)) => shared.first_sight(&handle, &audience, &info.token),
@@ -878,6 +888,17 @@ impl Fault {
             other => other,
         }
     }
+}
+
+/// Whether a call that failed with `e` asked the broker (or the helper).
+fn reached_broker(e: &CredentialError) -> bool {
+    matches!(
+        e,
+        CredentialError::BrokerRejected { .. }
+            | CredentialError::BrokerFailed { .. }
+            | CredentialError::BrokerUnreachable(_)
+            | CredentialError::InvalidResponse(_)
+    )
 }
 
 /// The request options an agent passed, as the credential's.

@@ -53,10 +53,14 @@ use crate::{CredentialOptions, TokenInfoResult, TokenRequestOptions, TokenResult
 /// it: its cache and its mints are what callers share).
 #[derive(Debug, Clone, Copy)]
 pub struct SharedHandle {
+    /// The [`SharedCredential`] it belongs to.
+    owner: u64,
     generation: u64,
     resource: ResourceAny,
     /// Its `timeout-ms`: a call on it may run this plus [`CALL_MARGIN`].
     timeout: Duration,
+    /// Opened by [`SharedCredential::open_shared`]: shared, never dropped.
+    shared: bool,
 }
 
 impl SharedHandle {
@@ -74,6 +78,8 @@ pub struct SharedCredential {
 }
 
 struct Inner {
+    /// Which shared credential this is (handles name it).
+    id: u64,
     jobs: mpsc::UnboundedSender<Job>,
     generation: Arc<AtomicU64>,
     in_progress: AtomicUsize,
@@ -100,6 +106,21 @@ enum Job {
         options: Option<TokenRequestOptions>,
         reply: oneshot::Sender<wasmtime::Result<TokenInfoResult>>,
     },
+    /// Drop a credential (between two runs of the event loop: wasmtime
+    /// drops a resource only with the store in hand).
+    Drop { resource: ResourceAny },
+}
+
+impl Job {
+    /// Answer the job with `error` (the instance could not be made).
+    fn fail(self, error: &str) {
+        let error = || wasmtime::format_err!("{error}");
+        match self {
+            Job::Open { reply, .. } => drop(reply.send(Err(error()))),
+            Job::Token { reply, .. } => drop(reply.send(Err(error()))),
+            Job::Drop { .. } => {}
+        }
+    }
 }
 
 type CoreError = vd_cred_broker::CredentialError;
@@ -121,7 +142,10 @@ impl SharedCredential {
         let first = recipe.instantiate().await?;
         let (jobs, queue) = mpsc::unbounded_channel();
         let generation = Arc::new(AtomicU64::new(0));
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
         let inner = Inner {
+            id,
             jobs,
             generation: generation.clone(),
             in_progress: AtomicUsize::new(0),
@@ -132,7 +156,7 @@ impl SharedCredential {
             opened: Default::default(),
             seen: Default::default(),
         };
-        tokio::spawn(drive(recipe, first, queue, generation, call_limit));
+        tokio::spawn(drive(recipe, first, queue, generation, call_limit, id));
         Ok(SharedCredential {
             inner: Arc::new(inner),
         })
@@ -150,9 +174,12 @@ impl SharedCredential {
             .jobs
             .send(job(reply))
             .map_err(|_| anyhow::anyhow!("the shared credential's task has ended"))?;
-        let answer = answer
-            .await
-            .map_err(|_| anyhow::anyhow!("the shared credential's task ended during the call"))?;
+        let answer = answer.await.map_err(|_| {
+            anyhow::anyhow!(
+                "the shared credential's instance stopped during the call (a call in it \
+                     trapped: it ran out of its memory or time limit) and is replaced: try again"
+            )
+        })?;
         answer.map_err(|trap| anyhow::Error::from(trap).context("the credential trapped"))
     }
 
@@ -181,7 +208,10 @@ impl SharedCredential {
             return Ok(Ok(*handle));
         }
         let handle = match self.open(options).await? {
-            Ok(handle) => handle,
+            Ok(handle) => SharedHandle {
+                shared: true,
+                ..handle
+            },
             Err(e) => return Ok(Err(e)),
         };
         opened.retain(|(k, _)| *k != key);
@@ -239,6 +269,12 @@ impl SharedCredential {
         scopes: &[&str],
         options: Option<TokenRequestOptions>,
     ) -> Result<TokenInfoResult> {
+        if let Some(handle) = &handle {
+            anyhow::ensure!(
+                handle.owner == self.inner.id,
+                "a credential of another shared instance was passed"
+            );
+        }
         let scopes = scopes.iter().map(|s| s.to_string()).collect();
         self.send(|reply| Job::Token {
             handle,
@@ -252,6 +288,17 @@ impl SharedCredential {
     /// Calls sent to the instance and not yet answered.
     pub fn calls_in_progress(&self) -> usize {
         self.inner.in_progress.load(Ordering::Acquire)
+    }
+
+    /// Drop a credential opened with [`SharedCredential::open`] (one from
+    /// [`SharedCredential::open_shared`] stays: others use it; one of an
+    /// earlier generation is gone already).
+    pub fn drop_credential(&self, handle: SharedHandle) {
+        if handle.owner == self.inner.id && !handle.shared && handle.generation == self.generation()
+        {
+            let resource = handle.resource;
+            let _ = self.inner.jobs.send(Job::Drop { resource });
+        }
     }
 
     /// How often the instance was replaced after a trap.
@@ -287,19 +334,20 @@ impl Drop for Done<'_> {
 
 /// The instance's task: run the store's event loop, starting each job as
 /// a task of its own in it; after a trap (or a call past `limit`), fail
-/// what is in flight and go on in a fresh instance.
+/// what is in flight and go on in a fresh instance. While no instance can
+/// be made, jobs fail at once.
 async fn drive(
     recipe: Recipe,
     first: Live,
     mut queue: mpsc::UnboundedReceiver<Job>,
     generation: Arc<AtomicU64>,
     limit: Option<Duration>,
+    owner: u64,
 ) {
-    let mut live = Some(first);
+    let Live::P3(mut instance) = first else {
+        return;
+    };
     loop {
-        let Some(Live::P3(mut instance)) = live.take() else {
-            return;
-        };
         let calls = instance.calls.clone();
         let number = generation.load(Ordering::Acquire);
         let (trapped, mut traps) = mpsc::unbounded_channel::<()>();
@@ -308,34 +356,65 @@ async fn drive(
             .run_concurrent(async |a| {
                 loop {
                     tokio::select! {
+                        biased;
+                        _ = traps.recv() => return Exit::Trapped,
                         job = queue.recv() => match job {
+                            Some(Job::Drop { resource }) => return Exit::Drop(resource),
                             Some(job) => {
-                                let task = Call { job, calls: calls.clone(), number, limit, trapped: trapped.clone() };
+                                let trapped = trapped.clone();
+                                let task = Call { job, calls: calls.clone(), number, limit, trapped, owner };
                                 if a.spawn(task).is_err() {
-                                    return false;
+                                    return Exit::Trapped;
                                 }
                             }
-                            None => return true,
+                            None => return Exit::Closed,
                         },
-                        _ = traps.recv() => return false,
                     }
                 }
             })
             .await;
-        if let Ok(true) = ran {
-            return; // every handle dropped
+        match ran {
+            Ok(Exit::Closed) => return, // every handle dropped
+            Ok(Exit::Drop(resource)) => {
+                // A credential still in use is not dropped (wasmtime
+                // refuses); it goes with the instance.
+                let _ = resource.resource_drop_async(&mut instance.store).await;
+                continue;
+            }
+            Ok(Exit::Trapped) | Err(_) => {}
         }
         // Replaced: calls still in flight in the old store are dropped with
-        // it, and their callers told.
-        drop(instance);
+        // it (their callers are told), and handles of this generation are
+        // stale from now on.
         generation.fetch_add(1, Ordering::AcqRel);
-        live = loop {
+        drop(instance);
+        instance = loop {
             match recipe.instantiate().await {
-                Ok(fresh) => break Some(fresh),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(Live::P3(fresh)) => break fresh,
+                Ok(Live::P2(..)) => return,
+                Err(e) => {
+                    let why = format!(
+                        "the shared credential's instance could not be made again after a \
+                         trap ({e:#}): the host retries every 100 ms"
+                    );
+                    while let Ok(job) = queue.try_recv() {
+                        job.fail(&why);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         };
     }
+}
+
+/// Why the event loop was left.
+enum Exit {
+    /// Every [`SharedCredential`] is gone.
+    Closed,
+    /// A call trapped or overran: replace the instance.
+    Trapped,
+    /// Drop this credential, then go on.
+    Drop(ResourceAny),
 }
 
 /// One job, run as a task in the store's event loop.
@@ -347,6 +426,7 @@ struct Call {
     /// plus [`CALL_MARGIN`].
     limit: Option<Duration>,
     trapped: mpsc::UnboundedSender<()>,
+    owner: u64,
 }
 
 impl AccessorTask<State> for Call {
@@ -357,6 +437,7 @@ impl AccessorTask<State> for Call {
             number,
             limit,
             trapped,
+            owner,
         } = self;
         let stale = |handle: &SharedHandle| {
             (handle.generation != number).then(|| {
@@ -375,9 +456,11 @@ impl AccessorTask<State> for Call {
                 let opened = timed(limit, DEFAULT_TIMEOUT, calls.open(a, &options)).await;
                 let opened = opened.map(|r| {
                     r.map(|resource| SharedHandle {
+                        owner,
                         generation: number,
                         resource,
                         timeout,
+                        shared: false,
                     })
                 });
                 if opened.is_err() {
@@ -411,6 +494,7 @@ impl AccessorTask<State> for Call {
                 }
                 let _ = reply.send(result);
             }
+            Job::Drop { .. } => {}
         }
         Ok(())
     }

@@ -28,6 +28,14 @@ async fn shared(f: &Fixture) -> SharedCredential {
         .unwrap()
 }
 
+/// Options for calls whose request the broker holds: a minute, so that a
+/// slow machine's call does not give up before the test releases it.
+fn patient() -> vd_cred_host::CredentialOptions {
+    let mut options = options();
+    options.timeout_ms = Some(60_000);
+    options
+}
+
 /// Wait until `ready` holds; a condition on what happened, with a bound
 /// only against hanging forever.
 async fn until(what: &str, mut ready: impl FnMut() -> bool) {
@@ -47,7 +55,7 @@ async fn concurrent_misses_for_one_audience_share_one_mint() {
         delay: Duration::ZERO,
     });
     let shared = shared(&f).await;
-    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let credential = shared.open(&patient()).await.unwrap().unwrap();
     let held = f.broker.hold(1);
     let calls: Vec<_> = (0..50)
         .map(|_| {
@@ -75,7 +83,7 @@ async fn a_shared_mint_that_fails_fails_each_caller_once() {
     f.broker
         .set_default(Reply::json(403, r#"{"detail":"intent revoked"}"#));
     let shared = shared(&f).await;
-    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let credential = shared.open(&patient()).await.unwrap().unwrap();
     let held = f.broker.hold(1);
     let calls: Vec<_> = (0..20)
         .map(|_| {
@@ -104,7 +112,7 @@ async fn a_cached_call_is_not_held_up_by_another_audiences_mint() {
         delay: Duration::ZERO,
     });
     let shared = shared(&f).await;
-    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let credential = shared.open(&patient()).await.unwrap().unwrap();
     let vault = shared.get_token(&credential, &[VAULT]).await.unwrap();
     assert_eq!(vault.unwrap().token, "mock-vault-1");
     // The storage mint waits at the broker until released; the cached vault
@@ -242,7 +250,9 @@ mod linked {
             .into_iter()
             .map(|mut a| {
                 tokio::spawn(async move {
-                    let token = a.token(&test_agent::no_options(), &[VAULT], 1).await;
+                    let mut patient = test_agent::no_options();
+                    patient.timeout_ms = Some(60_000);
+                    let token = a.token(&patient, &[VAULT], 1).await;
                     (a, token)
                 })
             })
@@ -347,4 +357,147 @@ mod linked {
             ]
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_mint_counts_against_the_agents_budget() {
+    // The intent grants no storage: every storage call is refused by the
+    // broker. With one mint a minute, the second never reaches it.
+    use host_test::agent::AgentBuilder;
+    use host_test::agent::test_agent::{self, CredentialError as W, TestAgent};
+    use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential};
+    let f = Fixture::new();
+    f.broker
+        .set_default(Reply::json(403, r#"{"detail":"not in this intent"}"#));
+    let shared = shared(&f).await;
+    let limits = AgentLimits {
+        mints_per_minute: 1,
+        ..AgentLimits::default()
+    };
+    let policy = AgentPolicy::new("refused").limits(limits);
+    let linked = LinkedCredential::shared(shared, policy);
+    let builder = AgentBuilder::default().credential_broker(f.broker.url());
+    let pre = crate::linked::agent_pre();
+    let mut agent = TestAgent::new(builder, crate::host().engine(), pre, linked)
+        .await
+        .unwrap();
+    let first = agent.token(&test_agent::no_options(), &[STORAGE], 1).await;
+    assert!(
+        matches!(first.unwrap(), Err(W::BrokerRejected(b)) if b.status == 403),
+        "the broker's refusal"
+    );
+    let second = agent.token(&test_agent::no_options(), &[STORAGE], 1).await;
+    assert!(
+        matches!(second.unwrap(), Err(W::BrokerFailed(b)) if b.status == 429),
+        "over budget"
+    );
+    assert_eq!(f.broker.request_count(), 1);
+}
+
+/// The fixture's shared instance with `memory_limit` bytes of memory.
+async fn shared_within(f: &Fixture, memory_limit: usize) -> SharedCredential {
+    Host::shared_p3()
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
+        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
+        .bearer_dir(f.dir.path(), GUEST_DIR)
+        .broker_url(f.broker.url())
+        .clock(f.clock.clone())
+        .memory_limit(memory_limit)
+        .build_shared()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_credentials_give_their_memory_back() {
+    // 4 MiB of memory, and 20,000 credentials opened and dropped one after
+    // another: kept, they would not fit, and the instance would trap.
+    let f = Fixture::new();
+    let shared = shared_within(&f, 4 << 20).await;
+    for _ in 0..20_000 {
+        let credential = shared.open(&options()).await.unwrap().unwrap();
+        shared.drop_credential(credential);
+    }
+    assert_eq!(shared.generation(), 0, "the instance never trapped");
+    let credential = shared.open(&options()).await.unwrap().unwrap();
+    assert!(
+        shared
+            .get_token(&credential, &[VAULT])
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_trap_the_next_call_runs_in_a_fresh_instance() {
+    let f = Fixture::new();
+    let shared = shared_within(&f, 4 << 20).await;
+    let credential = shared.open(&options()).await.unwrap().unwrap();
+    assert!(
+        shared
+            .get_token(&credential, &[VAULT])
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    // A scope larger than the instance's memory: the guest cannot take it.
+    let huge = "x".repeat(8 << 20);
+    let trap = shared.get_token(&credential, &[&huge]).await.unwrap_err();
+    assert!(format!("{trap:#}").contains("trapped"), "{trap:#}");
+    assert_eq!(shared.generation(), 1);
+    // The old credential is gone with its instance, and says so.
+    let stale = shared.get_token(&credential, &[VAULT]).await.unwrap();
+    assert!(
+        matches!(&stale, Err(CredentialError::Configuration(m)) if m.contains("open it again")),
+        "{stale:?}"
+    );
+    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let token = shared.get_token(&credential, &[VAULT]).await.unwrap();
+    assert_eq!(token.unwrap().token, "mock-token-2");
+    // Another shared instance's credential is refused before any call.
+    let other = shared_within(&f, 4 << 20).await;
+    let foreign = other.get_token(&credential, &[VAULT]).await.unwrap_err();
+    assert!(
+        format!("{foreign}").contains("another shared instance"),
+        "{foreign}"
+    );
+    assert_eq!(other.generation(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_at_once_while_no_instance_can_be_made() {
+    // The bearer's directory is gone after a trap: the instance cannot be
+    // made again (the preopen fails), and calls say so rather than wait.
+    let f = Fixture::new();
+    let shared = shared_within(&f, 4 << 20).await;
+    let credential = shared.open(&options()).await.unwrap().unwrap();
+    let moved = f.dir.path().with_extension("moved");
+    std::fs::rename(f.dir.path(), &moved).unwrap();
+    let huge = "x".repeat(8 << 20);
+    assert!(shared.get_token(&credential, &[&huge]).await.is_err());
+    let err = shared.open(&options()).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("could not be made again"),
+        "{err:#}"
+    );
+    // Back: the host's retry makes it, and calls work again.
+    std::fs::rename(&moved, f.dir.path()).unwrap();
+    let mut credential = None;
+    for _ in 0..60_000 {
+        if let Ok(Ok(opened)) = shared.open(&options()).await {
+            credential = Some(opened);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let credential = credential.expect("the instance is made again");
+    assert!(
+        shared
+            .get_token(&credential, &[VAULT])
+            .await
+            .unwrap()
+            .is_ok()
+    );
 }
