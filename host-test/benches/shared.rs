@@ -226,8 +226,12 @@ struct Row {
     mints: usize,
     cached: Wave,
     cached_mints: usize,
+    /// Connections the broker accepted for the configuration.
+    connections: usize,
     /// Growth from the baseline to after both waves, agents still alive.
     growth: Memory,
+    /// The same after giving freed heap back (`malloc_trim`): what stays.
+    retained: Memory,
     /// The shared instance's own cost (before any agent), if any.
     fixed: Option<Memory>,
     /// Peak RSS over the baseline, if the peak could be reset.
@@ -246,7 +250,7 @@ impl Row {
             ),
         };
         format!(
-            "| {} | {} | {} ms | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} ms | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.build,
             self.n,
             self.latency.as_millis(),
@@ -259,14 +263,16 @@ impl Row {
             per(self.growth.anon, self.fixed.map(|f| f.anon)),
             show(self.cached.wall),
             show(self.cached.at(0.99)),
-            match self.fixed {
-                Some(f) => format!("{} / {}", f.rss, f.anon),
-                None => "-".into(),
-            },
             match self.peak {
                 Some(p) => format!("{:.1}", p as f64 / n),
                 None => "n/a".into(),
             },
+            per(self.retained.anon, self.fixed.map(|f| f.anon)),
+            match self.fixed {
+                Some(f) => format!("{} / {}", f.rss, f.anon),
+                None => "-".into(),
+            },
+            self.connections,
         )
     }
 }
@@ -290,6 +296,7 @@ fn p2_row(
     settle(runtime);
     let base = memory();
     let peaked = reset_peak();
+    let connected = broker.connections();
     let agents = runtime.block_on(async {
         let mut agents = Vec::with_capacity(n);
         for _ in 0..n {
@@ -304,6 +311,8 @@ fn p2_row(
     let cached_mints = broker.requests() - before - mints;
     let growth = memory() - base;
     let peak = peak_kib().filter(|_| peaked).map(|p| p - base.rss);
+    trim_heap();
+    let retained = memory() - base;
     drop(agents);
     Row {
         build: "0.2, an instance per agent",
@@ -313,7 +322,9 @@ fn p2_row(
         mints,
         cached,
         cached_mints,
+        connections: broker.connections() - connected,
         growth,
+        retained,
         fixed: None,
         peak,
     }
@@ -331,6 +342,7 @@ fn p3_row(
     settle(runtime);
     let base = memory();
     let peaked = reset_peak();
+    let connected = broker.connections();
     let one = runtime.block_on(p3_shared(host, &url, bearer));
     let fixed = memory() - base;
     let agents: Vec<P3Agent> = (0..n).map(|_| one.clone()).collect();
@@ -341,6 +353,8 @@ fn p3_row(
     let cached_mints = broker.requests() - before - mints;
     let growth = memory() - base;
     let peak = peak_kib().filter(|_| peaked).map(|p| p - base.rss);
+    trim_heap();
+    let retained = memory() - base;
     assert_eq!(one.shared.calls_in_progress(), 0, "every call answered");
     assert_eq!(one.shared.generation(), 0, "no call trapped");
     drop(agents);
@@ -353,7 +367,9 @@ fn p3_row(
         mints,
         cached,
         cached_mints,
+        connections: broker.connections() - connected,
         growth,
+        retained,
         fixed: Some(fixed),
         peak,
     }
@@ -412,8 +428,8 @@ fn main() {
     }
 
     let mut rows = vec![
-        "| build | agents | broker latency | first wave: wall | p50 | p99 | mints seen (first / cached wave) | RSS KiB/agent | anon KiB/agent | cached wave: wall | cached p99 | instance fixed cost, KiB (RSS / anon) | peak RSS KiB/agent |".to_string(),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |".to_string(),
+        "| build | agents | broker latency | first wave: wall | p50 | p99 | mints seen (first / cached wave) | RSS KiB/agent | anon KiB/agent | cached wave: wall | cached p99 | peak RSS KiB/agent | anon KiB/agent retained (after malloc_trim) | instance fixed cost, KiB (RSS / anon) | broker connections |".to_string(),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |".to_string(),
     ];
     for latency in LATENCIES {
         let broker = FastBroker::with_latency(latency).unwrap();
@@ -429,13 +445,18 @@ fn main() {
     }
     println!();
     println!(
-        "RSS / anon KiB per agent: the host's growth from before the configuration was built to \
-         after both waves (agents alive), over the agents. For the shared instance the first \
-         figure includes the instance's own fixed cost (built, credential opened, before any \
-         agent: its column); the one in brackets is (growth - fixed cost) / agents, what each \
-         agent adds. Peak: the process's peak RSS (VmHWM, reset at the baseline) over the \
-         baseline, over the agents, fixed cost included. Engines and compiled components are \
-         loaded before every baseline and counted by no row."
+        "RSS / anon KiB per agent: the process's growth from before the configuration was built \
+         to after both waves (agents alive), over the agents, as fleet.rs measures it (heap the \
+         waves freed but malloc kept is counted). Retained: the same after malloc_trim gave free \
+         heap back. Peak: the process's peak RSS (VmHWM, reset at the baseline) over the \
+         baseline, over the agents. For the shared instance the first figure includes the \
+         instance's own fixed cost (built, credential opened, before any agent: its column); \
+         the one in brackets is (growth - fixed cost) / agents, what each agent adds; peak \
+         includes the fixed cost. The process holds the harness too: a tokio task per agent \
+         during a wave (its future is about 0.5 KiB) and the fast broker, in-process, with a \
+         thread and buffers per connection (N connections for the 0.2 rows, one for the 0.3 \
+         rows: its column). Engines and compiled components are loaded, and one call of each \
+         build made, before every baseline: no row counts them."
     );
     println!("run took {:.1} s", started.elapsed().as_secs_f64());
 }
