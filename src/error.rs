@@ -128,6 +128,72 @@ fn detail_suffix(detail: &str) -> String {
     }
 }
 
+/// `From` both ways between [`CredentialError`] and the WIT `credential-error`
+/// type of the bindings module `$wit` (an absolute path): every build's
+/// exports and every host's bindings map it the same way.
+#[macro_export]
+macro_rules! wit_error_conversions {
+    ($wit:path) => {
+        const _: () = {
+            use $wit as wit;
+            impl From<wit::CredentialError> for $crate::CredentialError {
+                fn from(e: wit::CredentialError) -> Self {
+                    use wit::CredentialError as W;
+                    use $crate::CredentialError as E;
+                    match e {
+                        W::Configuration(m) => E::Configuration(m),
+                        W::InvalidScopes(m) => E::InvalidScopes(m),
+                        W::ScopeNotAllowed(s) => E::ScopeNotAllowed {
+                            scope: s.scope,
+                            known_resources: s.known_resources,
+                        },
+                        W::BearerUnavailable(m) => E::BearerUnavailable(m),
+                        W::BrokerUnreachable(m) => E::BrokerUnreachable(m),
+                        W::BrokerRejected(f) => E::BrokerRejected {
+                            status: f.status,
+                            detail: f.detail,
+                        },
+                        W::BrokerFailed(f) => E::BrokerFailed {
+                            status: f.status,
+                            detail: f.detail,
+                        },
+                        W::InvalidResponse(m) => E::InvalidResponse(m),
+                        W::Unsupported(m) => E::Unsupported(m),
+                    }
+                }
+            }
+
+            impl From<$crate::CredentialError> for wit::CredentialError {
+                fn from(e: $crate::CredentialError) -> Self {
+                    use wit::CredentialError as W;
+                    use $crate::CredentialError as E;
+                    match e {
+                        E::Configuration(m) => W::Configuration(m),
+                        E::InvalidScopes(m) => W::InvalidScopes(m),
+                        E::ScopeNotAllowed {
+                            scope,
+                            known_resources,
+                        } => W::ScopeNotAllowed(wit::ScopeNotAllowed {
+                            scope,
+                            known_resources,
+                        }),
+                        E::BearerUnavailable(m) => W::BearerUnavailable(m),
+                        E::BrokerUnreachable(m) => W::BrokerUnreachable(m),
+                        E::BrokerRejected { status, detail } => {
+                            W::BrokerRejected(wit::BrokerFailure { status, detail })
+                        }
+                        E::BrokerFailed { status, detail } => {
+                            W::BrokerFailed(wit::BrokerFailure { status, detail })
+                        }
+                        E::InvalidResponse(m) => W::InvalidResponse(m),
+                        E::Unsupported(m) => W::Unsupported(m),
+                    }
+                }
+            }
+        };
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,7 +139,7 @@ impl Calls {
         a: &Accessor<State>,
         error: &vd_cred_broker::CredentialError,
     ) -> wasmtime::Result<String> {
-        self.0.call_describe_error(a, to_wit3(error.clone())).await
+        self.0.call_describe_error(a, error.clone().into()).await
     }
 }
 
@@ -207,58 +207,5 @@ fn credential_options(o: &wit::CredentialOptions) -> wit3::CredentialOptions {
         lane: o.lane.clone(),
         configuration_revision: o.configuration_revision,
         runtime_access_url: o.runtime_access_url.clone(),
-    }
-}
-
-impl From<wit3::CredentialError> for vd_cred_broker::CredentialError {
-    fn from(e: wit3::CredentialError) -> Self {
-        use vd_cred_broker::CredentialError as E;
-        use wit3::CredentialError as W;
-        match e {
-            W::Configuration(m) => E::Configuration(m),
-            W::InvalidScopes(m) => E::InvalidScopes(m),
-            W::ScopeNotAllowed(s) => E::ScopeNotAllowed {
-                scope: s.scope,
-                known_resources: s.known_resources,
-            },
-            W::BearerUnavailable(m) => E::BearerUnavailable(m),
-            W::BrokerUnreachable(m) => E::BrokerUnreachable(m),
-            W::BrokerRejected(f) => E::BrokerRejected {
-                status: f.status,
-                detail: f.detail,
-            },
-            W::BrokerFailed(f) => E::BrokerFailed {
-                status: f.status,
-                detail: f.detail,
-            },
-            W::InvalidResponse(m) => E::InvalidResponse(m),
-            W::Unsupported(m) => E::Unsupported(m),
-        }
-    }
-}
-
-fn to_wit3(e: vd_cred_broker::CredentialError) -> wit3::CredentialError {
-    use vd_cred_broker::CredentialError as E;
-    use wit3::CredentialError as W;
-    match e {
-        E::Configuration(m) => W::Configuration(m),
-        E::InvalidScopes(m) => W::InvalidScopes(m),
-        E::ScopeNotAllowed {
-            scope,
-            known_resources,
-        } => W::ScopeNotAllowed(wit3::ScopeNotAllowed {
-            scope,
-            known_resources,
-        }),
-        E::BearerUnavailable(m) => W::BearerUnavailable(m),
-        E::BrokerUnreachable(m) => W::BrokerUnreachable(m),
-        E::BrokerRejected { status, detail } => {
-            W::BrokerRejected(wit3::BrokerFailure { status, detail })
-        }
-        E::BrokerFailed { status, detail } => {
-            W::BrokerFailed(wit3::BrokerFailure { status, detail })
-        }
-        E::InvalidResponse(m) => W::InvalidResponse(m),
-        E::Unsupported(m) => W::Unsupported(m),
     }
 }

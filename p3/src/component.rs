@@ -119,55 +119,7 @@ impl wit::GuestCredential for Credential {
     }
 }
 
-impl From<CredentialError> for wit::CredentialError {
-    fn from(e: CredentialError) -> Self {
-        use CredentialError as E;
-        match e {
-            E::Configuration(m) => Self::Configuration(m),
-            E::InvalidScopes(m) => Self::InvalidScopes(m),
-            E::ScopeNotAllowed {
-                scope,
-                known_resources,
-            } => Self::ScopeNotAllowed(wit::ScopeNotAllowed {
-                scope,
-                known_resources,
-            }),
-            E::BearerUnavailable(m) => Self::BearerUnavailable(m),
-            E::BrokerUnreachable(m) => Self::BrokerUnreachable(m),
-            E::BrokerRejected { status, detail } => {
-                Self::BrokerRejected(wit::BrokerFailure { status, detail })
-            }
-            E::BrokerFailed { status, detail } => {
-                Self::BrokerFailed(wit::BrokerFailure { status, detail })
-            }
-            E::InvalidResponse(m) => Self::InvalidResponse(m),
-            E::Unsupported(m) => Self::Unsupported(m),
-        }
-    }
-}
-
-impl From<wit::CredentialError> for CredentialError {
-    fn from(e: wit::CredentialError) -> Self {
-        use wit::CredentialError as W;
-        match e {
-            W::Configuration(m) => Self::Configuration(m),
-            W::InvalidScopes(m) => Self::InvalidScopes(m),
-            W::ScopeNotAllowed(s) => Self::ScopeNotAllowed {
-                scope: s.scope,
-                known_resources: s.known_resources,
-            },
-            W::BearerUnavailable(m) => Self::BearerUnavailable(m),
-            W::BrokerUnreachable(m) => Self::BrokerUnreachable(m),
-            W::BrokerRejected(f) => Self::BrokerRejected {
-                status: f.status,
-                detail: f.detail,
-            },
-            W::BrokerFailed(f) => Self::BrokerFailed {
-                status: f.status,
-                detail: f.detail,
-            },
-            W::InvalidResponse(m) => Self::InvalidResponse(m),
-            W::Unsupported(m) => Self::Unsupported(m),
-        }
-    }
-}
+// The WIT error both ways, as every build and host maps it.
+vd_cred_broker::wit_error_conversions!(
+    crate::component::exports::vibedata::cred_broker_async::token_credential
+);
