@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use host_test::Reply;
 use vd_cred_broker::CredentialError;
-use vd_cred_host::Host;
 use vd_cred_host::shared::SharedCredential;
+use vd_cred_host::{Host, TokenResult};
 
 use crate::{Fixture, GUEST_DIR, GUEST_FILE, VAULT, options};
 
@@ -36,6 +36,27 @@ fn patient() -> vd_cred_host::CredentialOptions {
     options
 }
 
+/// `n` vault calls on one credential of a shared instance, all in the
+/// instance while the broker holds the first request; then released.
+async fn held_calls(f: &Fixture, n: usize) -> Vec<tokio::task::JoinHandle<TokenResult>> {
+    let shared = shared(f).await;
+    let credential = shared.open(&patient()).await.unwrap().unwrap();
+    let held = f.broker.hold(1);
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.get_token(&credential, &[VAULT]).await.unwrap() })
+        })
+        .collect();
+    until(
+        &format!("{n} calls in the instance, one at the broker"),
+        || shared.calls_in_progress() == n && f.broker.request_count() == 1,
+    )
+    .await;
+    held.release();
+    calls
+}
+
 /// Wait until `ready` holds; a condition on what happened, with a bound
 /// only against hanging forever.
 async fn until(what: &str, mut ready: impl FnMut() -> bool) {
@@ -54,22 +75,9 @@ async fn concurrent_misses_for_one_audience_share_one_mint() {
     f.broker.set_default(Reply::Named {
         delay: Duration::ZERO,
     });
-    let shared = shared(&f).await;
-    let credential = shared.open(&patient()).await.unwrap().unwrap();
-    let held = f.broker.hold(1);
-    let calls: Vec<_> = (0..50)
-        .map(|_| {
-            let shared = shared.clone();
-            tokio::spawn(async move { shared.get_token(&credential, &[VAULT]).await })
-        })
-        .collect();
-    until("50 calls in the instance, one at the broker", || {
-        shared.calls_in_progress() == 50 && f.broker.request_count() == 1
-    })
-    .await;
-    held.release();
+    let calls = held_calls(&f, 50).await;
     for call in calls {
-        let token = call.await.unwrap().unwrap().unwrap();
+        let token = call.await.unwrap().unwrap();
         assert_eq!(token.token, "mock-vault-1");
     }
     let requests = f.broker.requests();
@@ -82,22 +90,9 @@ async fn a_shared_mint_that_fails_fails_each_caller_once() {
     let f = Fixture::new();
     f.broker
         .set_default(Reply::json(403, r#"{"detail":"intent revoked"}"#));
-    let shared = shared(&f).await;
-    let credential = shared.open(&patient()).await.unwrap().unwrap();
-    let held = f.broker.hold(1);
-    let calls: Vec<_> = (0..20)
-        .map(|_| {
-            let shared = shared.clone();
-            tokio::spawn(async move { shared.get_token(&credential, &[VAULT]).await })
-        })
-        .collect();
-    until("20 calls in the instance, one at the broker", || {
-        shared.calls_in_progress() == 20 && f.broker.request_count() == 1
-    })
-    .await;
-    held.release();
+    let calls = held_calls(&f, 20).await;
     for call in calls {
-        match call.await.unwrap().unwrap() {
+        match call.await.unwrap() {
             Err(CredentialError::BrokerRejected { status: 403, .. }) => {}
             other => panic!("{other:?}"),
         }
