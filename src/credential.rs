@@ -199,10 +199,12 @@ impl Credential {
             let digest = broker
                 .as_ref()
                 .map_or(BearerDigest::HELPER, |(_, bearer)| BearerDigest::of(bearer));
+            // The mint's future is boxed: a call waiting on another's mint
+            // (or served from the cache) carries only the pointer, which
+            // keeps a thousand waiting calls small.
             let Some(cache) = &self.cache else {
-                return self
-                    .fetch(audience, broker, digest, Lookup::Miss, started, platform)
-                    .await;
+                let fetch = self.fetch(audience, broker, digest, Lookup::Miss, started, platform);
+                return Box::pin(fetch).await;
             };
             let lookup = cache.borrow().lookup(audience, digest, platform.now_unix());
             match lookup {
@@ -213,9 +215,8 @@ impl Credential {
             }
             match self.flights.join(audience, digest) {
                 Joined::Lead(lead) => {
-                    let outcome = self
-                        .fetch(audience, broker, digest, lookup, started, platform)
-                        .await;
+                    let fetch = self.fetch(audience, broker, digest, lookup, started, platform);
+                    let outcome = Box::pin(fetch).await;
                     lead.land(&outcome);
                     return outcome;
                 }

@@ -29,15 +29,17 @@
 //! # let _ = calls.count(); Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use vd_cred_broker::cache::BearerDigest;
-use wasmtime::component::{Accessor, AccessorTask, ResourceAny};
+use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime_wasi::HostWallClock;
 
 use crate::p3::Calls;
@@ -332,10 +334,14 @@ impl Drop for Done<'_> {
     }
 }
 
-/// The instance's task: run the store's event loop, starting each job as
-/// a task of its own in it; after a trap (or a call past `limit`), fail
-/// what is in flight and go on in a fresh instance. While no instance can
-/// be made, jobs fail at once.
+/// The instance's task: run the store's event loop, with every call in
+/// flight in it at once; after a trap (or a call past its limit), fail what
+/// is in flight and go on in a fresh instance. While no instance can be
+/// made, jobs fail at once.
+///
+/// The calls are futures polled together here (not tasks spawned into the
+/// store, which cost several KiB each more), and one timer watches the
+/// earliest deadline among them (not one timer per call).
 async fn drive(
     recipe: Recipe,
     first: Live,
@@ -347,25 +353,48 @@ async fn drive(
     let Live::P3(mut instance) = first else {
         return;
     };
+    let mut drops: Vec<ResourceAny> = Vec::new();
     loop {
         let calls = instance.calls.clone();
         let number = generation.load(Ordering::Acquire);
-        let (trapped, mut traps) = mpsc::unbounded_channel::<()>();
         let ran = instance
             .store
             .run_concurrent(async |a| {
+                let mut running = FuturesUnordered::new();
+                let mut deadlines = BTreeSet::new();
+                let mut ids = 0u64;
                 loop {
+                    // Credentials are dropped between runs of the loop,
+                    // with no call in flight (leaving it drops them).
+                    if running.is_empty() && !drops.is_empty() {
+                        return Exit::Drop;
+                    }
+                    let next = deadlines.first().map(|(at, _): &(Instant, u64)| *at);
+                    let overdue = async {
+                        match next {
+                            Some(at) => tokio::time::sleep_until(at.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         biased;
-                        _ = traps.recv() => return Exit::Trapped,
+                        Some((deadline, trapped)) = running.next(), if !running.is_empty() => {
+                            deadlines.remove(&deadline);
+                            if trapped {
+                                return Exit::Trapped;
+                            }
+                        }
+                        () = overdue => return Exit::Trapped,
                         job = queue.recv() => match job {
-                            Some(Job::Drop { resource }) => return Exit::Drop(resource),
+                            Some(Job::Drop { resource }) => drops.push(resource),
                             Some(job) => {
-                                let trapped = trapped.clone();
-                                let task = Call { job, calls: calls.clone(), number, limit, trapped, owner };
-                                if a.spawn(task).is_err() {
-                                    return Exit::Trapped;
-                                }
+                                ids += 1;
+                                let deadline = (Instant::now() + job.limit(limit), ids);
+                                deadlines.insert(deadline);
+                                let calls = calls.clone();
+                                running.push(Box::pin(async move {
+                                    (deadline, serve(job, a, calls, number, owner).await)
+                                }));
                             }
                             None => return Exit::Closed,
                         },
@@ -375,10 +404,12 @@ async fn drive(
             .await;
         match ran {
             Ok(Exit::Closed) => return, // every handle dropped
-            Ok(Exit::Drop(resource)) => {
-                // A credential still in use is not dropped (wasmtime
-                // refuses); it goes with the instance.
-                let _ = resource.resource_drop_async(&mut instance.store).await;
+            Ok(Exit::Drop) => {
+                for resource in drops.drain(..) {
+                    // A credential still in use is not dropped (wasmtime
+                    // refuses); it goes with the instance.
+                    let _ = resource.resource_drop_async(&mut instance.store).await;
+                }
                 continue;
             }
             Ok(Exit::Trapped) | Err(_) => {}
@@ -387,6 +418,7 @@ async fn drive(
         // it (their callers are told), and handles of this generation are
         // stale from now on.
         generation.fetch_add(1, Ordering::AcqRel);
+        drops.clear();
         drop(instance);
         instance = loop {
             match recipe.instantiate().await {
@@ -413,108 +445,78 @@ enum Exit {
     Closed,
     /// A call trapped or overran: replace the instance.
     Trapped,
-    /// Drop this credential, then go on.
-    Drop(ResourceAny),
+    /// Drop the credentials asked to be dropped, then go on.
+    Drop,
 }
 
-/// One job, run as a task in the store's event loop.
-struct Call {
-    job: Job,
-    calls: Calls,
-    number: u64,
-    /// The host's limit on a call, if set; else the call's `timeout-ms`
-    /// plus [`CALL_MARGIN`].
-    limit: Option<Duration>,
-    trapped: mpsc::UnboundedSender<()>,
-    owner: u64,
-}
-
-impl AccessorTask<State> for Call {
-    async fn run(self, a: &Accessor<State>) -> wasmtime::Result<()> {
-        let Call {
-            job,
-            calls,
-            number,
-            limit,
-            trapped,
-            owner,
-        } = self;
-        let stale = |handle: &SharedHandle| {
-            (handle.generation != number).then(|| {
-                CoreError::Configuration(
-                    "this credential was opened in an instance the host has since replaced (a \
-                     call trapped): open it again"
-                        .into(),
-                )
-            })
-        };
-        match job {
-            Job::Open { options, reply } => {
-                let timeout = options
-                    .timeout_ms
-                    .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()));
-                let opened = timed(limit, DEFAULT_TIMEOUT, calls.open(a, &options)).await;
-                let opened = opened.map(|r| {
-                    r.map(|resource| SharedHandle {
-                        owner,
-                        generation: number,
-                        resource,
-                        timeout,
-                        shared: false,
-                    })
-                });
-                if opened.is_err() {
-                    let _ = trapped.send(());
-                }
-                let _ = reply.send(opened);
-            }
+impl Job {
+    /// How long the call may run: the host's limit, or else the call's own
+    /// `timeout-ms` plus [`CALL_MARGIN`]. Past it, the instance is replaced
+    /// (wasmtime 48 cancels no single call).
+    fn limit(&self, limit: Option<Duration>) -> Duration {
+        let timeout = match self {
             Job::Token {
-                handle,
-                scopes,
-                options,
-                reply,
-            } => {
-                if let Some(error) = handle.as_ref().and_then(stale) {
-                    let _ = reply.send(Ok(Err(error)));
-                    return Ok(());
-                }
-                let options = options.unwrap_or_else(no_options);
-                let result: wasmtime::Result<TokenInfoResult> = match handle {
-                    Some(h) => {
-                        let call = calls.credential_get_token_info(a, h.resource, scopes, &options);
-                        timed(limit, h.timeout, call).await
-                    }
-                    None => {
-                        let call = calls.get_token_info(a, scopes, &options);
-                        timed(limit, DEFAULT_TIMEOUT, call).await
-                    }
-                };
-                if result.is_err() {
-                    let _ = trapped.send(());
-                }
-                let _ = reply.send(result);
-            }
-            Job::Drop { .. } => {}
-        }
-        Ok(())
+                handle: Some(h), ..
+            } => h.timeout,
+            _ => DEFAULT_TIMEOUT,
+        };
+        limit.unwrap_or(timeout + CALL_MARGIN)
     }
 }
 
-/// `call`, failed once it runs past `limit` (the host's), or else past
-/// `timeout` (the call's own) plus [`CALL_MARGIN`]. The guest's task is not
-/// stopped by this (wasmtime 48 cancels none): the instance is replaced.
-async fn timed<T>(
-    limit: Option<Duration>,
-    timeout: Duration,
-    call: impl Future<Output = wasmtime::Result<T>>,
-) -> wasmtime::Result<T> {
-    let limit = limit.unwrap_or(timeout + CALL_MARGIN);
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(wasmtime::format_err!(
-            "the credential's call ran past its limit of {} ms and was stopped",
-            limit.as_millis()
-        )),
+/// Run one job's call and answer it: whether the call trapped.
+async fn serve(job: Job, a: &Accessor<State>, calls: Calls, number: u64, owner: u64) -> bool {
+    let stale = |handle: &SharedHandle| {
+        (handle.generation != number).then(|| {
+            CoreError::Configuration(
+                "this credential was opened in an instance the host has since replaced (a \
+                 call trapped): open it again"
+                    .into(),
+            )
+        })
+    };
+    match job {
+        Job::Open { options, reply } => {
+            let timeout = options
+                .timeout_ms
+                .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()));
+            let opened = calls.open(a, &options).await.map(|r| {
+                r.map(|resource| SharedHandle {
+                    owner,
+                    generation: number,
+                    resource,
+                    timeout,
+                    shared: false,
+                })
+            });
+            let trapped = opened.is_err();
+            let _ = reply.send(opened);
+            trapped
+        }
+        Job::Token {
+            handle,
+            scopes,
+            options,
+            reply,
+        } => {
+            if let Some(error) = handle.as_ref().and_then(stale) {
+                let _ = reply.send(Ok(Err(error)));
+                return false;
+            }
+            let options = options.unwrap_or_else(no_options);
+            let result = match handle {
+                Some(h) => {
+                    calls
+                        .credential_get_token_info(a, h.resource, scopes, &options)
+                        .await
+                }
+                None => calls.get_token_info(a, scopes, &options).await,
+            };
+            let trapped = result.is_err();
+            let _ = reply.send(result);
+            trapped
+        }
+        Job::Drop { .. } => false,
     }
 }
 

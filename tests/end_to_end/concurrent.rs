@@ -496,3 +496,35 @@ async fn calls_fail_at_once_while_no_instance_can_be_made() {
             .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_hosts_limit_replaces_the_instance() {
+    // The broker holds the request; the credential would wait its minute,
+    // but the host allows a call 100 ms: the instance is replaced and the
+    // call fails saying so, and the next one runs in a fresh instance.
+    let f = Fixture::new();
+    let shared = Host::shared_p3()
+        .sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
+        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
+        .bearer_dir(f.dir.path(), GUEST_DIR)
+        .broker_url(f.broker.url())
+        .call_limit(Duration::from_millis(100))
+        .build_shared()
+        .await
+        .unwrap();
+    let credential = shared.open(&patient()).await.unwrap().unwrap();
+    let held = f.broker.hold(1);
+    let err = shared.get_token(&credential, &[VAULT]).await.unwrap_err();
+    assert!(format!("{err:#}").contains("replaced"), "{err:#}");
+    assert_eq!(shared.generation(), 1);
+    held.release();
+    let credential = shared.open(&patient()).await.unwrap().unwrap();
+    assert!(
+        shared
+            .get_token(&credential, &[VAULT])
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}
