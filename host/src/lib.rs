@@ -61,7 +61,7 @@ pub mod bindings {
 
 pub use host::{
     Build, COMPONENT, COMPONENT_P3, COMPONENT_P3_WASM, COMPONENT_WASM, EPOCH_TICK, Host,
-    HostOptions, engine_config, yield_on_epoch,
+    HostOptions, engine_config, engine_config_for, yield_on_epoch,
 };
 pub use policy::RUNTIME_ACCESS_URL;
 pub use proxy::Proxies;

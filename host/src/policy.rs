@@ -243,10 +243,22 @@ impl WasiHttpHooks for BrokerOnly {
 /// bytes on the wire.
 fn host_first<B>(mut request: hyper::Request<B>) -> hyper::Request<B> {
     let headers = request.headers_mut();
-    if let Some(host) = headers.remove(hyper::header::HOST) {
-        let rest = std::mem::take(headers);
-        headers.insert(hyper::header::HOST, host);
-        headers.extend(rest);
+    if headers.keys().next() != Some(&hyper::header::HOST)
+        && headers.contains_key(hyper::header::HOST)
+    {
+        // Rebuilt in order: `HeaderMap::remove` would swap the last field
+        // into the removed one's place.
+        let fields: Vec<_> = headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        headers.clear();
+        let (host, rest): (Vec<_>, Vec<_>) = fields
+            .into_iter()
+            .partition(|(name, _)| *name == hyper::header::HOST);
+        for (name, value) in host.into_iter().chain(rest) {
+            headers.append(name, value);
+        }
     }
     request
 }
@@ -257,15 +269,26 @@ mod tests {
 
     #[test]
     fn the_host_header_goes_first() {
-        let request = hyper::Request::builder()
-            .header("authorization", "Bearer x")
-            .header("content-type", "application/json")
-            .header("host", "broker:8080")
-            .body(())
-            .unwrap();
-        let request = host_first(request);
-        let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["host", "authorization", "content-type"]);
+        let names = |fields: &[&str]| {
+            let mut request = hyper::Request::builder();
+            for name in fields {
+                request = request.header(*name, "x");
+            }
+            let request = host_first(request.body(()).unwrap());
+            let names: Vec<String> = request.headers().keys().map(|k| k.to_string()).collect();
+            names
+        };
+        let wire = ["host", "authorization", "content-type", "content-length"];
+        // Host last (WASI 0.3), in the middle, or already first (WASI 0.2).
+        assert_eq!(
+            names(&["authorization", "content-type", "content-length", "host"]),
+            wire
+        );
+        assert_eq!(
+            names(&["authorization", "host", "content-type", "content-length"]),
+            wire
+        );
+        assert_eq!(names(&wire), wire);
     }
 
     #[test]
