@@ -100,7 +100,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// interruption on (every store of the engine needs a deadline; see
 /// [`yield_on_epoch`]), and the component model's async off: with it on,
 /// wasmtime sets up every store for concurrent calls, which a 0.2 instance
-/// never makes (about 60 KiB more per sandbox).
+/// never makes (about 15 KiB more per sandbox, by the shared benchmark).
 pub fn engine_config(pooling: Option<u32>) -> Config {
     engine_config_for(Build::P2, pooling)
 }

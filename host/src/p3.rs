@@ -24,7 +24,7 @@ pub mod bindings {
 
 use bindings::exports::vibedata::cred_broker_async::token_credential as wit3;
 
-/// The interface name the 0.3 build exports: how [`crate::Host::load`]
+/// The interface name the 0.3 build exports: how [`crate::Host::from_component`]
 /// tells the builds apart.
 pub const INTERFACE: &str = "vibedata:cred-broker-async/token-credential@0.1.0";
 
