@@ -208,15 +208,6 @@ impl SandboxBuilder<'_> {
         })
     }
 
-    /// One instance of the WASI 0.3 build ([`crate::Build::P3`]) serving
-    /// any number of concurrent calls ([`crate::shared`]), set up as
-    /// [`SandboxBuilder::build`] sets up a sandbox: the same grants, policy,
-    /// limits and clock. Fails for the 0.2 build.
-    pub async fn build_shared(self) -> Result<crate::shared::SharedCredential> {
-        let call_limit = self.call_limit;
-        crate::shared::SharedCredential::start(self.recipe(), call_limit).await
-    }
-
     /// Instantiate any component linked with [`crate::link`] in this sandbox;
     /// for worlds other than the credential's (a composed consumer, a test
     /// probe). Its store has the sandbox's limits and no call deadline.
@@ -224,6 +215,12 @@ impl SandboxBuilder<'_> {
         let mut store = self.recipe().store()?;
         let instance = pre.instantiate_async(&mut store).await?;
         Ok((store, instance))
+    }
+
+    /// What the sandbox is made from, with the call limit it was given.
+    pub(crate) fn into_parts(self) -> (Recipe, Option<Duration>) {
+        let call_limit = self.call_limit;
+        (self.recipe(), call_limit)
     }
 
     /// What the sandbox is made from, and made again from after a trap.

@@ -44,7 +44,7 @@ use wasmtime_wasi::HostWallClock;
 
 use crate::p3::Calls;
 use crate::policy::Traffic;
-use crate::sandbox::{CALL_MARGIN, Live, Recipe};
+use crate::sandbox::{CALL_MARGIN, Live, Recipe, SandboxBuilder};
 use crate::state::State;
 use crate::withheld::Withheld;
 use crate::{CredentialOptions, TokenInfoResult, TokenRequestOptions, TokenResult};
@@ -129,6 +129,17 @@ type CoreError = vd_cred_broker::CredentialError;
 
 /// The component's own default `timeout-ms`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(vd_cred_broker::DEFAULT_TIMEOUT_MS as u64);
+
+impl SandboxBuilder<'_> {
+    /// One instance of the WASI 0.3 build ([`crate::Build::P3`]) serving
+    /// any number of concurrent calls (a [`SharedCredential`]), set up as
+    /// [`SandboxBuilder::build`] sets up a sandbox: the same grants, policy,
+    /// limits and clock. Fails for the 0.2 build.
+    pub async fn build_shared(self) -> Result<SharedCredential> {
+        let (recipe, call_limit) = self.into_parts();
+        SharedCredential::start(recipe, call_limit).await
+    }
+}
 
 impl SharedCredential {
     /// Start the instance's task on the current tokio runtime. The builder's

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use vd_cred_broker::{Answer, BrokerRequest, CredentialError, Platform, Secret, SendError};
-use wasip3::clocks::{monotonic_clock, system_clock};
+use wasip3::clocks::monotonic_clock;
 
 use crate::deadline::nanos;
 
@@ -14,7 +14,7 @@ pub struct Wasi;
 
 impl Platform for Wasi {
     fn now_unix(&mut self) -> u64 {
-        now_unix()
+        crate::transport::now_unix()
     }
 
     fn monotonic(&mut self) -> Duration {
@@ -42,9 +42,4 @@ impl Platform for Wasi {
         let x = vd_cred_broker::retry::splitmix64(monotonic_clock::now());
         x as f64 / (u64::MAX as f64 + 1.0)
     }
-}
-
-/// The host's wall clock, in Unix seconds (0 before 1970).
-pub fn now_unix() -> u64 {
-    u64::try_from(system_clock::now().seconds).unwrap_or(0)
 }

@@ -13,6 +13,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use vd_cred_broker::{Answer, BrokerRequest, MAX_ANSWER_BYTES, SendError};
+use wasip3::clocks::system_clock;
 use wasip3::http::client;
 use wasip3::http::types::{
     ErrorCode, Fields, Method, Request, RequestOptions, Response, Scheme, Trailers,
@@ -21,7 +22,6 @@ use wasip3::wit_bindgen::{FutureWriter, StreamResult, StreamWriter};
 use wasip3::{wit_future, wit_stream};
 
 use crate::deadline::{nanos, within};
-use crate::platform::now_unix;
 
 /// `POST` the request and read the whole answer (at most
 /// [`MAX_ANSWER_BYTES`]) within `timeout`.
@@ -229,4 +229,10 @@ fn from_code(code: &ErrorCode) -> SendError {
         ErrorCode::InternalError(Some(why)) => failed(why),
         other => failed(&format!("{other:?}")),
     }
+}
+
+/// The host's wall clock, in Unix seconds (0 before 1970): what an HTTP-date
+/// `Retry-After` is counted from, and the core's clock.
+pub fn now_unix() -> u64 {
+    u64::try_from(system_clock::now().seconds).unwrap_or(0)
 }
