@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use host_test::fast_broker::FastBroker;
 use host_test::original::OriginalPython;
+use host_test::wave::{Wave, show};
 use host_test::{rss_anon_kib, rss_kib};
 use tokio::sync::watch;
 use vd_cred_host::{
@@ -28,26 +29,6 @@ const LATENCIES: [Duration; 2] = [Duration::ZERO, Duration::from_millis(20)];
 /// Python processes started at most for one wave (each holds about 25 MB, and
 /// starting one takes about 0.15 s of CPU on this machine's 2 cores).
 const MAX_PROCESSES: usize = 250;
-
-struct Wave {
-    wall: Duration,
-    times: Vec<Duration>,
-}
-
-impl Wave {
-    fn at(&self, q: f64) -> Duration {
-        let mut t = self.times.clone();
-        t.sort();
-        t[((t.len() - 1) as f64 * q).round() as usize]
-    }
-}
-
-fn show(d: Duration) -> String {
-    match d.as_micros() {
-        n if n >= 10_000 => format!("{:.1} ms", n as f64 / 1e3),
-        n => format!("{:.2} ms", n as f64 / 1e3),
-    }
-}
 
 struct Agent {
     sandbox: Sandbox,

@@ -25,6 +25,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use host_test::fast_broker::FastBroker;
+use host_test::wave::{Wave, show};
 use host_test::{rss_anon_kib, rss_kib};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -41,26 +42,6 @@ const GUEST_DIR: &str = "/run/vd";
 const GUEST_FILE: &str = "/run/vd/credential";
 /// The one bearer every agent holds.
 const BEARER: &str = "vd_iat_shared_intent_session\n";
-
-struct Wave {
-    wall: Duration,
-    times: Vec<Duration>,
-}
-
-impl Wave {
-    fn at(&self, q: f64) -> Duration {
-        let mut t = self.times.clone();
-        t.sort();
-        t[((t.len() - 1) as f64 * q).round() as usize]
-    }
-}
-
-fn show(d: Duration) -> String {
-    match d.as_micros() {
-        n if n >= 10_000 => format!("{:.1} ms", n as f64 / 1e3),
-        n => format!("{:.2} ms", n as f64 / 1e3),
-    }
-}
 
 /// RSS and its anonymous part, KiB.
 #[derive(Clone, Copy)]

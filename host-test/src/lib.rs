@@ -46,6 +46,7 @@ pub mod probe;
 pub mod proxy;
 mod server_thread;
 pub mod tls;
+pub mod wave;
 
 pub use broker::{MockBroker, Recorded, Reply};
 pub use clock::TestClock;
