@@ -63,12 +63,12 @@ pub struct HostOptions {
     /// Use wasmtime's pooling allocator, sized for this many live instances
     /// (for a runtime hosting many agents). `None`: on-demand allocation.
     pub pooling: Option<u32>,
-    /// Load from (and write) a precompiled cache: next to the `.wasm` for
-    /// [`Host::load_with`], in [`HostOptions::cache_dir`] for
-    /// [`Host::embedded_with`].
+    /// Load from (and write) a precompiled cache, in
+    /// [`HostOptions::cache_dir`] (never next to a `.wasm`: see
+    /// [`precompiled`] for why, and which directories an agent must never
+    /// be given).
     pub precompiled_cache: bool,
-    /// The cache directory for the embedded component; `None`:
-    /// [`precompiled::user_cache_dir`].
+    /// The cache directory; `None`: [`precompiled::user_cache_dir`].
     pub cache_dir: Option<PathBuf>,
     /// Compile on several threads (rayon's global pool) when the component
     /// is not in the cache. A process forked from one that compiled has that
@@ -206,8 +206,8 @@ impl Host {
         Host::from_component(engine, component, source)
     }
 
-    /// Load the component at `wasm` (from the precompiled cache next to it
-    /// when it matches) and link WASI and wasi:http: 0.2 for the 0.2 build,
+    /// Load the component at `wasm` (from the per-user precompiled cache
+    /// when it holds a match, never from beside the file) and link WASI and wasi:http: 0.2 for the 0.2 build,
     /// 0.3 for the 0.3 build (told apart by its exports).
     pub fn load(wasm: impl AsRef<Path>) -> Result<Host> {
         Host::load_with(wasm, HostOptions::default())
@@ -225,7 +225,11 @@ impl Host {
                     .parallel_compilation(options.parallel_compilation),
             )?;
             let (component, source) = if options.precompiled_cache {
-                precompiled::load(&engine, wasm)?
+                let cache_dir = options
+                    .cache_dir
+                    .clone()
+                    .or_else(precompiled::user_cache_dir);
+                precompiled::load_file(&engine, wasm, cache_dir.as_deref())?
             } else {
                 let component = Component::from_file(&engine, wasm).map_err(|e| {
                     anyhow::Error::from(e).context(format!("compiling {}", wasm.display()))

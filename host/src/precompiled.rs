@@ -7,9 +7,28 @@
 //! or a differently configured engine therefore misses and recompiles; stale
 //! files are left for the user to delete.
 //!
-//! Deserializing a cache file runs its contents as native code, so on Unix a
-//! cache file is used only when nobody but the effective user (or root) can
-//! have put it there:
+//! Deserializing a cache file runs its contents as native code, so a cache
+//! file is used only when this host wrote it, and nobody but the effective
+//! user (or root) can have put it there.
+//!
+//! **Written by this host.** Every cache file ends with an HMAC-SHA256 tag
+//! over its name and its code, made with a key of 32 random bytes the host
+//! keeps beside the cache directory, not in it (`<cache dir>.key`:
+//! `~/.cache/vd-cred-broker.key` by default; created mode 0600, and used
+//! only if it is a regular file of the effective user's that nobody else
+//! can read or write). A file without a valid tag is never deserialized:
+//! an agent that can write into the cache directory (a preopen an embedder
+//! gave it over the directory, or over one that holds it) cannot plant
+//! code the next process runs natively, unless it can also read the key.
+//! So never preopen, for any agent, the cache directory, its key, or a
+//! directory that holds either (the user's home, `~/.cache`):
+//! [`check_agent_preopen`] refuses such a directory, and the CLI's and the
+//! test agents' stores call it for each one. Components named by a path
+//! ([`load`]) are cached in the same directory, never beside the `.wasm`
+//! (which an agent may well be able to write to).
+//!
+//! **Nobody else's.** On Unix a cache file is used only when nobody but the
+//! effective user (or root) can have put it there:
 //!
 //! - its directory (the one the path leads to) belongs to the effective user
 //!   and is not writable by group or others, and
@@ -34,8 +53,9 @@
 //! be one only the user can write, as the default under the user's profile
 //! is. Writing uses the same exclusive temporary file and rename.
 //!
-//! A cache that cannot be read or written, or fails these checks, only means
-//! compiling in memory: loading never fails because of it.
+//! A cache that cannot be read or written, a key that cannot be had, or a
+//! file that fails these checks, only means compiling in memory: loading
+//! never fails because of it.
 
 use std::ffi::{OsStr, OsString};
 #[cfg(unix)]
@@ -44,6 +64,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
 
@@ -89,36 +111,191 @@ pub fn cache_file_name(engine: &Engine, name: &str, wasm_bytes: &[u8]) -> String
     format!("{name}.{:016x}.cwasm", hasher.finish())
 }
 
-/// The cache path for the file `wasm` under `engine`: beside it.
-pub fn cache_path(engine: &Engine, wasm: &Path, wasm_bytes: &[u8]) -> PathBuf {
-    let name = wasm.file_name().unwrap_or_default().to_string_lossy();
-    wasm.with_file_name(cache_file_name(engine, &name, wasm_bytes))
+/// Load `wasm`, from the per-user cache ([`user_cache_dir`]) when it holds
+/// a match this host wrote, else compile it and cache it there.
+pub fn load(engine: &Engine, wasm: &Path) -> Result<(Component, Source)> {
+    load_file(engine, wasm, user_cache_dir().as_deref())
 }
 
-/// Load `wasm`, from its precompiled cache beside it when one matches this
-/// engine and can be trusted (see the module docs), else compile it and write
-/// the cache when the directory can be trusted.
-pub fn load(engine: &Engine, wasm: &Path) -> Result<(Component, Source)> {
+/// [`load`] with `cache_dir` as the cache (`None`: compile in memory).
+/// Never beside the `.wasm`.
+pub fn load_file(
+    engine: &Engine,
+    wasm: &Path,
+    cache_dir: Option<&Path>,
+) -> Result<(Component, Source)> {
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let cached = cache_path(engine, wasm, &bytes);
-    load_cached(engine, &bytes, Some(&cached))
+    let name = wasm.file_stem().unwrap_or_default().to_string_lossy();
+    load_bytes(engine, &name, &bytes, cache_dir)
         .with_context(|| format!("compiling {}", wasm.display()))
 }
 
 /// Load the component `bytes` (called `name`), from `cache_dir` when it
-/// holds a match, else compile it and write the cache there (creating the
-/// directory, mode 0700 on Unix). No `cache_dir`: compile in memory.
+/// holds a match this host wrote, else compile it and write the cache there
+/// (creating the directory, mode 0700 on Unix, and its key). No
+/// `cache_dir`: compile in memory.
 pub fn load_bytes(
     engine: &Engine,
     name: &str,
     bytes: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<(Component, Source)> {
-    let cached = cache_dir.map(|dir| {
+    let cached = cache_dir.and_then(|dir| {
         create_private_dir(dir);
-        dir.join(cache_file_name(engine, name, bytes))
+        let key = Key::beside(dir)?;
+        Some((dir.join(cache_file_name(engine, name, bytes)), key))
     });
-    load_cached(engine, bytes, cached.as_deref()).with_context(|| format!("compiling {name}"))
+    let cached = cached.as_ref().map(|(path, key)| (path.as_path(), key));
+    load_cached(engine, bytes, cached).with_context(|| format!("compiling {name}"))
+}
+
+/// Where the key of the cache directory `dir` is kept: `<dir>.key`, beside
+/// it (so that a preopen of the directory does not reach it).
+pub fn key_path(dir: &Path) -> Option<PathBuf> {
+    let mut name = dir.file_name()?.to_os_string();
+    name.push(".key");
+    Some(dir.with_file_name(name))
+}
+
+/// Refuse `host_dir` as a preopen for an agent if it is, holds, or lies
+/// inside the per-user precompiled cache ([`user_cache_dir`]) or its key:
+/// an agent that could write there could plant machine code the host
+/// runs, and one that could read the key could make it pass as the host's.
+pub fn check_agent_preopen(host_dir: &Path) -> Result<()> {
+    let Some(cache) = user_cache_dir() else {
+        return Ok(());
+    };
+    check_preopen_against(host_dir, &cache)
+}
+
+/// [`check_agent_preopen`] against the cache directory `cache`.
+pub fn check_preopen_against(host_dir: &Path, cache: &Path) -> Result<()> {
+    let dir = resolved(host_dir);
+    for guarded in [Some(cache.to_path_buf()), key_path(cache)]
+        .into_iter()
+        .flatten()
+    {
+        let guarded = resolved(&guarded);
+        if dir.starts_with(&guarded) || guarded.starts_with(&dir) {
+            anyhow::bail!(
+                "{} may not be preopened for an agent: it holds or lies in the host's precompiled \
+                 cache ({}) or its key, where an agent could plant machine code the host runs; \
+                 give the agent a directory of its own",
+                host_dir.display(),
+                cache.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute, with links and `..` resolved as the system would
+/// as far as it exists, and `..` taken lexically past that (the part not
+/// yet created).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut resolved = PathBuf::new();
+    let mut exists = true;
+    for part in absolute.components() {
+        use std::path::Component;
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if !exists => {
+                resolved.pop();
+            }
+            _ => {
+                resolved.push(part);
+                if exists {
+                    match std::fs::canonicalize(&resolved) {
+                        Ok(real) => resolved = real,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
+        }
+    }
+    resolved
+}
+
+/// The key that authenticates a cache directory's files.
+struct Key([u8; 32]);
+
+/// How long a cache file's tag is.
+const TAG_BYTES: usize = 32;
+
+impl Key {
+    /// The key of the cache directory `dir` ([`key_path`]), made if there
+    /// is none yet; `None` if it cannot be had or trusted (then nothing is
+    /// cached).
+    fn beside(dir: &Path) -> Option<Key> {
+        let path = key_path(dir)?;
+        if let Some(key) = Key::read(&path) {
+            return Some(key);
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes).ok()?;
+        let parent = path.parent()?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".vd-cred-key.")
+            .tempfile_in(parent)
+            .ok()?;
+        use std::io::Write;
+        tmp.write_all(&bytes).ok()?;
+        tmp.as_file().sync_all().ok()?;
+        // Never over a key that is there (another process's, made since):
+        // then that one is read.
+        let _ = tmp.persist_noclobber(&path);
+        Key::read(&path)
+    }
+
+    /// The key at `path`, if it is one only this user can read or write.
+    fn read(path: &Path) -> Option<Key> {
+        #[cfg(unix)]
+        let bytes = {
+            use rustix::fs::{Mode, OFlags};
+            use std::io::Read;
+            use std::os::unix::fs::MetadataExt;
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let mut file = File::from(rustix::fs::open(path, flags, Mode::empty()).ok()?);
+            let meta = file.metadata().ok()?;
+            let ours = meta.uid() == rustix::process::geteuid().as_raw();
+            if !(meta.is_file() && ours && meta.mode() & 0o077 == 0) {
+                return None;
+            }
+            let mut bytes = Vec::new();
+            file.by_ref().take(64).read_to_end(&mut bytes).ok()?;
+            bytes
+        };
+        #[cfg(not(unix))]
+        let bytes = std::fs::read(path).ok()?;
+        Some(Key(bytes.try_into().ok()?))
+    }
+
+    fn mac(&self, name: &OsStr, code: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
+        mac.update(name.as_encoded_bytes());
+        mac.update(&[0]);
+        mac.update(code);
+        mac
+    }
+
+    /// `code` with its tag, as a cache file called `name` holds it.
+    fn seal(&self, name: &OsStr, code: &[u8]) -> Vec<u8> {
+        let tag = self.mac(name, code).finalize().into_bytes();
+        let mut file = Vec::with_capacity(code.len() + TAG_BYTES);
+        file.extend_from_slice(code);
+        file.extend_from_slice(&tag);
+        file
+    }
+
+    /// The code in the cache file `name` holding `file`, if its tag is this
+    /// key's (checked in constant time).
+    fn open(&self, name: &OsStr, mut file: Vec<u8>) -> Option<Vec<u8>> {
+        let at = file.len().checked_sub(TAG_BYTES)?;
+        let tag = file.split_off(at);
+        self.mac(name, &file).verify_slice(&tag).ok()?;
+        Some(file)
+    }
 }
 
 /// Create `dir` and any missing parents, private to the user on Unix. An
@@ -135,20 +312,23 @@ fn create_private_dir(dir: &Path) {
 fn load_cached(
     engine: &Engine,
     bytes: &[u8],
-    cached: Option<&Path>,
+    cached: Option<(&Path, &Key)>,
 ) -> Result<(Component, Source)> {
-    let dir = cached.and_then(CacheDir::of);
-    if let Some(dir) = &dir
-        && let Some(code) = dir.read()
+    let dir = cached.and_then(|(path, key)| Some((CacheDir::of(path)?, key)));
+    if let Some((dir, key)) = &dir
+        && let Some(file) = dir.read()
+        && let Some(code) = key.open(dir.name, file)
         && Engine::detect_precompiled(&code) == Some(Precompiled::Component)
     {
-        // SAFETY: deserializing trusts the contents. They were read from a
-        // regular file of the effective user's, not writable by anyone else,
-        // in a directory of the same kind (see `CacheDir`), so only this user
-        // (or root) can have put them there, and such files are written only
-        // by this function; the name binds them to this exact component and
-        // engine configuration. They were read into memory, so later changes
-        // to the file cannot reach the loaded code.
+        // SAFETY: deserializing trusts the contents. They carry a tag made
+        // with this cache's key over their name and code, and only this
+        // function makes such tags (the key is kept outside the cache
+        // directory, readable by this user only), so this host wrote them
+        // for this name; they were read from a regular file of the
+        // effective user's, not writable by anyone else, in a directory of
+        // the same kind (see `CacheDir`); the name binds them to this exact
+        // component and engine configuration. They were read into memory,
+        // so later changes to the file cannot reach the loaded code.
         if let Ok(component) = unsafe { Component::deserialize(engine, &code) } {
             return Ok((component, Source::Cached));
         }
@@ -156,9 +336,9 @@ fn load_cached(
     let code = engine
         .precompile_component(bytes)
         .map_err(anyhow::Error::from)?;
-    if let Some(dir) = &dir {
+    if let Some((dir, key)) = &dir {
         // Best effort: a read-only directory just means compiling every time.
-        dir.write(&code);
+        dir.write(&key.seal(dir.name, &code));
     }
     // SAFETY: `code` was produced just now by this engine.
     let component =
@@ -308,6 +488,64 @@ mod tests {
         assert_eq!(source, Source::Cached);
     }
 
+    #[test]
+    fn a_component_named_by_path_is_cached_in_the_cache_never_beside_it() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let (home, cache) = (dir.path().join("agents"), dir.path().join("cache"));
+        std::fs::create_dir(&home).unwrap();
+        let wasm = home.join("agent.wasm");
+        std::fs::write(&wasm, wat_component()).unwrap();
+        assert_eq!(
+            load_file(&engine, &wasm, Some(&cache)).unwrap().1,
+            Source::Compiled
+        );
+        assert_eq!(
+            load_file(&engine, &wasm, Some(&cache)).unwrap().1,
+            Source::Cached
+        );
+        let beside: Vec<_> = std::fs::read_dir(&home).unwrap().collect();
+        assert_eq!(beside.len(), 1, "only the .wasm beside it");
+        let name = cache_file_name(&engine, "agent", &wat_component());
+        assert!(cache.join(name).is_file());
+        // No cache: compiled in memory, nothing written.
+        assert_eq!(load_file(&engine, &wasm, None).unwrap().1, Source::Compiled);
+    }
+
+    #[test]
+    fn a_preopen_over_the_cache_or_its_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("home/.cache/vd-cred-broker");
+        std::fs::create_dir_all(&cache).unwrap();
+        let refused = |d: &Path| check_preopen_against(d, &cache).is_err();
+        for d in [
+            cache.clone(),
+            cache.join("sub"),
+            dir.path().join("home/.cache"),
+            dir.path().join("home"),
+            dir.path().to_path_buf(),
+            // Spelled otherwise: `..`, and a directory not yet made.
+            dir.path().join("home/.cache/x/../vd-cred-broker"),
+            dir.path().join("home/.cache/vd-cred-broker/not/yet"),
+        ] {
+            assert!(refused(&d), "{}", d.display());
+        }
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(dir.path().join("home/.cache"), &link).unwrap();
+            assert!(refused(&link), "a link to a directory above it");
+        }
+        let mine = dir.path().join("home/work");
+        std::fs::create_dir_all(&mine).unwrap();
+        assert!(!refused(&mine));
+        assert!(!refused(&dir.path().join("home/.cache/other")));
+        let why = check_preopen_against(&cache, &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("plant machine code"), "{why}");
+    }
+
     #[cfg(unix)]
     mod unix {
         use std::collections::BTreeSet;
@@ -331,149 +569,220 @@ mod tests {
                 .collect()
         }
 
-        /// The engine, the component, its cache file name, and valid machine
-        /// code for it: a file holding it would load if nothing were checked.
-        fn fixture() -> (Engine, Vec<u8>, String, Vec<u8>) {
+        /// A component and a cache for it: the engine, the component, its
+        /// cache file name, a cache directory (private, its key beside it in
+        /// the temporary directory), and valid machine code for the component
+        /// sealed with that key: a file holding it passes the tag check, so
+        /// these tests see each other check on its own.
+        struct Fixture {
+            engine: Engine,
+            wasm: Vec<u8>,
+            name: String,
+            sealed: Vec<u8>,
+            code: Vec<u8>,
+            cache: PathBuf,
+            _dir: tempfile::TempDir,
+        }
+
+        fn fixture() -> Fixture {
             let engine = Engine::default();
             let wasm = wat_component();
             let name = cache_file_name(&engine, "c", &wasm);
             let code = engine.precompile_component(&wasm).unwrap();
-            (engine, wasm, name, code)
-        }
-
-        fn source(engine: &Engine, wasm: &[u8], dir: &Path) -> Source {
-            load_bytes(engine, "c", wasm, Some(dir)).unwrap().1
-        }
-
-        #[test]
-        fn a_created_cache_dir_is_private_and_holds_only_the_cache_file() {
-            let (engine, wasm, name, _) = fixture();
             let dir = tempfile::tempdir().unwrap();
-            let cache = dir.path().join("nested/cache");
-            assert_eq!(source(&engine, &wasm, &cache), Source::Compiled);
-            assert_eq!(mode(&dir.path().join("nested")), 0o700);
-            assert_eq!(mode(&cache), 0o700);
-            assert_eq!(listing(&cache), BTreeSet::from([name.clone()]));
-            assert_eq!(mode(&cache.join(&name)), 0o600);
-            assert_eq!(source(&engine, &wasm, &cache), Source::Cached);
+            let cache = dir.path().join("cache");
+            create_private_dir(&cache);
+            let key = Key::beside(&cache).unwrap();
+            let sealed = key.seal(OsStr::new(&name), &code);
+            Fixture {
+                engine,
+                wasm,
+                name,
+                sealed,
+                code,
+                cache,
+                _dir: dir,
+            }
         }
 
-        #[test]
-        fn a_planted_file_in_a_directory_others_can_write_is_ignored() {
-            let (engine, wasm, name, code) = fixture();
-            for dir_mode in [0o775, 0o777, 0o757, 0o1777] {
-                let dir = tempfile::tempdir().unwrap();
-                let planted = dir.path().join(&name);
-                std::fs::write(&planted, &code).unwrap();
-                chmod(&planted, 0o600);
-                // In a private directory the plant would load.
-                assert_eq!(source(&engine, &wasm, dir.path()), Source::Cached);
+        impl Fixture {
+            fn source(&self) -> Source {
+                load_bytes(&self.engine, "c", &self.wasm, Some(&self.cache))
+                    .unwrap()
+                    .1
+            }
 
-                chmod(dir.path(), dir_mode);
-                let before = std::fs::metadata(&planted).unwrap().ino();
-                for _ in 0..2 {
-                    let source = source(&engine, &wasm, dir.path());
-                    assert_eq!(source, Source::Compiled, "{dir_mode:o}");
-                }
-                // Nor is anything written there: the plant is the same file.
-                assert_eq!(std::fs::metadata(&planted).unwrap().ino(), before);
-                assert_eq!(listing(dir.path()), BTreeSet::from([name.clone()]));
+            fn plant(&self, bytes: &[u8], file_mode: u32) -> PathBuf {
+                let planted = self.cache.join(&self.name);
+                std::fs::write(&planted, bytes).unwrap();
+                chmod(&planted, file_mode);
+                planted
             }
         }
 
         #[test]
-        fn a_planted_file_beside_a_wasm_others_can_write_beside_is_ignored() {
-            let (engine, wasm, _, code) = fixture();
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("c.wasm");
-            std::fs::write(&path, &wasm).unwrap();
-            let planted = cache_path(&engine, &path, &wasm);
-            std::fs::write(&planted, &code).unwrap();
-            chmod(&planted, 0o600);
-            assert_eq!(load(&engine, &path).unwrap().1, Source::Cached);
-            chmod(dir.path(), 0o775);
-            assert_eq!(load(&engine, &path).unwrap().1, Source::Compiled);
+        fn a_created_cache_dir_is_private_and_holds_only_the_cache_file() {
+            let f = fixture();
+            let cache = f.cache.join("nested/cache");
+            let source = load_bytes(&f.engine, "c", &f.wasm, Some(&cache)).unwrap().1;
+            assert_eq!(source, Source::Compiled);
+            assert_eq!(mode(&f.cache.join("nested")), 0o700);
+            assert_eq!(mode(&cache), 0o700);
+            assert_eq!(listing(&cache), BTreeSet::from([f.name.clone()]));
+            assert_eq!(mode(&cache.join(&f.name)), 0o600);
+            // Its key beside it, readable by this user only.
+            assert_eq!(mode(&key_path(&cache).unwrap()), 0o600);
+            let source = load_bytes(&f.engine, "c", &f.wasm, Some(&cache)).unwrap().1;
+            assert_eq!(source, Source::Cached);
+        }
+
+        /// What an agent with a preopen over the cache can write: machine
+        /// code for the component, without the host's tag (or with a tag of
+        /// another key). Never loaded; replaced by the host's own file.
+        #[test]
+        fn machine_code_the_host_did_not_write_is_never_loaded() {
+            let f = fixture();
+            let planted = f.plant(&f.code, 0o600);
+            assert_eq!(f.source(), Source::Compiled);
+            assert_ne!(std::fs::read(&planted).unwrap(), f.code, "replaced");
+            assert_eq!(f.source(), Source::Cached);
+
+            let other = tempfile::tempdir().unwrap();
+            let elsewhere = other.path().join("cache");
+            create_private_dir(&elsewhere);
+            let foreign = Key::beside(&elsewhere)
+                .unwrap()
+                .seal(OsStr::new(&f.name), &f.code);
+            f.plant(&foreign, 0o600);
+            assert_eq!(f.source(), Source::Compiled);
+            // Sealed for another name (another component's file, moved).
+            let key = Key::beside(&f.cache).unwrap();
+            f.plant(&key.seal(OsStr::new("other.cwasm"), &f.code), 0o600);
+            assert_eq!(f.source(), Source::Compiled);
+            // Truncated.
+            f.plant(&f.sealed[..f.sealed.len() - 1], 0o600);
+            assert_eq!(f.source(), Source::Compiled);
+            assert_eq!(f.source(), Source::Cached);
+        }
+
+        #[test]
+        fn a_key_others_can_read_or_write_caches_nothing() {
+            let f = fixture();
+            let key = key_path(&f.cache).unwrap();
+            for key_mode in [0o644, 0o640, 0o604, 0o622] {
+                chmod(&key, key_mode);
+                f.plant(&f.sealed, 0o600);
+                assert_eq!(f.source(), Source::Compiled, "{key_mode:o}");
+            }
+            // A link at the key's name is not followed.
+            let elsewhere = tempfile::tempdir().unwrap();
+            let target = elsewhere.path().join("key");
+            std::fs::copy(&key, &target).unwrap();
+            chmod(&target, 0o600);
+            std::fs::remove_file(&key).unwrap();
+            symlink(&target, &key).unwrap();
+            f.plant(&f.sealed, 0o600);
+            assert_eq!(f.source(), Source::Compiled);
+            assert_eq!(f.source(), Source::Compiled, "nothing cached meanwhile");
+        }
+
+        #[test]
+        fn a_planted_file_in_a_directory_others_can_write_is_ignored() {
+            let f = fixture();
+            for dir_mode in [0o775, 0o777, 0o757, 0o1777] {
+                chmod(&f.cache, 0o700);
+                let planted = f.plant(&f.sealed, 0o600);
+                // In a private directory the plant would load.
+                assert_eq!(f.source(), Source::Cached);
+
+                chmod(&f.cache, dir_mode);
+                let before = std::fs::metadata(&planted).unwrap().ino();
+                for _ in 0..2 {
+                    assert_eq!(f.source(), Source::Compiled, "{dir_mode:o}");
+                }
+                // Nor is anything written there: the plant is the same file.
+                assert_eq!(std::fs::metadata(&planted).unwrap().ino(), before);
+                assert_eq!(listing(&f.cache), BTreeSet::from([f.name.clone()]));
+            }
         }
 
         #[test]
         fn a_cache_file_others_can_write_is_ignored_and_replaced() {
-            let (engine, wasm, name, code) = fixture();
+            let f = fixture();
             for file_mode in [0o666, 0o620, 0o602] {
-                let dir = tempfile::tempdir().unwrap();
-                let planted = dir.path().join(&name);
-                std::fs::write(&planted, &code).unwrap();
-                chmod(&planted, file_mode);
-                assert_eq!(source(&engine, &wasm, dir.path()), Source::Compiled);
+                let planted = f.plant(&f.sealed, file_mode);
+                assert_eq!(f.source(), Source::Compiled);
                 // Replaced by a file of our own, which then loads.
                 assert_eq!(mode(&planted), 0o600);
-                assert_eq!(listing(dir.path()), BTreeSet::from([name.clone()]));
-                assert_eq!(source(&engine, &wasm, dir.path()), Source::Cached);
+                assert_eq!(listing(&f.cache), BTreeSet::from([f.name.clone()]));
+                assert_eq!(f.source(), Source::Cached);
             }
         }
 
         #[test]
         fn a_link_at_the_cache_name_is_not_followed() {
-            let (engine, wasm, name, code) = fixture();
-            let dir = tempfile::tempdir().unwrap();
+            let f = fixture();
             let elsewhere = tempfile::tempdir().unwrap();
             let target = elsewhere.path().join("code.cwasm");
-            std::fs::write(&target, &code).unwrap();
+            std::fs::write(&target, &f.sealed).unwrap();
             chmod(&target, 0o600);
-            let link = dir.path().join(&name);
+            let link = f.cache.join(&f.name);
             symlink(&target, &link).unwrap();
 
-            assert_eq!(source(&engine, &wasm, dir.path()), Source::Compiled);
+            assert_eq!(f.source(), Source::Compiled);
             // The link was replaced by a file (the rename does not follow
             // it), and its target is untouched.
             assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
-            assert_eq!(std::fs::read(&target).unwrap(), code);
-            assert_eq!(source(&engine, &wasm, dir.path()), Source::Cached);
+            assert_eq!(std::fs::read(&target).unwrap(), f.sealed);
+            assert_eq!(f.source(), Source::Cached);
         }
 
         #[test]
         fn a_link_at_the_old_temporary_name_is_not_followed() {
-            let (engine, wasm, name, _) = fixture();
-            let dir = tempfile::tempdir().unwrap();
+            let f = fixture();
             let elsewhere = tempfile::tempdir().unwrap();
             let victim = elsewhere.path().join("victim");
             std::fs::write(&victim, "victim").unwrap();
             // The name this module used to write through: predictable.
-            let old_tmp = dir
-                .path()
-                .join(&name)
+            let old_tmp = f
+                .cache
+                .join(&f.name)
                 .with_extension(format!("tmp{}", std::process::id()));
             symlink(&victim, &old_tmp).unwrap();
 
-            assert_eq!(source(&engine, &wasm, dir.path()), Source::Compiled);
+            assert_eq!(f.source(), Source::Compiled);
             assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
             assert!(std::fs::symlink_metadata(&old_tmp).unwrap().is_symlink());
             let old_tmp = old_tmp.file_name().unwrap().to_str().unwrap().to_owned();
-            assert_eq!(listing(dir.path()), BTreeSet::from([name.clone(), old_tmp]));
-            assert_eq!(source(&engine, &wasm, dir.path()), Source::Cached);
+            assert_eq!(listing(&f.cache), BTreeSet::from([f.name.clone(), old_tmp]));
+            assert_eq!(f.source(), Source::Cached);
         }
 
         /// Files and directories of another user (only root can make them, so
         /// elsewhere this test checks nothing).
         #[test]
         fn a_cache_file_or_directory_of_another_user_is_ignored() {
-            let (engine, wasm, name, code) = fixture();
+            let f = fixture();
             let other = rustix::process::geteuid().as_raw().wrapping_add(4242);
-            let dir = tempfile::tempdir().unwrap();
-            let planted = dir.path().join(&name);
-            std::fs::write(&planted, &code).unwrap();
-            chmod(&planted, 0o600);
+            let planted = f.plant(&f.sealed, 0o600);
             if std::os::unix::fs::chown(&planted, Some(other), None).is_err() {
                 return; // not root
             }
-            assert_eq!(source(&engine, &wasm, dir.path()), Source::Compiled);
+            assert_eq!(f.source(), Source::Compiled);
             // Replaced by our own file.
-            assert_eq!(source(&engine, &wasm, dir.path()), Source::Cached);
+            assert_eq!(f.source(), Source::Cached);
 
-            std::fs::write(&planted, &code).unwrap();
-            std::os::unix::fs::chown(dir.path(), Some(other), None).unwrap();
+            std::fs::write(&planted, &f.sealed).unwrap();
+            std::os::unix::fs::chown(&f.cache, Some(other), None).unwrap();
             let before = std::fs::metadata(&planted).unwrap().ino();
-            assert_eq!(source(&engine, &wasm, dir.path()), Source::Compiled);
+            assert_eq!(f.source(), Source::Compiled);
             assert_eq!(std::fs::metadata(&planted).unwrap().ino(), before);
+            // A key of another user's: nothing cached.
+            std::os::unix::fs::chown(&f.cache, Some(0), None).unwrap();
+            let key = key_path(&f.cache).unwrap();
+            std::os::unix::fs::chown(&key, Some(other), None).unwrap();
+            f.plant(&f.sealed, 0o600);
+            assert_eq!(f.source(), Source::Compiled);
         }
     }
 
