@@ -59,6 +59,26 @@ impl BrokerRequest {
         }
     }
 
+    /// The audience a request's `body` asks for (either shape, the
+    /// helper's too), as a host that counts the requests it lets through
+    /// per audience reads it.
+    ///
+    /// ```
+    /// use vd_cred_broker::BrokerRequest;
+    /// assert_eq!(BrokerRequest::audience_of(br#"{"audience":"vault"}"#).as_deref(), Some("vault"));
+    /// assert_eq!(BrokerRequest::audience_of(br#"{"scope":"data_platform","audience":"arm"}"#).as_deref(), Some("arm"));
+    /// assert_eq!(BrokerRequest::audience_of(b"not json"), None);
+    /// ```
+    pub fn audience_of(body: &[u8]) -> Option<String> {
+        match serde_json::from_slice::<Value>(body)
+            .ok()?
+            .get("audience")?
+        {
+            Value::String(audience) => Some(audience.clone()),
+            _ => None,
+        }
+    }
+
     /// The runtime-access helper request: `{"scope":"<class>","audience":"<aud>"}`,
     /// no `Authorization` (the helper holds the bearer and adds lane and revision).
     pub fn helper(url: String, audience: &str) -> Self {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use vd_cred_host::TrustedRoots;
-use vd_cred_host::egress::AgentEgress;
+use vd_cred_host::egress::{AgentEgress, EgressLimits};
 use vd_cred_host::inject::{DEFAULT_RULES, InjectEvent, Injection};
 use vd_cred_host::linked::{self, LinkedCredential};
 use wasmtime::component::wasm_wave::untyped::UntypedFuncCall;
@@ -87,6 +87,7 @@ pub struct AgentBuilder {
     on_inject: Option<InjectHook>,
     connect_to: Vec<(String, u16, SocketAddr)>,
     proxies: Option<vd_cred_host::Proxies>,
+    limits: Option<EgressLimits>,
 }
 
 type InjectHook = Arc<dyn Fn(&InjectEvent<'_>) + Send + Sync>;
@@ -99,7 +100,9 @@ impl AgentBuilder {
     }
 
     /// Preopen `host_dir` read-write at `guest_path` for the agent (its
-    /// workspace, say).
+    /// workspace, say). Refused when the store is made if it is, holds or
+    /// lies in the host's precompiled cache or its key
+    /// ([`vd_cred_host::precompiled::check_agent_preopen`]).
     pub fn dir(mut self, host_dir: impl Into<PathBuf>, guest_path: impl Into<String>) -> Self {
         self.dirs.push((host_dir.into(), guest_path.into()));
         self
@@ -173,14 +176,25 @@ impl AgentBuilder {
         self
     }
 
+    /// What the agent's own HTTP may hold at once (default:
+    /// [`EgressLimits::default`]).
+    pub fn egress_limits(mut self, limits: EgressLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// The agent's store, holding `linked`.
     pub fn store(self, engine: &Engine, linked: LinkedCredential) -> Result<Store<AgentState>> {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.env);
         for (dir, guest) in &self.dirs {
+            vd_cred_host::precompiled::check_agent_preopen(dir)?;
             wasi.preopened_dir(dir, guest, FsPerms::ReadWrite)?;
         }
         let mut hooks = AgentEgress::for_agent_of(&linked)?;
+        if let Some(limits) = self.limits {
+            hooks.limits(limits);
+        }
         for origin in &self.egress {
             hooks.allow(origin)?;
         }
@@ -294,6 +308,8 @@ pub mod test_agent {
         AccessToken, AccessTokenInfo, CredentialError, CredentialOptions, TokenRequestOptions,
     };
 
+    /// What the agent's [`TestAgent::http_flood`] saw.
+    pub use bindings::exports::vibedata::test_agent::agent::FloodReport;
     /// What the agent's [`TestAgent::http_request`] got back.
     pub use bindings::exports::vibedata::test_agent::agent::HttpAnswer;
 
@@ -422,6 +438,41 @@ pub mod test_agent {
             Ok(self
                 .iface()
                 .call_http_request(&mut self.store, method, url, &headers, body)
+                .await?)
+        }
+
+        /// `GET url` `count` times from inside the agent: each outcome (a
+        /// status, or an error code) and how often it came.
+        pub async fn http_loop(&mut self, url: &str, count: u32) -> Result<Vec<(String, u32)>> {
+            Ok(self
+                .iface()
+                .call_http_loop(&mut self.store, url, count)
+                .await?)
+        }
+
+        /// `count` `POST url` requests with bodies of `body_bytes`, all held
+        /// at once, then the free `get-token(scopes)` while they are held
+        /// (see the agent's `http-flood`).
+        pub async fn http_flood(
+            &mut self,
+            url: &str,
+            body_bytes: u64,
+            count: u32,
+            scopes: &[&str],
+        ) -> Result<FloodReport> {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            Ok(self
+                .iface()
+                .call_http_flood(&mut self.store, url, body_bytes, count, &scopes)
+                .await?)
+        }
+
+        /// Start `GET url`, then `GET sync_url` and wait for it, then drop
+        /// the first unanswered: the second's status, or its error code.
+        pub async fn abandon(&mut self, url: &str, sync_url: &str) -> Result<Result<u16, String>> {
+            Ok(self
+                .iface()
+                .call_abandon(&mut self.store, url, sync_url)
                 .await?)
         }
 

@@ -10,6 +10,8 @@
 //! - [`tls::TestCa`] is a throw-away CA for the https mock broker
 //!   ([`MockBroker::start_tls`]).
 //! - [`probe`] runs a test component in the credential's exact sandbox.
+//! - [`sink::Sink`] reads everything and never answers; [`sink::Gate`]
+//!   answers when the test says so.
 //! - [`keyvault`] is the composed Key Vault example; [`native`] the same core
 //!   without wasm, the benchmarks' floor.
 //!
@@ -45,6 +47,7 @@ pub mod plain_host;
 pub mod probe;
 pub mod proxy;
 mod server_thread;
+pub mod sink;
 pub mod tls;
 pub mod wave;
 
@@ -62,6 +65,25 @@ pub fn rss_kib() -> Option<u64> {
 /// shares, which RSS counts once per instance.
 pub fn rss_anon_kib() -> Option<u64> {
     status_kib("RssAnon:")
+}
+
+/// This process's peak resident set size in KiB (`VmHWM`), since it
+/// started or since [`reset_peak_rss`].
+pub fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// Start [`peak_rss_kib`] again from the current resident set (Linux's
+/// `/proc/self/clear_refs`): a test measures the peak of what it does next,
+/// not of the warm-up before. `false` where that cannot be done.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// How many file descriptors this process has open (Linux's
+/// `/proc/self/fd`), `None` where that cannot be read.
+pub fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
 }
 
 fn status_kib(field: &str) -> Option<u64> {

@@ -463,8 +463,9 @@ async fn run_agent(args: &[String]) -> Result<ExitCode> {
                 e.error
             )
         });
-    // Compiled once, then loaded from the precompiled cache (beside the
-    // .wasm, or per user), as the credential is.
+    // Compiled once, then loaded from the per-user precompiled cache, as the
+    // credential is: never from beside the .wasm, where an agent may be able
+    // to write (see vd_cred_host::precompiled).
     let (component, _) = vd_cred_host::precompiled::load(host.engine(), std::path::Path::new(wasm))
         .map_err(|e| anyhow::anyhow!("loading {wasm}: {e:#}"))?;
     let pre = agent::link(host.engine(), &component)?;

@@ -58,7 +58,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::Uri;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::client::legacy::Client;
@@ -73,6 +73,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
+use crate::caps::{Caps, Limit, Reservation, Slot, held_bytes};
 use crate::proxy::{Proxies, ProxyUrl};
 use crate::tls::{TrustedRoots, explain};
 use crate::tunnel::{Tunnel, refused_by, to_proxy, tunnel};
@@ -99,9 +100,19 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const CREDENTIAL_MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 /// What the policy answers about the addresses a host name resolved to:
-/// `Ok` to connect (to those addresses only), `Err(why)` to refuse the
-/// connection (the request then fails with `HTTP-request-denied`).
-pub(crate) type VetFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// `Ok` to connect (to those addresses only), `Err` to refuse the
+/// connection (the request then fails with `HTTP-request-denied`, or
+/// `connection-refused` when the refusal is to look like a closed port).
+pub(crate) type VetFuture = Pin<Box<dyn Future<Output = Result<(), VetRefusal>> + Send>>;
+
+/// Why a policy refused a connection, and how the refusal looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VetRefusal {
+    /// Why (for errors and logs on the host's side).
+    pub(crate) why: String,
+    /// Fail as a closed port does (`connection-refused`), not as a denial.
+    pub(crate) as_closed: bool,
+}
 
 /// A policy's connect-time check: the request's URI and every address its
 /// host resolved to.
@@ -130,6 +141,12 @@ pub(crate) struct Setup {
     pub(crate) connect_to: Vec<((String, u16), SocketAddr)>,
     /// Send through these proxies (none by default).
     pub(crate) proxies: Proxies,
+    /// An agent's counts and limits: connections open, body bytes held.
+    pub(crate) caps: Option<Arc<Caps>>,
+    /// The errors go to an agent: a proxy's problems are told to the
+    /// host's log, and the agent is told only that the proxy failed
+    /// (never which proxy, or which variable set it).
+    pub(crate) for_agent: bool,
 }
 
 impl Setup {
@@ -142,6 +159,8 @@ impl Setup {
             max_request_body: CREDENTIAL_MAX_REQUEST_BODY,
             connect_to: Vec::new(),
             proxies: Proxies::none(),
+            caps: None,
+            for_agent: false,
         }
     }
 }
@@ -169,6 +188,8 @@ impl Connections {
             proxies: Arc::new(setup.proxies),
             watches: watches.clone(),
             setup_timeout: SETUP_TIMEOUT,
+            caps: setup.caps,
+            for_agent: setup.for_agent,
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
@@ -187,9 +208,12 @@ impl Connections {
         }
     }
 
-    /// The largest request body sent.
-    pub(crate) fn max_request_body(&self) -> usize {
-        self.max_request_body
+    /// A request body, whole, counted against the agent's body bytes held
+    /// (`HTTP-request-body-size` past the largest body,
+    /// `connection-limit-reached` past the bytes held).
+    pub(crate) async fn collect(&self, body: WasiBody, target: &str) -> Result<Bytes, Error> {
+        let reservation = self.connector.caps.as_ref().map(|caps| caps.reservation());
+        collect_body(body, self.max_request_body, reservation, target).await
     }
 
     /// Send `request` (already allowed by the policy), honouring the
@@ -200,7 +224,7 @@ impl Connections {
         options: Option<RequestOptions>,
     ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
         let client = self.client.clone();
-        let max_request_body = self.max_request_body;
+        let this = self.clone();
         let watches = self.watches.clone();
         let connector = self.connector.clone();
         // A plain-http request through a proxy goes to it in absolute form,
@@ -220,7 +244,7 @@ impl Connections {
                 tokio::time::timeout_at(deadline, connector.pin(&mut parts))
                     .await
                     .map_err(|_| Error::ConnectionTimeout)?
-                    .map_err(|e| e.to_wasi())?;
+                    .map_err(|e| e.to_wasi(connector.for_agent))?;
                 proxy = connector.proxy_for(&parts.uri).cloned();
             }
             if let Some(proxy) = &proxy {
@@ -230,9 +254,9 @@ impl Connections {
                         credentials.header_value(),
                     )
                     .map_err(|_| {
-                        Error::InternalError(Some(format!(
+                        connector.proxy_error(format!(
                             "the proxy {proxy}'s credentials do not fit in a header"
-                        )))
+                        ))
                     })?;
                     value.set_sensitive(true);
                     parts
@@ -240,7 +264,7 @@ impl Connections {
                         .insert(hyper::header::PROXY_AUTHORIZATION, value);
                 }
             }
-            let body = collect_body(body, max_request_body).await?;
+            let body = this.collect(body, &target).await?;
             let mut request = hyper::Request::from_parts(parts, Full::new(body));
             let captured = capture_connection(&mut request);
             // No request on a connection the peer has closed.
@@ -249,18 +273,18 @@ impl Connections {
             Watches::captured(captured);
             let response = response
                 .map_err(|_| Error::ConnectionTimeout)?
-                .map_err(from_client_error)?;
+                .map_err(|e| from_client_error(e, connector.for_agent))?;
             // Only a proxy asks for proxy credentials: say so, rather than
             // hand the component a status it would blame on the broker.
             if let Some(proxy) = &proxy
                 && response.status() == hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED
             {
-                return Err(Error::InternalError(Some(refused_by(
+                return Err(connector.proxy_error(refused_by(
                     proxy,
                     &format!("the request to {target}"),
                     407,
                     "Proxy Authentication Required",
-                ))));
+                )));
             }
             let response = response.map(|incoming| {
                 BetweenBytes {
@@ -279,16 +303,44 @@ impl Connections {
     }
 }
 
-/// A request body, whole (`HTTP-request-body-size` past `max` bytes).
-pub(crate) async fn collect_body(body: WasiBody, max: usize) -> Result<Bytes, Error> {
-    Ok(Limited::new(body, max)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast::<Error>() {
-            Ok(e) => *e,
-            Err(_) => Error::HttpRequestBodySize(None),
-        })?
-        .to_bytes())
+/// A request body, whole (`HTTP-request-body-size` past `max` bytes);
+/// with a `reservation`, every byte of the buffer it is collected in is
+/// counted against the agent's body bytes held before it is allocated
+/// (`connection-limit-reached` past the limit, the refusal recorded), and
+/// stays counted while the bytes live.
+async fn collect_body(
+    body: WasiBody,
+    max: usize,
+    mut reservation: Option<Reservation>,
+    target: &str,
+) -> Result<Bytes, Error> {
+    let mut body = std::pin::pin!(body);
+    let mut data: Vec<u8> = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(chunk) = frame?.into_data() else {
+            continue; // trailers: not sent
+        };
+        let len = data.len() + chunk.len();
+        if len > max {
+            return Err(Error::HttpRequestBodySize(None));
+        }
+        if len > data.capacity() {
+            // Grown as a Vec grows (doubling), counted before allocating.
+            let want = len.max(data.capacity() * 2).min(max);
+            if let Some(r) = &mut reservation
+                && !r.grow(want - data.capacity())
+            {
+                r.refuse(target);
+                return Err(Error::ConnectionLimitReached);
+            }
+            data.reserve_exact(want - data.len());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(match reservation {
+        Some(reservation) => held_bytes(data, reservation),
+        None => Bytes::from(data),
+    })
 }
 
 /// The wasi:http timeouts: connecting and the answer's head share one bound
@@ -315,11 +367,11 @@ impl From<Option<RequestOptions>> for Timeouts {
 
 /// The wasi:http error for a failed request: the connector's own when it
 /// failed to connect, else hyper's.
-fn from_client_error(e: hyper_util::client::legacy::Error) -> Error {
+fn from_client_error(e: hyper_util::client::legacy::Error, for_agent: bool) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
-            return c.to_wasi();
+            return c.to_wasi(for_agent);
         }
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             return from_hyper(h);
@@ -340,6 +392,10 @@ struct Connector {
     watches: Watches,
     /// [`SETUP_TIMEOUT`] (shorter in tests).
     setup_timeout: Duration,
+    /// An agent's counts: each connection takes a slot while open.
+    caps: Option<Arc<Caps>>,
+    /// Errors go to an agent ([`Setup::for_agent`]).
+    for_agent: bool,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -354,14 +410,36 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            // Counted before connecting, given back when the connection
+            // is dropped.
+            let slot = match &this.caps {
+                Some(caps) => Some(
+                    caps.take(Limit::Connections, &crate::origin::shown(&uri))
+                        .ok_or(ConnectError::Limit)?,
+                ),
+                None => None,
+            };
             let watches = this.watches.clone();
             let (stream, proxied) = this.connect(uri).await?;
-            Ok(TokioIo::new(watches.watch(stream, proxied)))
+            Ok(TokioIo::new(watches.watch(stream, proxied, slot)))
         })
     }
 }
 
 impl Connector {
+    /// The error for a proxy's problem `why`: in full for a credential's
+    /// request; for an agent's, told to the host's log, and the agent told
+    /// only that the host's proxy failed.
+    fn proxy_error(&self, why: String) -> Error {
+        if !self.for_agent {
+            return Error::InternalError(Some(why));
+        }
+        tracing::warn!(target: crate::trace::TARGET, why, "an agent's request failed at the host's proxy");
+        Error::InternalError(Some(
+            "the host's proxy could not take this request (the host's log says why)".into(),
+        ))
+    }
+
     /// Whether `uri` is routed to the helper's Unix socket: its host name
     /// in any case, as the policy compares origins.
     fn unix_route(&self, uri: &Uri) -> Option<&UnixRoute> {
@@ -576,21 +654,28 @@ enum ConnectError {
     NoHost,
     Dns(std::io::Error),
     /// The policy refused the addresses (why).
-    Refused(String),
+    Refused(VetRefusal),
     Io(std::io::Error),
     Tls(std::io::Error),
     /// The proxy could not be used, or refused (why, naming it).
     Proxy(String),
+    /// The agent has as many connections open as its limit allows.
+    Limit,
 }
 
 impl ConnectError {
-    fn to_wasi(&self) -> Error {
+    /// The wasi:http error; `for_agent`: a proxy's problem unnamed.
+    fn to_wasi(&self, for_agent: bool) -> Error {
         match self {
             ConnectError::NoHost => Error::HttpRequestUriInvalid,
             ConnectError::Dns(e) => Error::DnsError {
                 rcode: Some(e.to_string()),
                 info_code: None,
             },
+            // The credential's broker looks like a closed port to an agent,
+            // as any address with nothing listening does: which addresses
+            // are the broker's is not the agent's to learn.
+            ConnectError::Refused(refused) if refused.as_closed => Error::ConnectionRefused,
             ConnectError::Refused(_) => Error::HttpRequestDenied,
             ConnectError::Io(e) => match e.kind() {
                 std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
@@ -603,7 +688,14 @@ impl ConnectError {
                 Some(why) => Error::InternalError(Some(why)),
                 None => Error::TlsProtocolError,
             },
+            ConnectError::Proxy(why) if for_agent => {
+                tracing::warn!(target: crate::trace::TARGET, why, "an agent's request failed at the host's proxy");
+                Error::InternalError(Some(
+                    "the host's proxy could not take this request (the host's log says why)".into(),
+                ))
+            }
             ConnectError::Proxy(why) => Error::InternalError(Some(why.clone())),
+            ConnectError::Limit => Error::ConnectionLimitReached,
         }
     }
 }
@@ -613,10 +705,13 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::NoHost => write!(f, "the URL has no usable host"),
             ConnectError::Dns(e) => write!(f, "the host name did not resolve: {e}"),
-            ConnectError::Refused(why) => write!(f, "the egress policy refused: {why}"),
+            ConnectError::Refused(refused) => {
+                write!(f, "the egress policy refused: {}", refused.why)
+            }
             ConnectError::Io(e) => write!(f, "connecting failed: {e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnectError::Proxy(why) => f.write_str(why),
+            ConnectError::Limit => f.write_str("the agent's connections are at their limit"),
         }
     }
 }
@@ -688,8 +783,8 @@ struct Watches(Arc<Mutex<Vec<Weak<Watch>>>>);
 
 impl Watches {
     /// `stream`, watched; `proxied` when requests on it go to a proxy in
-    /// absolute form.
-    fn watch(&self, stream: Stream, proxied: bool) -> Watched {
+    /// absolute form; `slot` counts it among the agent's connections.
+    fn watch(&self, stream: Stream, proxied: bool, slot: Option<Slot>) -> Watched {
         let watch = stream.peeker().map(|peeker| {
             Arc::new(Watch {
                 peeker,
@@ -704,6 +799,7 @@ impl Watches {
             stream,
             watch,
             proxied,
+            _slot: slot,
         }
     }
 
@@ -742,6 +838,8 @@ struct Watched {
     watch: Option<Arc<Watch>>,
     /// Plain http to a proxy: hyper sends absolute-form request targets.
     proxied: bool,
+    /// The agent's connection slot, given back when the connection goes.
+    _slot: Option<Slot>,
 }
 
 impl Connection for Watched {
@@ -793,6 +891,29 @@ impl AsyncWrite for Watched {
             watch.idle.store(false, Ordering::Release);
         }
         each_stream!(this, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    /// Vectored, so that hyper queues a request body's bytes as they are
+    /// (and an agent's stay counted until written) rather than copying
+    /// them into a write buffer of its own.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(watch) = &this.watch {
+            watch.idle.store(false, Ordering::Release);
+        }
+        each_stream!(this, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -881,6 +1002,8 @@ mod tests {
             proxies: Arc::new(proxies),
             watches: Watches::default(),
             setup_timeout,
+            caps: None,
+            for_agent: false,
         }
     }
 
@@ -955,7 +1078,7 @@ mod tests {
                 .await
                 .expect("the attempt gave up by itself"),
         );
-        assert!(matches!(e.to_wasi(), Error::ConnectionTimeout), "{e}");
+        assert!(matches!(e.to_wasi(false), Error::ConnectionTimeout), "{e}");
         assert!(e.to_string().contains("no TLS handshake"), "{e}");
     }
 
@@ -993,7 +1116,12 @@ mod tests {
         assert!(vetted.lock().unwrap().contains(&addr), "{head}");
         // A refusing policy: the proxy is not even connected to.
         let no: Vet = Arc::new(|_: &Uri, _: &[SocketAddr]| {
-            Box::pin(async { Err("no".to_string()) }) as VetFuture
+            Box::pin(async {
+                Err(VetRefusal {
+                    why: "no".to_string(),
+                    as_closed: false,
+                })
+            }) as VetFuture
         });
         let proxies = Proxies::none().https(&format!("http://{proxy}")).unwrap();
         let c = connector(proxies, None, Some(no), SETUP_TIMEOUT);

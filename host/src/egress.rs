@@ -21,20 +21,36 @@
 //!   port is refused too: a broker bound to `0.0.0.0` or `127.0.0.1` answers
 //!   on all of them.
 //!
-//! Link-local and cloud metadata addresses (`169.254.0.0/16`, `fe80::/10`,
-//! `fd00:ec2::254`, Azure's `168.63.129.16`, and their IPv4-mapped forms)
-//! are refused unless allowed explicitly: by an allowlisted origin whose host
+//! To the agent, a request refused as the broker's fails as a closed port
+//! does (`connection-refused`), so that probing addresses does not tell it
+//! which are the broker's; the record says why.
+//!
+//! Link-local addresses (`169.254.0.0/16`, `fe80::/10`: the metadata
+//! services of most clouds, ECS and EKS credentials) and the cloud metadata
+//! addresses outside them ([`METADATA_ADDRESSES`]), with their IPv4-mapped
+//! forms, are refused unless allowed explicitly: by an allowlisted origin whose host
 //! is that address literally (`http://169.254.169.254`: that address, on
 //! that port only), or for all of them with
 //! [`AgentEgress::allow_link_local`]. Start an agent's policy with
 //! [`AgentEgress::for_agent_of`], which knows its credential's broker. Redirects are the agent's own new
 //! requests (wasi:http never follows one) and meet the same checks.
 //!
-//! Every refusal is recorded ([`AgentEgress::denied`],
-//! [`AgentEgress::refusals`]). Requests let through are sent by the same
+//! **Limits.** What the agent's requests hold in the host is counted and
+//! capped ([`EgressLimits`], on by default): requests in flight, connections
+//! open, bytes of request bodies held, a body's size, and how long an
+//! answer may be waited for (a ceiling on the timeouts the agent sets).
+//! Over a count, a request fails at once with `connection-limit-reached`
+//! and the refusal is recorded; a slot is given back when its request is
+//! done with, whatever the agent did with it (read its answer, dropped it
+//! unread, abandoned it while it was sent).
+//!
+//! Every refusal is counted by reason, and the last few are kept in full
+//! ([`AgentEgress::refusals`]): the record stays the same size however many
+//! requests the agent has refused. Requests let through are sent by the same
 //! pooled client the credential uses, verifying https peers against the
-//! public web roots unless [`AgentEgress::trust`] says otherwise, with request
-//! bodies up to [`AgentEgress::max_request_body`].
+//! public web roots unless [`AgentEgress::trust`] says otherwise. A proxy's
+//! problems are told to the host's log; the agent learns only that the
+//! host's proxy failed, never which proxy or which variable set it.
 //!
 //! The host can add Azure tokens to the requests an injection's rules match
 //! ([`AgentEgress::inject`], [`crate::inject`]); a rule opens nothing the
@@ -55,17 +71,23 @@
 //!
 //! What this does not cover: other machines that reach the broker (a broker
 //! on another host listening on several addresses is refused only at the
-//! addresses its URL resolves to), other cloud metadata endpoints outside
-//! these ranges, and anything the agent does without wasi:http.
+//! addresses its URL resolves to), metadata endpoints at addresses not
+//! listed here (a name is refused by the addresses it resolves to, so
+//! `metadata.google.internal` is refused as `169.254.169.254`), the time a
+//! refusal takes (immediate, where a remote closed port takes a round
+//! trip), and anything the agent does without wasi:http.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::client::{Connections, Sent, Setup, Vet};
+use crate::caps::{Caps, Limit, Slot, holding};
+use crate::client::{Connections, Sent, Setup, Vet, VetRefusal};
 use crate::inject::{Injection, injects_method};
 pub use crate::origin::Origin;
 use crate::origin::shown;
@@ -78,6 +100,50 @@ use crate::tls::TrustedRoots;
 /// [`AgentEgress::max_request_body`] says otherwise (the body is held in
 /// host memory while it is sent).
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 16 << 20;
+
+/// What one agent's own HTTP may hold in the host at once. Over a count a
+/// request fails at once with `connection-limit-reached` (a body over
+/// `request_body`: `HTTP-request-body-size`) and the refusal is recorded
+/// ([`AgentEgress::refusals`]); nothing is queued and nothing traps. The
+/// defaults are far above what a data agent's SDKs use (azure-core and
+/// `requests` pool 10 connections per host) and keep a hostile agent's
+/// share of the host to about 64 MiB of bodies and 256 descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLimits {
+    /// Requests sent and not yet done with: from the send until the answer's
+    /// body is read to its end or dropped (or the request fails). 64.
+    pub requests_in_flight: usize,
+    /// Connections open at once, idle ones kept for reuse included (an
+    /// idle connection closes after 30 s). 128.
+    pub connections: usize,
+    /// Bytes of request bodies held in host memory at once, over all the
+    /// agent's requests (a body is collected whole before it is sent, and
+    /// held until it is written; an injected request's until its challenge
+    /// is answered). 64 MiB.
+    pub body_bytes_held: usize,
+    /// The largest request body. 16 MiB ([`DEFAULT_MAX_REQUEST_BODY`]).
+    pub request_body: usize,
+    /// The longest wait for an answer's head (connecting and the first
+    /// byte) and between two chunks of its body: a ceiling on the timeouts
+    /// the agent sets, and the wait when it sets none (wasi:http's own
+    /// default is 600 s). 300 s, azure-core's own read timeout.
+    pub response_wait: Duration,
+}
+
+impl Default for EgressLimits {
+    fn default() -> Self {
+        EgressLimits {
+            requests_in_flight: 64,
+            connections: 128,
+            body_bytes_held: 64 << 20,
+            request_body: DEFAULT_MAX_REQUEST_BODY,
+            response_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How many refusals [`Refusals::recent`] keeps in full.
+pub const REFUSALS_KEPT: usize = 32;
 
 /// Which hosts an allowlist entry covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +255,35 @@ pub enum Reason {
     /// A request the host would add a token to, with a method it adds none
     /// to (`TRACE`, `CONNECT`, an unknown one).
     MethodNotInjected,
+    /// As many requests in flight as [`EgressLimits::requests_in_flight`].
+    RequestsInFlight,
+    /// As many connections open as [`EgressLimits::connections`].
+    Connections,
+    /// The body would take the bytes held past
+    /// [`EgressLimits::body_bytes_held`].
+    BodyBytesHeld,
+}
+
+impl Reason {
+    /// Every reason, in the order [`Refusals::counts`] gives them.
+    pub const ALL: [Reason; 9] = [
+        Reason::NotAllowed,
+        Reason::Helper,
+        Reason::CredentialBroker,
+        Reason::LinkLocal,
+        Reason::BrokerUnresolved,
+        Reason::MethodNotInjected,
+        Reason::RequestsInFlight,
+        Reason::Connections,
+        Reason::BodyBytesHeld,
+    ];
+
+    fn index(self) -> usize {
+        Reason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("every reason is in ALL")
+    }
 }
 
 impl std::fmt::Display for Reason {
@@ -205,6 +300,11 @@ impl std::fmt::Display for Reason {
             Reason::MethodNotInjected => {
                 "the host adds tokens only to GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS \
                  requests"
+            }
+            Reason::RequestsInFlight => "the agent has as many requests in flight as it may",
+            Reason::Connections => "the agent has as many connections open as it may",
+            Reason::BodyBytesHeld => {
+                "the agent's request bodies held by the host would pass its limit"
             }
         })
     }
@@ -237,17 +337,34 @@ pub struct Vetting<'a> {
 /// extensions' settings), refused like the metadata service.
 pub const AZURE_WIRESERVER: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
 
-/// Whether `ip` (canonical) is link-local or a cloud metadata address:
-/// `169.254.0.0/16`, `fe80::/10`, `fd00:ec2::254`, and Azure's
-/// [`AZURE_WIRESERVER`].
+/// Cloud metadata and identity endpoints outside the link-local ranges
+/// (which hold the rest: `169.254.169.254` for Azure, AWS, GCP, Oracle and
+/// others, ECS's `169.254.170.2`, EKS Pod Identity's `169.254.170.23`),
+/// refused like them: the one list, here.
+pub const METADATA_ADDRESSES: [IpAddr; 6] = [
+    // Azure WireServer.
+    IpAddr::V4(AZURE_WIRESERVER),
+    // Alibaba Cloud's metadata service.
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    // Oracle Cloud's metadata service (also at 169.254.169.254).
+    IpAddr::V4(Ipv4Addr::new(192, 0, 0, 192)),
+    // AWS's instance metadata service over IPv6.
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    // EKS Pod Identity's agent over IPv6.
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
+    // GCP's metadata server over IPv6.
+    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+];
+
+/// Whether `ip` is link-local (`169.254.0.0/16`, `fe80::/10`) or one of
+/// the [`METADATA_ADDRESSES`], in any form (IPv4-mapped included).
 pub fn is_link_local_or_metadata(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.is_link_local() || v4 == AZURE_WIRESERVER,
-        IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+    let ip = ip.to_canonical();
+    METADATA_ADDRESSES.contains(&ip)
+        || match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
         }
-    }
 }
 
 /// Whether `ip` is an address of this machine: one a socket can be bound to.
@@ -294,21 +411,53 @@ pub struct Refusal {
     pub reason: Reason,
 }
 
-/// The record of refusals, shared with the policy's owner.
+/// The record of an agent's refused requests, shared with the policy's
+/// owner (clones share it): a count per [`Reason`], and the last
+/// [`REFUSALS_KEPT`] refusals in full. It stays the same size however many
+/// requests are refused.
 #[derive(Clone, Default)]
-struct Record {
-    denied: Arc<Mutex<Vec<String>>>,
-    refusals: Arc<Mutex<Vec<Refusal>>>,
+pub struct Refusals(Arc<Mutex<Log>>);
+
+#[derive(Default)]
+struct Log {
+    counts: [u64; Reason::ALL.len()],
+    recent: VecDeque<Refusal>,
 }
 
-impl Record {
+impl Refusals {
     fn refuse(&self, target: String, address: Option<SocketAddr>, reason: Reason) {
-        self.denied.lock().unwrap().push(target.clone());
-        self.refusals.lock().unwrap().push(Refusal {
+        tracing::debug!(target: crate::trace::TARGET, destination = target, reason = %reason, "agent request refused");
+        let mut log = self.0.lock().unwrap();
+        log.counts[reason.index()] += 1;
+        if log.recent.len() == REFUSALS_KEPT {
+            log.recent.pop_front();
+        }
+        log.recent.push_back(Refusal {
             target,
             address,
             reason,
         });
+    }
+
+    /// The last refusals in full (at most [`REFUSALS_KEPT`]), oldest first.
+    pub fn recent(&self) -> Vec<Refusal> {
+        self.0.lock().unwrap().recent.iter().cloned().collect()
+    }
+
+    /// How many requests were refused for `reason`.
+    pub fn count(&self, reason: Reason) -> u64 {
+        self.0.lock().unwrap().counts[reason.index()]
+    }
+
+    /// How many requests were refused in all.
+    pub fn total(&self) -> u64 {
+        self.0.lock().unwrap().counts.iter().sum()
+    }
+
+    /// Each reason with its count, in [`Reason::ALL`]'s order.
+    pub fn counts(&self) -> Vec<(Reason, u64)> {
+        let log = self.0.lock().unwrap();
+        Reason::ALL.into_iter().zip(log.counts).collect()
     }
 }
 
@@ -328,8 +477,10 @@ pub struct AgentEgress {
     brokers: Vec<(String, u16)>,
     allow_link_local: bool,
     roots: TrustedRoots,
-    max_request_body: usize,
-    record: Record,
+    limits: EgressLimits,
+    /// The counts of what the agent's requests hold (made with the limits).
+    caps: Arc<Caps>,
+    record: Refusals,
     /// Tokens the host adds to the agent's requests.
     injection: Option<Injection>,
     /// Host names sent to other addresses (`connect_to`).
@@ -347,15 +498,19 @@ impl Default for AgentEgress {
 }
 
 impl AgentEgress {
-    /// Deny everything (allow origins with [`AgentEgress::allow`]).
+    /// Deny everything (allow origins with [`AgentEgress::allow`]), with
+    /// the default [`EgressLimits`].
     pub fn new() -> Self {
+        let record = Refusals::default();
+        let limits = EgressLimits::default();
         AgentEgress {
             allowed: Vec::new(),
             brokers: Vec::new(),
             allow_link_local: false,
             roots: TrustedRoots::public(),
-            max_request_body: DEFAULT_MAX_REQUEST_BODY,
-            record: Record::default(),
+            limits,
+            caps: caps(&limits, &record),
+            record,
             injection: None,
             connect_to: Vec::new(),
             proxies: Proxies::none(),
@@ -447,22 +602,39 @@ impl AgentEgress {
     }
 
     /// Refuse (`HTTP-request-body-size`) request bodies over `bytes`
-    /// (default [`DEFAULT_MAX_REQUEST_BODY`]).
+    /// (default [`DEFAULT_MAX_REQUEST_BODY`]): [`EgressLimits::request_body`].
     pub fn max_request_body(&mut self, bytes: usize) -> &mut Self {
-        self.max_request_body = bytes;
+        let limits = EgressLimits {
+            request_body: bytes,
+            ..self.limits
+        };
+        self.limits(limits)
+    }
+
+    /// Replace the agent's [`EgressLimits`] (before its first request: the
+    /// counts start again from zero).
+    pub fn limits(&mut self, limits: EgressLimits) -> &mut Self {
+        self.limits = limits;
+        self.caps = caps(&limits, &self.record);
         self.connections = None;
         self
     }
 
-    /// The refused requests' `scheme://host[:port]`, as written by the agent
-    /// (no user-info).
-    pub fn denied(&self) -> Arc<Mutex<Vec<String>>> {
-        self.record.denied.clone()
+    /// The agent's limits.
+    pub fn egress_limits(&self) -> &EgressLimits {
+        &self.limits
     }
 
-    /// The refused requests, with the address and the reason.
-    pub fn refusals(&self) -> Arc<Mutex<Vec<Refusal>>> {
-        self.record.refusals.clone()
+    /// Requests in flight, connections open and request body bytes held
+    /// for the agent, now.
+    pub fn in_use(&self) -> (usize, usize, usize) {
+        self.caps.now()
+    }
+
+    /// The record of refused requests: counts by reason and the last few
+    /// in full, `scheme://host[:port]` as the agent wrote it (no user-info).
+    pub fn refusals(&self) -> Refusals {
+        self.record.clone()
     }
 
     /// The check by name: the request's origin normalised, or why it is
@@ -507,7 +679,10 @@ impl AgentEgress {
                         Some(found) => broker.extend(found),
                         None => {
                             record.refuse(target, None, Reason::BrokerUnresolved);
-                            return Err(Reason::BrokerUnresolved.to_string());
+                            return Err(VetRefusal {
+                                why: Reason::BrokerUnresolved.to_string(),
+                                as_closed: false,
+                            });
                         }
                     }
                 }
@@ -520,7 +695,10 @@ impl AgentEgress {
                 for addr in addrs {
                     if let Verdict::Refuse(reason) = decide(addr, &cx) {
                         record.refuse(target, Some(addr), reason);
-                        return Err(format!("{addr}: {reason}"));
+                        return Err(VetRefusal {
+                            why: format!("{addr}: {reason}"),
+                            as_closed: reason == Reason::CredentialBroker,
+                        });
                     }
                 }
                 Ok(())
@@ -577,36 +755,95 @@ impl WasiHttpHooks for AgentEgress {
             }
             Err(reason) => {
                 self.record.refuse(target, None, reason);
-                return Box::new(async { Err(Error::HttpRequestDenied) });
+                // The broker by name fails as a closed port, as it does by
+                // address.
+                let error = match reason {
+                    Reason::CredentialBroker => Error::ConnectionRefused,
+                    _ => Error::HttpRequestDenied,
+                };
+                return Box::new(async move { Err(error) });
             }
         };
+        let injected = match &self.injection {
+            Some(injection) => injection.rule_for(&origin).cloned(),
+            None => None,
+        };
+        if injected.is_some() && !injects_method(request.method()) {
+            self.record.refuse(target, None, Reason::MethodNotInjected);
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        // Counted from here until the answer is done with.
+        let Some(slot) = self.caps.take(Limit::RequestsInFlight, &target) else {
+            return Box::new(async { Err(Error::ConnectionLimitReached) });
+        };
+        let options = Some(within(options, self.limits.response_wait));
         if self.connections.is_none() {
             self.connections = Some(Connections::new(Setup {
                 roots: self.roots.clone(),
                 unix: None,
                 vet: Some(self.vet()),
-                max_request_body: self.max_request_body,
+                max_request_body: self.limits.request_body,
                 connect_to: self
                     .connect_to
                     .iter()
                     .map(|c| ((c.host.clone(), c.port), c.addr))
                     .collect(),
                 proxies: self.proxies.clone(),
+                caps: Some(self.caps.clone()),
+                for_agent: true,
             }));
         }
-        let connections = self.connections.as_ref().expect("made above");
-        if let Some(injection) = &self.injection
-            && let Some(rule) = injection.rule_for(&origin)
-        {
-            if !injects_method(request.method()) {
-                self.record.refuse(target, None, Reason::MethodNotInjected);
-                return Box::new(async { Err(Error::HttpRequestDenied) });
+        let connections = self.connections.clone().expect("made above");
+        match (&self.injection, injected) {
+            (Some(injection), Some(rule)) => {
+                // The slot goes with the trip, which finishes (and is
+                // audited) even if the agent drops its future.
+                Box::new(injection.send(&rule, &origin, connections, request, options, slot))
             }
-            let sent = injection.send(rule, &origin, connections.clone(), request, options);
-            return Box::new(sent);
+            _ => Box::new(holding_answer(slot, connections.send(request, options))),
         }
-        Box::new(connections.send(request, options))
     }
+}
+
+/// The counts of `limits`, recording refusals in `record`.
+fn caps(limits: &EgressLimits, record: &Refusals) -> Arc<Caps> {
+    let record = record.clone();
+    Caps::new(
+        limits.requests_in_flight,
+        limits.connections,
+        limits.body_bytes_held,
+        Box::new(move |limit, target| {
+            let reason = match limit {
+                Limit::RequestsInFlight => Reason::RequestsInFlight,
+                Limit::Connections => Reason::Connections,
+                Limit::BodyBytes => Reason::BodyBytesHeld,
+            };
+            record.refuse(target.to_string(), None, reason);
+        }),
+    )
+}
+
+/// The agent's timeouts, none longer than `most` (and `most` where it set
+/// none).
+fn within(options: Option<RequestOptions>, most: Duration) -> RequestOptions {
+    let o = options.unwrap_or_default();
+    let cap = |asked: Option<Duration>| Some(asked.map_or(most, |d| d.min(most)));
+    RequestOptions {
+        connect_timeout: cap(o.connect_timeout),
+        first_byte_timeout: cap(o.first_byte_timeout),
+        between_bytes_timeout: cap(o.between_bytes_timeout),
+    }
+}
+
+/// `sent`, its request slot kept until the answer's body is done with (see
+/// [`holding`]), or given back with the future when the agent drops it
+/// first.
+async fn holding_answer(
+    slot: Slot,
+    sent: impl Future<Output = std::result::Result<Sent, Error>>,
+) -> std::result::Result<Sent, Error> {
+    let (response, io) = sent.await?;
+    Ok((holding(slot, response), io))
 }
 
 #[cfg(test)]
@@ -841,22 +1078,249 @@ mod tests {
         let vet = egress.vet();
         let uri: Uri = "http://2130706433:8080/token".parse().unwrap();
         let refused = vet(&uri, &[addr("127.0.0.1:8080")]).await.unwrap_err();
-        assert!(refused.contains("the credential broker"), "{refused}");
+        assert!(refused.why.contains("the credential broker"), "{refused:?}");
+        // To the agent, the broker looks like a closed port.
+        assert!(refused.as_closed);
         // One refused address refuses the request.
         let mixed = [
             addr("127.0.0.1:8081"),
             addr("[::ffff:169.254.169.254]:8081"),
         ];
         let refused = vet(&uri, &mixed).await.unwrap_err();
-        assert!(refused.contains("link-local"), "{refused}");
+        assert!(refused.why.contains("link-local"), "{refused:?}");
+        assert!(!refused.as_closed);
         assert_eq!(vet(&uri, &[addr("127.0.0.1:8081")]).await, Ok(()));
+        let refusals = egress.refusals().recent();
+        let targets: Vec<&str> = refusals.iter().map(|r| r.target.as_str()).collect();
         assert_eq!(
-            *egress.denied().lock().unwrap(),
+            targets,
             ["http://2130706433:8080", "http://2130706433:8080"]
         );
-        let refusals = egress.refusals().lock().unwrap().clone();
         assert_eq!(refusals[0].address, Some(addr("127.0.0.1:8080")));
         assert_eq!(refusals[0].reason, Reason::CredentialBroker);
         assert_eq!(refusals[1].reason, Reason::LinkLocal);
+    }
+
+    #[test]
+    fn every_metadata_address_is_refused_in_every_form_unless_allowed() {
+        // IPv4 ones also IPv4-mapped; each on any port.
+        let mut forms = Vec::new();
+        for ip in METADATA_ADDRESSES {
+            forms.push(SocketAddr::new(ip, 80));
+            if let IpAddr::V4(v4) = ip {
+                forms.push(SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), 8080));
+            }
+        }
+        for named in [
+            "[fd20:ce::254]:80",
+            "[fd00:ec2::23]:80",
+            "[fd00:ec2::254]:80",
+            "100.100.100.200:80",
+            "[::ffff:100.100.100.200]:80",
+            "192.0.0.192:80",
+            "[::ffff:192.0.0.192]:443",
+            "168.63.129.16:32526",
+            // The link-local ones: IMDS, ECS, EKS Pod Identity.
+            "169.254.169.254:80",
+            "169.254.170.2:80",
+            "169.254.170.23:80",
+        ] {
+            forms.push(addr(named));
+        }
+        for target in &forms {
+            assert_eq!(verdict(&[], &target.to_string()), LINK_LOCAL, "{target}");
+        }
+        // Their neighbours are ordinary addresses.
+        for target in [
+            "100.100.100.201:80",
+            "192.0.0.193:80",
+            "[fd20:ce::253]:80",
+            "[fd00:ec2::24]:80",
+        ] {
+            assert_eq!(verdict(&[], target), Verdict::Allow, "{target}");
+        }
+        // Allowed all together, or one by its literal address and port.
+        let all = Vetting {
+            broker: &[],
+            allow_link_local: true,
+            allowed_ips: &[],
+            is_local: &|_| false,
+        };
+        for target in &forms {
+            assert_eq!(decide(*target, &all), Verdict::Allow, "{target}");
+        }
+        let alibaba = [addr("100.100.100.200:80")];
+        let one = Vetting {
+            allow_link_local: false,
+            allowed_ips: &alibaba,
+            ..all
+        };
+        assert_eq!(decide(addr("100.100.100.200:80"), &one), Verdict::Allow);
+        assert_eq!(decide(addr("[fd20:ce::254]:80"), &one), LINK_LOCAL);
+    }
+
+    #[test]
+    fn the_record_of_refusals_stays_the_same_size() {
+        let record = Refusals::default();
+        let long = format!("http://{}", "a".repeat(4096));
+        for i in 0..10_000u64 {
+            let reason = match i % 2 {
+                0 => Reason::NotAllowed,
+                _ => Reason::RequestsInFlight,
+            };
+            record.refuse(long.clone(), None, reason);
+        }
+        assert_eq!(record.total(), 10_000);
+        assert_eq!(record.count(Reason::NotAllowed), 5_000);
+        assert_eq!(record.count(Reason::RequestsInFlight), 5_000);
+        assert_eq!(record.count(Reason::LinkLocal), 0);
+        let recent = record.recent();
+        assert_eq!(recent.len(), REFUSALS_KEPT);
+        assert_eq!(recent.last().unwrap().reason, Reason::RequestsInFlight);
+        assert_eq!(record.counts().len(), Reason::ALL.len());
+    }
+
+    /// A body that sends `first`, then ends when `end` fires (or is dropped).
+    struct Gated {
+        first: Option<bytes::Bytes>,
+        end: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    impl hyper::body::Body for Gated {
+        type Data = bytes::Bytes;
+        type Error = Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<bytes::Bytes>, Error>>>
+        {
+            if let Some(first) = self.first.take() {
+                return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+            }
+            std::pin::Pin::new(&mut self.end).poll(cx).map(|_| None)
+        }
+    }
+
+    fn gated(bytes: usize) -> (WasiBody, tokio::sync::oneshot::Sender<()>) {
+        use http_body_util::BodyExt;
+        let (done, end) = tokio::sync::oneshot::channel();
+        let first = Some(bytes::Bytes::from(vec![0u8; bytes]));
+        (Gated { first, end }.boxed_unsync(), done)
+    }
+
+    fn whole(bytes: usize) -> WasiBody {
+        gated(bytes).0
+    }
+
+    /// Wait (without a time limit of its own) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let wait = async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        // A backstop only, far past any machine's need.
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("never: {what}"));
+    }
+
+    #[tokio::test]
+    async fn requests_connections_and_body_bytes_are_capped_and_given_back() {
+        // A server that accepts and never reads or answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let mut egress = AgentEgress::new();
+        egress.allow(&format!("http://127.0.0.1:{port}")).unwrap();
+        egress.limits(EgressLimits {
+            requests_in_flight: 3,
+            connections: 2,
+            body_bytes_held: 64 << 10,
+            request_body: 1 << 20,
+            ..EgressLimits::default()
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let in_use = egress.caps.clone();
+        let record = egress.refusals();
+        let mut send = |body: WasiBody| {
+            let request = hyper::Request::post(&url).body(body).unwrap();
+            let sent = egress.send_request(request, None, Box::new(async { Ok(()) }));
+            tokio::spawn(std::pin::Pin::from(sent))
+        };
+        let code = |r: std::result::Result<Sent, Error>| match r {
+            Ok(_) => "answered".to_string(),
+            Err(e) => format!("{e:?}"),
+        };
+
+        // Bytes held: a body still being written holds what it sent.
+        let (slow, finish) = gated(40 << 10);
+        let first = send(slow);
+        until("40 KiB held", || in_use.now().2 >= 40 << 10).await;
+        let refused = send(whole(30 << 10)).await.unwrap();
+        assert_eq!(code(refused), "ConnectionLimitReached");
+        // A body over the bytes held is never sent, whatever else is held.
+        let refused = send(whole(100 << 10)).await.unwrap();
+        assert_eq!(code(refused), "ConnectionLimitReached");
+        // The first body ends and is sent (the server never answers); the
+        // bytes are given back once written, and another body fits.
+        finish.send(()).unwrap();
+        until("the first connection", || {
+            accepted.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+        until("its bytes written", || in_use.now().2 == 0).await;
+        let second = send(whole(30 << 10));
+        until("two connections", || {
+            accepted.load(std::sync::atomic::Ordering::SeqCst) == 2
+        })
+        .await;
+        // Connections: two open, both waiting; a third is refused.
+        let refused = send(whole(0)).await.unwrap();
+        assert_eq!(code(refused), "ConnectionLimitReached");
+        // Requests in flight: a third one (its body never ends), then none.
+        let (_stuck, _never) = gated(1);
+        let third = send(_stuck);
+        until("three in flight", || in_use.now().0 == 3).await;
+        let refused = send(whole(0)).await.unwrap();
+        assert_eq!(code(refused), "ConnectionLimitReached");
+        // Given back when the agent drops its requests.
+        for task in [first, second, third] {
+            task.abort();
+            let _ = task.await;
+        }
+        until("nothing in flight", || in_use.now().0 == 0).await;
+        until("no connection open", || in_use.now().1 == 0).await;
+        assert_eq!(record.count(Reason::BodyBytesHeld), 2);
+        assert_eq!(record.count(Reason::Connections), 1);
+        assert_eq!(record.count(Reason::RequestsInFlight), 1);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_agents_timeouts_are_held_under_the_ceiling() {
+        let most = Duration::from_secs(300);
+        let none = within(None, most);
+        assert_eq!(none.connect_timeout, Some(most));
+        assert_eq!(none.first_byte_timeout, Some(most));
+        assert_eq!(none.between_bytes_timeout, Some(most));
+        let asked = RequestOptions {
+            connect_timeout: Some(Duration::from_secs(5)),
+            first_byte_timeout: Some(Duration::from_secs(86_400)),
+            between_bytes_timeout: None,
+        };
+        let held = within(Some(asked), most);
+        assert_eq!(held.connect_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(held.first_byte_timeout, Some(most));
+        assert_eq!(held.between_bytes_timeout, Some(most));
     }
 }

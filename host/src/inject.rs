@@ -42,7 +42,15 @@
 //! rule, so Key Vault's unauthenticated discovery request is not needed.
 //! Each request is an audit event ([`InjectEvent`]: agent, audience,
 //! destination, minted or cached, how many mints, what happened), whatever
-//! became of it, never the token. With
+//! became of it, never the token.
+//!
+//! An agent cannot dodge the audit or the budget by giving up on its
+//! request: the host's part (getting the token, sending, answering a
+//! challenge) runs as a task of its own, which holds the request's slot
+//! among the agent's requests in flight and finishes whatever the agent
+//! does with its future. A token being minted when the agent gives up is
+//! minted, cached, charged and audited; the request is then not sent
+//! ([`InjectOutcome::Abandoned`]), and a send under way is dropped. With
 //! [`crate::linked::AgentPolicy::reveal_tokens`] off, no call returns the
 //! agent a token.
 //!
@@ -58,10 +66,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, HeaderValue, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Method, StatusCode};
+use tokio::sync::oneshot;
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use crate::client::{Connections, Sent, collect_body};
+use crate::caps::{Slot, holding};
+use crate::client::{Connections, Sent};
 use crate::linked::{LinkedCredential, TokenSource};
 use crate::origin::{Origin, normal_host};
 
@@ -237,6 +247,10 @@ pub enum InjectOutcome {
     /// A token was had, and sending failed (the connection, TLS, a timeout,
     /// or the egress policy's connect-time check): the agent got the error.
     SendFailed,
+    /// The agent gave up on the request (dropped its future) before the
+    /// answer came: the token being had was had (and is counted in
+    /// `minted`), and the request was not sent, or its send was dropped.
+    Abandoned,
 }
 
 /// One request the host added a token to (or tried to), for an audit log.
@@ -318,7 +332,11 @@ impl Injection {
     }
 
     /// Send `request` (already admitted, to a destination `rule` matches)
-    /// with a token for the rule's audience, answering one challenge.
+    /// with a token for the rule's audience, answering one challenge. The
+    /// trip runs as a task of its own holding `slot` (the request's, among
+    /// the agent's in flight), and ends with its audit event whether or not
+    /// the returned future is still awaited: a token being had is had, the
+    /// request is not sent once the agent has gone.
     pub(crate) fn send(
         &self,
         rule: &InjectRule,
@@ -326,15 +344,25 @@ impl Injection {
         connections: Connections,
         request: hyper::Request<WasiBody>,
         options: Option<RequestOptions>,
+        slot: Slot,
     ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
         let linked = self.linked.clone();
         let hook = self.on_inject.clone();
         let (audience, scope) = (rule.audience.clone(), rule.scope.clone());
         let destination = format!("{}:{}", origin.host, origin.port);
-        async move {
+        let (answer, answered) = oneshot::channel();
+        let trip = async move {
+            let mut answer = answer;
+            let target = crate::origin::shown(request.uri());
             let (mut parts, body) = request.into_parts();
             let removed = remove_authorization(&mut parts.headers);
-            let body = collect_body(body, connections.max_request_body()).await?;
+            let body = match connections.collect(body, &target).await {
+                Ok(body) => body,
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                    return;
+                }
+            };
             let send = |token: &str| {
                 let mut request = hyper::Request::new(full(body.clone()));
                 *request.method_mut() = parts.method.clone();
@@ -350,7 +378,7 @@ impl Injection {
             let mut trip = Trip::default();
             let agent_id = linked.policy().agent_id();
             let span = inject_span(agent_id, &audience, &destination);
-            let run = trip.run(&linked, &scope, &audience, send);
+            let run = trip.run(&linked, &scope, &audience, send, &mut answer);
             let result = tracing::Instrument::instrument(run, span.clone()).await;
             let event = InjectEvent {
                 agent_id,
@@ -365,7 +393,15 @@ impl Injection {
             if let Some(hook) = &hook {
                 hook(&event);
             }
-            result
+            let _ = answer.send(result.map(|(response, io)| (holding(slot, response), io)));
+        };
+        tokio::spawn(trip);
+        async move {
+            answered.await.unwrap_or_else(|_| {
+                Err(Error::InternalError(Some(
+                    "the host's task sending this request ended without an answer".into(),
+                )))
+            })
         }
     }
 }
@@ -401,25 +437,55 @@ impl Trip {
         Ok(info.token)
     }
 
+    /// Send `request` unless the agent has gone (`answer` closed): its
+    /// answer, or `None` once the agent has gone (the send dropped).
+    async fn unless_gone<F>(
+        &mut self,
+        request: F,
+        answer: &mut oneshot::Sender<Result<Sent, Error>>,
+    ) -> Option<Result<Sent, Error>>
+    where
+        F: Future<Output = Result<Sent, Error>>,
+    {
+        if answer.is_closed() {
+            self.outcome = InjectOutcome::Abandoned;
+            return None;
+        }
+        tokio::select! {
+            sent = request => Some(sent),
+            () = answer.closed() => {
+                self.outcome = InjectOutcome::Abandoned;
+                None
+            }
+        }
+    }
+
     /// Get a token, send, and answer one challenge; `self` says what
-    /// happened, whatever the result.
+    /// happened, whatever the result. Tokens are had even when the agent
+    /// has gone meanwhile (a mint under way finishes, and is cached);
+    /// requests are not sent for an agent that has gone.
     async fn run<F>(
         &mut self,
         linked: &LinkedCredential,
         scope: &str,
         audience: &str,
         send: impl Fn(&str) -> Result<F, Error>,
+        answer: &mut oneshot::Sender<Result<Sent, Error>>,
     ) -> Result<Sent, Error>
     where
         F: Future<Output = Result<Sent, Error>>,
     {
+        let gone = || Error::InternalError(Some("the agent gave up on the request".into()));
         let token = self.token(linked, scope, None).await.map_err(|e| {
             Error::InternalError(Some(format!(
                 "the host could not add a {audience} token to this request: {e}"
             )))
         })?;
         self.outcome = InjectOutcome::SendFailed;
-        let sent = send(&token)?.await?;
+        let sent = self
+            .unless_gone(send(&token)?, answer)
+            .await
+            .ok_or_else(gone)??;
         self.outcome = match challenge(&sent.0) {
             None => InjectOutcome::Sent,
             Some(c) if c.claims() => InjectOutcome::ClaimsChallenge,
@@ -438,7 +504,10 @@ impl Trip {
         };
         drop(sent);
         self.outcome = InjectOutcome::SendFailed;
-        let again = send(&fresh)?.await?;
+        let again = self
+            .unless_gone(send(&fresh)?, answer)
+            .await
+            .ok_or_else(gone)??;
         self.outcome = InjectOutcome::ChallengeAnswered;
         Ok(again)
     }

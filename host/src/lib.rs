@@ -30,6 +30,7 @@
 //! ```
 
 mod backend;
+mod caps;
 mod client;
 pub mod egress;
 mod error;

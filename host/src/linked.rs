@@ -72,10 +72,14 @@ pub struct AgentLimits {
     /// Bytes in one scope (`invalid-scopes` beyond it), and in a request
     /// option's `claims` (`unsupported`) or `tenant-id` (`configuration`).
     pub scope_bytes: usize,
-    /// Calls that reach the broker, per audience, per minute: a token
-    /// bucket holding this many, refilled evenly over a minute. A call over
-    /// budget gets the credential's cached token while one is valid and
-    /// fresh, else `broker-failed` with status 429 saying so.
+    /// Requests that reach the broker, per audience, per minute: a token
+    /// bucket holding this many, refilled evenly over a minute. Every
+    /// request is charged, a call's retries included: with its own
+    /// sandbox, the request past the budget is held back; over a shared
+    /// instance, a call is charged after it ends for the requests it
+    /// waited on (the bucket may go below empty, and refills from there).
+    /// A call over budget gets the credential's cached token while one is
+    /// valid and fresh, else `broker-failed` with status 429 saying so.
     pub mints_per_minute: u32,
     /// The largest `timeout-ms` an agent may set (`configuration` beyond it).
     pub max_timeout_ms: u32,
@@ -317,9 +321,12 @@ impl LinkedCredential {
     /// concurrently, and agents opening a credential with the same options
     /// share it (its cache, and its mints: a thousand agents asking at once
     /// cause one). A token is reported [`TokenSource::Minted`] to the first
-    /// agent handed it, [`TokenSource::Cached`] to the rest, and only that
-    /// agent's budget is spent. Over budget, an agent is served the last
-    /// token it was handed while that is fresh, else refused (429).
+    /// agent handed it, [`TokenSource::Cached`] to the rest; every agent
+    /// whose call waited on requests to the broker for its audience is
+    /// charged for them (so a thousand agents sharing one mint each pay
+    /// one; an agent's own mints, its retries included, are always its
+    /// own to pay). Over budget, an agent is served the last token it was
+    /// handed while that is fresh, else refused (429).
     pub fn shared(shared: SharedCredential, policy: AgentPolicy) -> Self {
         Self::with(Backend::Shared(shared), policy)
     }
@@ -481,6 +488,12 @@ impl Linked {
 
     /// Whether the agent may mint for `audience` now (refilling its bucket).
     fn may_mint(&mut self, audience: &str) -> bool {
+        self.mints_left(audience) >= 1
+    }
+
+    /// How many requests the agent may send the broker for `audience` now
+    /// (refilling its bucket).
+    fn mints_left(&mut self, audience: &str) -> u64 {
         let per_minute = f64::from(self.policy.limits.mints_per_minute);
         let now = self.clock.now();
         // Looked up by `&str`: a key is allocated once per audience, not per call.
@@ -495,14 +508,16 @@ impl Linked {
         let elapsed = now.saturating_sub(bucket.at) as f64;
         bucket.tokens = (bucket.tokens + elapsed * per_minute / MINUTE_NS).min(per_minute);
         bucket.at = now;
-        bucket.tokens >= 1.0
+        bucket.tokens.max(0.0).floor() as u64
     }
 
     /// Count `requests` sent to the broker against `audience`'s budget (a
-    /// call the credential retried counts each attempt).
+    /// call the credential retried counts each attempt). Over a shared
+    /// instance a call may have waited on more than was left: the bucket
+    /// goes below empty, and the agent waits the longer.
     fn spend(&mut self, audience: &str, requests: u64) {
         if let Some(bucket) = self.budget.get_mut(audience) {
-            bucket.tokens = (bucket.tokens - requests as f64).max(0.0);
+            bucket.tokens -= requests as f64;
         }
     }
 
@@ -725,14 +740,17 @@ impl Linked {
                     .map_err(|f| f.about(&audience))?,
             ),
         };
-        let over_budget = !self.may_mint(&audience);
         if let Backend::Shared(shared) = &self.credential {
             return self
                 .shared_token(shared.clone(), caller, resource, scopes, options, audience)
                 .await;
         }
+        // Each request to the broker spends the budget as it goes: the one
+        // past it is held back (the credential then answers from its cache,
+        // or fails, and the agent is told it is over budget).
+        let left = self.mints_left(&audience);
         let traffic = self.credential.traffic();
-        traffic.hold(over_budget);
+        traffic.allow(Some(left));
         let (sent, held_back) = (traffic.sent(), traffic.held_back());
         let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
         let result = self
@@ -744,12 +762,12 @@ impl Linked {
         let requests = traffic.sent() - sent;
         let reached_broker = requests > 0;
         let was_held = traffic.held_back() > held_back;
-        traffic.hold(false);
+        traffic.allow(None);
         self.spend(&audience, requests);
         let result = result.map_err(|trap| Fault::Trapped(Some(audience.clone()), trap))?;
         let info = match result {
             Ok(info) => info,
-            Err(_) if was_held && !reached_broker => return Err(self.over_budget(audience)),
+            Err(_) if was_held => return Err(self.over_budget(audience)),
             Err(e) => return Err(Fault::Refused(Some(audience), e)),
         };
         let source = match reached_broker {
@@ -766,7 +784,9 @@ impl Linked {
 
     /// [`Linked::token`] through a shared instance: an agent over its budget
     /// gets the last token it was handed while that is fresh, else a 429;
-    /// the first agent handed a new token is charged for its mint.
+    /// a call is charged for every request to the broker for its audience
+    /// made while it was in the instance, and the first call to claim a
+    /// request is told it minted.
     async fn shared_token(
         &mut self,
         shared: SharedCredential,
@@ -790,33 +810,26 @@ impl Linked {
             };
         }
         let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        // Charged by the requests the broker was sent for this audience
+        // while the call was in the instance (by this call, or by the
+        // calls whose mint it shared), whatever came back: not by whether
+        // the token is one seen before (a broker may hand out the same
+        // token twice).
+        let before = shared.traffic().sent_for(&audience);
         let result = self
             .credential
             .get_token_info(resource, &scopes, options)
             .await;
+        let after = shared.traffic().sent_for(&audience);
+        self.spend(&audience, after - before);
         let result = result.map_err(|trap| Fault::Trapped(Some(audience.clone()), trap))?;
         let info = match result {
             Ok(info) => info,
-            Err(e) => {
-                // The broker was asked (by this call, or by the call whose
-                // request it shared): that counts against the budget.
-                if reached_broker(&e) {
-                    self.spend(&audience, 1);
-                }
-                return Err(Fault::Refused(Some(audience), e));
-            }
+            Err(e) => return Err(Fault::Refused(Some(audience), e)),
         };
-        // A free call opens a credential of its own, which mints.
-        let minted = match resource {
-            Some(Opened::Shared(handle)) => shared.first_sight(&handle, &audience, &info.token),
-            _ => true,
-        };
-        let source = match minted {
-            true => {
-                self.spend(&audience, 1);
-                TokenSource::Minted
-            }
-            false => TokenSource::Cached,
+        let source = match shared.claim(&audience, before, after) {
+            0 => TokenSource::Cached,
+            _ => TokenSource::Minted,
         };
         if let Caller::Injector { .. } = caller
             && let Some(injector) = self.injectors.get_mut(&audience)
@@ -888,17 +901,6 @@ impl Fault {
             other => other,
         }
     }
-}
-
-/// Whether a call that failed with `e` asked the broker (or the helper).
-fn reached_broker(e: &CredentialError) -> bool {
-    matches!(
-        e,
-        CredentialError::BrokerRejected { .. }
-            | CredentialError::BrokerFailed { .. }
-            | CredentialError::BrokerUnreachable(_)
-            | CredentialError::InvalidResponse(_)
-    )
 }
 
 /// The request options an agent passed, as the credential's.
@@ -976,13 +978,43 @@ fn no_request_options() -> crate::TokenRequestOptions {
 
 type Answer<T> = wasmtime::Result<Result<T, wit::CredentialError>>;
 
+impl LinkedCredential {
+    /// Forward a token call of the agent's ([`Linked::forward`]) as a task
+    /// of its own, and wait for it: should the agent's call be dropped (its
+    /// runtime gave up on the agent, say), the credential's call still ends
+    /// as it would have (a mint finishes, is cached, charged and audited)
+    /// rather than stopping inside the credential's store.
+    async fn forward_detached(
+        &self,
+        key: Option<u32>,
+        scopes: Vec<String>,
+        options: crate::TokenRequestOptions,
+    ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
+        let linked = self.linked.clone();
+        let task =
+            tokio::spawn(async move { linked.lock().await.forward(key, scopes, &options).await });
+        joined(task).await?
+    }
+}
+
+/// What a credential call's task returned (a panic in it, a trap).
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> wasmtime::Result<T> {
+    task.await
+        .map_err(|e| wasmtime::format_err!("the host's task for a credential call failed: {e}"))
+}
+
 impl wit::HostCredential for LinkedCredential {
     async fn open(&mut self, options: wit::CredentialOptions) -> Answer<Resource<LinkedHandle>> {
-        let mut linked = self.linked.lock().await;
-        match linked.open_checked(options).await {
-            Ok(key) => Ok(Ok(Resource::new_own(key))),
-            Err(fault) => Ok(Err(linked.answer(fault)?.into())),
-        }
+        let linked = self.linked.clone();
+        let task = tokio::spawn(async move {
+            let mut linked = linked.lock().await;
+            match linked.open_checked(options).await {
+                Ok(key) => Ok(Ok(key)),
+                Err(fault) => Ok(Err(linked.answer(fault)?.into())),
+            }
+        });
+        let opened: Answer<u32> = joined(task).await?;
+        Ok(opened?.map(Resource::new_own))
     }
 
     async fn get_token(
@@ -990,8 +1022,8 @@ impl wit::HostCredential for LinkedCredential {
         handle: Resource<LinkedHandle>,
         scopes: Vec<String>,
     ) -> Answer<wit::AccessToken> {
-        let result = (self.linked.lock().await)
-            .forward(Some(handle.rep()), scopes, &no_request_options())
+        let result = self
+            .forward_detached(Some(handle.rep()), scopes, no_request_options())
             .await?;
         Ok(result.map(to_token).map_err(Into::into))
     }
@@ -1002,33 +1034,36 @@ impl wit::HostCredential for LinkedCredential {
         scopes: Vec<String>,
         options: wit::TokenRequestOptions,
     ) -> Answer<wit::AccessTokenInfo> {
-        let result = (self.linked.lock().await)
-            .forward(Some(handle.rep()), scopes, &request_options(options))
+        let result = self
+            .forward_detached(Some(handle.rep()), scopes, request_options(options))
             .await?;
         Ok(result.map(to_token_info).map_err(Into::into))
     }
 
     async fn drop(&mut self, handle: Resource<LinkedHandle>) -> wasmtime::Result<()> {
         let key = handle.rep() as usize;
-        let linked = &mut *self.linked.lock().await;
-        // A credential of an instance that trapped is gone with it.
-        let renewed = linked.credential.renew().await.is_ok();
-        if let Some(handle) = linked.handles.try_remove(key)
-            && let Some((generation, resource)) = handle.resource
-            && renewed
-            && generation == linked.credential.generation()
-        {
-            // A trap here replaces the instance; the agent's drop succeeds.
-            let _ = linked.credential.drop_credential(resource).await;
-        }
-        Ok(())
+        let linked = self.linked.clone();
+        let task = tokio::spawn(async move {
+            let linked = &mut *linked.lock().await;
+            // A credential of an instance that trapped is gone with it.
+            let renewed = linked.credential.renew().await.is_ok();
+            if let Some(handle) = linked.handles.try_remove(key)
+                && let Some((generation, resource)) = handle.resource
+                && renewed
+                && generation == linked.credential.generation()
+            {
+                // A trap here replaces the instance; the agent's drop succeeds.
+                let _ = linked.credential.drop_credential(resource).await;
+            }
+        });
+        joined(task).await
     }
 }
 
 impl wit::Host for LinkedCredential {
     async fn get_token(&mut self, scopes: Vec<String>) -> Answer<wit::AccessToken> {
-        let result = (self.linked.lock().await)
-            .forward(None, scopes, &no_request_options())
+        let result = self
+            .forward_detached(None, scopes, no_request_options())
             .await?;
         Ok(result.map(to_token).map_err(Into::into))
     }
@@ -1038,8 +1073,8 @@ impl wit::Host for LinkedCredential {
         scopes: Vec<String>,
         options: wit::TokenRequestOptions,
     ) -> Answer<wit::AccessTokenInfo> {
-        let result = (self.linked.lock().await)
-            .forward(None, scopes, &request_options(options))
+        let result = self
+            .forward_detached(None, scopes, request_options(options))
             .await?;
         Ok(result.map(to_token_info).map_err(Into::into))
     }

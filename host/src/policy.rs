@@ -4,12 +4,18 @@
 //! client (`client.rs`) only sends. An agent's own egress is
 //! [`crate::egress`]'s.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::Uri;
+use hyper::body::{Body, Frame};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::client::{Connections, Sent, Setup, UnixRoute};
@@ -37,15 +43,35 @@ pub struct BrokerOnly {
 }
 
 /// What a sandbox's owner sees of, and may switch in, its policy: how many
-/// requests were let through, and whether requests to the broker (or helper)
-/// are held back (an agent over its mint budget).
-#[derive(Debug, Default)]
+/// requests were let through (in all, and per audience), and how many more
+/// may go to the broker (or helper) before the rest are held back (an agent
+/// spending its mint budget: a call's retries spend it too).
+#[derive(Debug)]
 pub struct Traffic {
     sent: AtomicU64,
-    held: AtomicBool,
+    /// Requests to the broker still let through; [`UNLIMITED`]: any.
+    allowance: AtomicU64,
     held_back: AtomicU64,
+    /// Requests let through to the broker per audience (read from each
+    /// request's body).
+    by_audience: Mutex<HashMap<String, u64>>,
     /// The answers to the current call's requests, for its span.
     pub(crate) requests: crate::trace::Requests,
+}
+
+/// [`Traffic`]'s allowance when nothing is held back.
+const UNLIMITED: u64 = u64::MAX;
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            sent: AtomicU64::new(0),
+            allowance: AtomicU64::new(UNLIMITED),
+            held_back: AtomicU64::new(0),
+            by_audience: Mutex::default(),
+            requests: Default::default(),
+        }
+    }
 }
 
 impl Traffic {
@@ -54,10 +80,24 @@ impl Traffic {
         self.sent.load(Ordering::Acquire)
     }
 
-    /// Deny (`true`) or allow again (`false`) requests to the broker or the
-    /// helper; the component sees a denied request.
+    /// Requests let through to the broker (or helper) for `audience` so far.
+    pub fn sent_for(&self, audience: &str) -> u64 {
+        let counts = self.by_audience.lock().unwrap();
+        counts.get(audience).copied().unwrap_or(0)
+    }
+
+    /// Let at most `requests` more through to the broker or the helper
+    /// (`None`: any), holding back the rest: the component sees each held
+    /// request denied.
+    pub fn allow(&self, requests: Option<u64>) {
+        let allowance = requests.map_or(UNLIMITED, |n| n.min(UNLIMITED - 1));
+        self.allowance.store(allowance, Ordering::Release);
+    }
+
+    /// Deny (`true`) or allow again (`false`) every request to the broker
+    /// or the helper: [`Traffic::allow`] with none, or any.
     pub fn hold(&self, held: bool) {
-        self.held.store(held, Ordering::Release);
+        self.allow(held.then_some(0));
     }
 
     /// Requests to the broker held back so far (not recorded as denied).
@@ -73,8 +113,75 @@ impl Traffic {
         }
     }
 
-    fn held(&self) -> bool {
-        self.held.load(Ordering::Acquire)
+    /// Take one request from the allowance: `false` when none is left.
+    fn admit(&self) -> bool {
+        self.allowance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| match left {
+                UNLIMITED => Some(UNLIMITED),
+                0 => None,
+                n => Some(n - 1),
+            })
+            .is_ok()
+    }
+
+    /// Count a request for `audience`.
+    fn count(&self, audience: String) {
+        *self
+            .by_audience
+            .lock()
+            .unwrap()
+            .entry(audience)
+            .or_insert(0) += 1;
+    }
+}
+
+/// A broker request's body, passed on as it is, read as it goes by for the
+/// audience it asks for (counted once the body ends).
+struct AudienceTap {
+    body: WasiBody,
+    /// The first bytes of the body (a broker request's is a few dozen).
+    seen: Vec<u8>,
+    traffic: Arc<Traffic>,
+    counted: bool,
+}
+
+/// How much of a body [`AudienceTap`] reads.
+const TAPPED_BYTES: usize = 4096;
+
+impl Body for AudienceTap {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = TAPPED_BYTES.saturating_sub(self.seen.len());
+                    let take = data.len().min(room);
+                    self.seen.extend_from_slice(&data[..take]);
+                }
+            }
+            Poll::Ready(None) if !self.counted => {
+                self.counted = true;
+                let audience = vd_cred_broker::BrokerRequest::audience_of(&self.seen);
+                self.traffic.count(audience.unwrap_or_default());
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Polled to its end, so that the tap sees it end.
+        false
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -210,7 +317,7 @@ impl WasiHttpHooks for BrokerOnly {
         let target = origin(request.uri());
         let to_broker = target.is_some() && target == self.allowed;
         let to_extra = target.as_ref().is_some_and(|t| self.extra.contains(t));
-        if to_broker && self.traffic.held() {
+        if to_broker && !self.traffic.admit() {
             self.traffic.held_back.fetch_add(1, Ordering::AcqRel);
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
@@ -233,6 +340,18 @@ impl WasiHttpHooks for BrokerOnly {
             })
         });
         let watched = crate::trace::Request::of(&request, &self.traffic.requests);
+        let request = match to_broker {
+            true => request.map(|body| {
+                AudienceTap {
+                    body,
+                    seen: Vec::new(),
+                    traffic: self.traffic.clone(),
+                    counted: false,
+                }
+                .boxed_unsync()
+            }),
+            false => request,
+        };
         Box::new(watched.watch(connections.send(host_first(request), options)))
     }
 }

@@ -426,7 +426,10 @@ pub type TokenInfoResult = std::result::Result<AccessTokenInfo, vd_cred_broker::
 impl Sandbox {
     /// Run one call into the instance (a fresh one if the last call
     /// trapped), bounded by the call limit; a trap or an overrun leaves the
-    /// instance to be replaced.
+    /// instance to be replaced. The instance is out of the sandbox while
+    /// the call runs: a call whose future is dropped before it ends (its
+    /// store may be stopped inside the guest) leaves it to be replaced too,
+    /// rather than entered again.
     async fn call<R>(
         &mut self,
         call: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
@@ -435,25 +438,26 @@ impl Sandbox {
         let limit = self
             .call_limit
             .unwrap_or(self.longest_timeout + CALL_MARGIN);
-        let live = self.live.as_mut().expect("renewed");
+        let mut live = self.live.take().expect("renewed");
         // No deadline at all for a limit past the clock's range.
         let deadline = Instant::now().checked_add(limit);
         live.store().data_mut().deadline = deadline;
         let outcome = match deadline {
-            Some(deadline) => within(deadline, call(live)).await,
-            None => Ok(call(live).await),
+            Some(deadline) => within(deadline, call(&mut live)).await,
+            None => Ok(call(&mut live).await),
         };
-        if let Some(live) = self.live.as_mut() {
-            live.store().data_mut().deadline = None;
-        }
+        live.store().data_mut().deadline = None;
         match outcome {
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok(result)) => {
+                self.live = Some(live);
+                Ok(result)
+            }
             Ok(Err(trap)) => {
-                self.live = None;
+                drop(live);
                 Err(anyhow::Error::from(trap).context("the credential trapped"))
             }
             Err(_) => {
-                self.live = None;
+                drop(live);
                 anyhow::bail!(
                     "the credential's call ran past its limit of {} ms and was stopped",
                     limit.as_millis()

@@ -38,7 +38,6 @@ use anyhow::Result;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
-use vd_cred_broker::cache::BearerDigest;
 use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime_wasi::HostWallClock;
 
@@ -91,9 +90,9 @@ struct Inner {
     clock: Arc<dyn HostWallClock + Sync>,
     /// Credentials opened for [`SharedCredential::open_shared`], by options.
     opened: tokio::sync::Mutex<Vec<(String, SharedHandle)>>,
-    /// The last token seen per credential and audience (a digest), to tell
-    /// the first caller handed a newly minted token from the rest.
-    seen: Mutex<HashMap<String, BearerDigest>>,
+    /// The requests to the broker per audience that a call has claimed
+    /// ([`SharedCredential::claim`]).
+    claims: Mutex<HashMap<String, Claims>>,
 }
 
 /// What the driver task runs: one call, and where its answer goes.
@@ -167,7 +166,7 @@ impl SharedCredential {
             broker_urls: recipe.broker_urls(),
             clock: recipe.clock(),
             opened: Default::default(),
-            seen: Default::default(),
+            claims: Default::default(),
         };
         tokio::spawn(drive(recipe, first, queue, generation, call_limit, id));
         Ok(SharedCredential {
@@ -232,14 +231,28 @@ impl SharedCredential {
         Ok(Ok(handle))
     }
 
-    /// Whether `token` for `audience` from `handle` is one no caller was
-    /// handed before (it was minted for this call or for the calls sharing
-    /// its mint, of which this is the first to report).
-    pub fn first_sight(&self, handle: &SharedHandle, audience: &str, token: &str) -> bool {
-        let key = format!("{}/{:?}/{audience}", handle.generation, handle.resource);
-        let digest = BearerDigest::of(&vd_cred_broker::Secret::new(token.to_string()));
-        let mut seen = self.inner.seen.lock().unwrap();
-        seen.insert(key, digest) != Some(digest)
+    /// Claim the requests to the broker for `audience` numbered
+    /// `before + 1 ..= after` ([`Traffic::sent_for`] before and after a
+    /// call) that no call has claimed yet: how many. Each request is
+    /// claimed once, by the first call that waited on it to end, so that
+    /// one caller per mint is told it minted.
+    pub fn claim(&self, audience: &str, before: u64, after: u64) -> u64 {
+        let mut claims = self.inner.claims.lock().unwrap();
+        let claims = match claims.get_mut(audience) {
+            Some(claims) => claims,
+            None => claims.entry(audience.to_string()).or_default(),
+        };
+        let first = before.max(after.saturating_sub(CLAIMS_KEPT as u64)) + 1;
+        let mut claimed = 0;
+        for request in first..=after {
+            if request > claims.floor && claims.taken.insert(request) {
+                claimed += 1;
+            }
+        }
+        while claims.taken.len() > CLAIMS_KEPT {
+            claims.floor = claims.taken.pop_first().unwrap_or(claims.floor);
+        }
+        claimed
     }
 
     /// The instance's wall clock, in Unix seconds.
@@ -334,6 +347,17 @@ impl SharedCredential {
         &self.inner.broker_urls
     }
 }
+
+/// The requests of one audience claimed by a call: every one up to
+/// `floor`, and those in `taken` (the last [`CLAIMS_KEPT`]).
+#[derive(Default)]
+struct Claims {
+    floor: u64,
+    taken: BTreeSet<u64>,
+}
+
+/// How many claimed requests per audience are remembered above the floor.
+const CLAIMS_KEPT: usize = 4096;
 
 /// Counts a call out of [`SharedCredential::calls_in_progress`] when it
 /// ends, answered or dropped.

@@ -286,3 +286,84 @@ fn a_python_agent_mints_through_run_agent_and_reads_scope_not_allowed_in_python(
 fn a_javascript_agent_mints_through_run_agent_and_reads_scope_not_allowed_in_javascript() {
     mints_and_renders_the_refusal(&JAVASCRIPT);
 }
+
+/// Machine code an agent could plant where run-agent used to look for an
+/// agent's cache (beside its `.wasm`, under the name that cache had) is
+/// never run: agents' machine code is kept in the user cache, sealed with
+/// the host's key; nothing is written beside the `.wasm`; and run-agent
+/// refuses to preopen that cache for an agent.
+#[test]
+fn run_agent_never_runs_planted_machine_code_and_refuses_a_preopen_over_its_cache() {
+    use vd_cred_host::precompiled::cache_file_name;
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (agents, cache) = (dir.path().join("agents"), dir.path().join("cache"));
+    std::fs::create_dir(&agents).unwrap();
+    let wasm = agents.join("agent.wasm");
+    let bytes = std::fs::read(host_test::agent::test_agent::TEST_AGENT_WASM).unwrap();
+    std::fs::write(&wasm, &bytes).unwrap();
+    // Another component's machine code (the probe's), for run-agent's
+    // engine, private to this user, where the old cache would have been.
+    let engine = vd_cred_host::Host::shared().engine();
+    let probe = std::fs::read(host_test::probe::PROBE_WASM).unwrap();
+    let planted = agents.join(cache_file_name(engine, "agent.wasm", &bytes));
+    std::fs::write(&planted, engine.precompile_component(&probe).unwrap()).unwrap();
+    let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(&planted, private).unwrap();
+    let run = |extra: &[&str]| {
+        let mut command = Command::new(host_test_bin());
+        command.arg("run-agent").arg(&wasm).args(extra);
+        for name in vd_cred_host::from_env::ENV_VARS {
+            command.env_remove(name);
+        }
+        command
+            .args(["--invoke", r#"http-loop("http://example.test/", 0)"#])
+            .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
+            .env("VD_CREDENTIAL_FILE", f.dir.path().join("credential"))
+            .env("VD_RUNTIME_ACCESS_SOCKET", f.dir.path().join("none.sock"))
+            .env(vd_cred_host::precompiled::ENV_CACHE_DIR, &cache)
+            .output()
+            .expect("spawning host-test run-agent")
+    };
+    for round in ["compiled", "cached"] {
+        let out = run(&[]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        // The test agent's own export ran: the probe has no `http-loop`.
+        assert!(
+            out.status.success() && stdout.trim() == "[]",
+            "{round}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+    }
+    let beside: Vec<String> = std::fs::read_dir(&agents)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        beside.len(),
+        2,
+        "nothing written beside the .wasm: {beside:?}"
+    );
+    let cached = std::fs::read_dir(&cache).unwrap().count();
+    assert!(cached >= 1, "the agent's machine code is in the user cache");
+    assert!(
+        vd_cred_host::precompiled::key_path(&cache)
+            .unwrap()
+            .is_file()
+    );
+
+    // A preopen over the cache, or over a directory that holds it.
+    for over in [cache.clone(), dir.path().to_path_buf()] {
+        let spec = format!("{}::/cache", over.display());
+        let out = run(&["--dir", &spec]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("may not be preopened for an agent"),
+            "{stderr}"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use crate::{Fixture, GUEST_DIR, GUEST_FILE, VAULT, options};
 const STORAGE: &str = "https://storage.azure.com/.default";
 
 /// The fixture's sandbox, as one shared instance of the 0.3 build.
-async fn shared(f: &Fixture) -> SharedCredential {
+pub(crate) async fn shared(f: &Fixture) -> SharedCredential {
     Host::shared_p3()
         .sandbox()
         .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())

@@ -139,6 +139,35 @@ async fn hostile_broker_answers() {
     }
 }
 
+/// A call whose future is dropped while the broker holds its request (a
+/// caller that gives up, a runtime's own timeout) leaves the sandbox
+/// usable: the next call runs in a fresh instance rather than entering the
+/// one stopped inside the guest.
+#[tokio::test]
+async fn a_call_dropped_midway_leaves_the_sandbox_usable() {
+    let f = Fixture::new();
+    let held = f.broker.hold(1);
+    let mut sandbox = f.sandbox().await;
+    {
+        let call = sandbox.get_token(&[VAULT]);
+        tokio::pin!(call);
+        let at_broker = async {
+            while f.broker.request_count() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut call => panic!("answered while the broker held it"),
+            () = at_broker => {}
+        }
+    }
+    held.release();
+    let token = sandbox.get_token(&[VAULT]).await.unwrap().unwrap();
+    assert!(token.token.starts_with("mock-token-"), "{}", token.token);
+    assert_eq!(sandbox.generation(), 1, "a fresh instance");
+    assert_eq!(f.broker.request_count(), 2);
+}
+
 #[tokio::test]
 async fn redirects_are_not_followed() {
     let f = Fixture::new();

@@ -49,6 +49,129 @@ async fn agent(f: &Fixture, policy: AgentPolicy) -> (TestAgent, Errors, Sources)
     agent_in(f.sandbox().await, policy, &f.clock).await
 }
 
+/// Which credential an agent's calls are forwarded to.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    /// A sandbox of its own ([`LinkedCredential::new`]).
+    Own,
+    /// One instance of the 0.3 build shared by every agent of the bearer
+    /// ([`LinkedCredential::shared`]).
+    Shared,
+}
+
+/// A test agent linked under `policy` to `backend`, its budget measured on
+/// the fixture's clock.
+async fn agent_over(
+    f: &Fixture,
+    policy: AgentPolicy,
+    backend: Backend,
+) -> (TestAgent, Errors, Sources) {
+    let linked = match backend {
+        Backend::Own => LinkedCredential::new(f.sandbox().await, policy),
+        Backend::Shared => LinkedCredential::shared(crate::concurrent::shared(f).await, policy),
+    };
+    let (errors, sources) = (Errors::default(), Sources::default());
+    let (seen_errors, seen_sources) = (errors.clone(), sources.clone());
+    let linked = linked
+        .budget_clock(f.clock.clone())
+        .on_error(move |e| seen_errors.lock().unwrap().push(e.error.to_string()))
+        .on_token(move |e| seen_sources.lock().unwrap().push(e.source));
+    let builder = AgentBuilder::default().credential_broker(f.broker.url());
+    let agent = TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
+        .await
+        .unwrap();
+    (agent, errors, sources)
+}
+
+fn minted(sources: &Sources) -> usize {
+    let sources = sources.lock().unwrap();
+    sources
+        .iter()
+        .filter(|s| **s == TokenSource::Minted)
+        .count()
+}
+
+/// A broker that hands out the same token for every request (as a broker
+/// handing out its cached Entra token does): each request it was sent is
+/// charged and audited as a mint, over either backend; the broker sees the
+/// budget, no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_handing_out_the_same_token_is_charged_for_every_mint_over_both_backends() {
+    for backend in [Backend::Own, Backend::Shared] {
+        let f = Fixture::new();
+        f.broker.set_default(Reply::token("same-token", 3600));
+        let limits = AgentLimits {
+            mints_per_minute: 5,
+            ..AgentLimits::default()
+        };
+        let policy = AgentPolicy::new("same").limits(limits);
+        let (mut a, _, sources) = agent_over(&f, policy, backend).await;
+        let (tokens, failed, last) = a.mint_loop(&uncached(), &[VAULT], 20, false).await.unwrap();
+        assert_eq!(f.broker.request_count(), 5, "{backend:?}");
+        assert_eq!(
+            minted(&sources),
+            5,
+            "{backend:?}: one audited mint per request"
+        );
+        match backend {
+            // Its own sandbox holds the request back: refused, 429.
+            Backend::Own => {
+                assert_eq!((tokens, failed), (5, 15));
+                assert!(
+                    matches!(&last, Some(W::BrokerFailed(b)) if b.status == 429),
+                    "{last:?}"
+                );
+            }
+            // Over a shared instance, the last token it was handed, while
+            // fresh.
+            Backend::Shared => assert_eq!((tokens, failed), (20, 0)),
+        }
+    }
+}
+
+/// A broker failing every request (503), each call retried up to 4 times:
+/// every retry spends the budget. With its own sandbox, the request past
+/// the budget is held back, so the broker sees exactly the budget; over a
+/// shared instance a call is charged when it ends, so the broker sees at
+/// most one call's retries more, and the debt is paid before the next mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_spend_the_budget_over_both_backends() {
+    use vd_cred_broker::retry::MAX_ATTEMPTS;
+    for backend in [Backend::Own, Backend::Shared] {
+        let f = Fixture::new();
+        f.broker
+            .set_default(Reply::json(503, r#"{"detail":"overloaded"}"#));
+        let limits = AgentLimits {
+            mints_per_minute: 5,
+            ..AgentLimits::default()
+        };
+        let policy = AgentPolicy::new("retrier").limits(limits);
+        let (mut a, errors, _) = agent_over(&f, policy, backend).await;
+        let (tokens, failed, last) = a.mint_loop(&options(), &[VAULT], 6, true).await.unwrap();
+        assert_eq!((tokens, failed), (0, 6));
+        assert!(
+            matches!(&last, Some(W::BrokerFailed(b)) if b.status == 429),
+            "{backend:?}: {last:?}"
+        );
+        let overspend = match backend {
+            Backend::Own => 0,
+            Backend::Shared => MAX_ATTEMPTS as usize - 1,
+        };
+        assert_eq!(f.broker.request_count(), 5 + overspend, "{backend:?}");
+        assert_eq!(errors.lock().unwrap().len(), 6);
+        // A minute later the bucket refills: the overspend is paid first.
+        f.clock.advance(std::time::Duration::from_secs(60));
+        let before = f.broker.request_count();
+        let _ = a.mint_loop(&options(), &[VAULT], 6, true).await.unwrap();
+        let sent = f.broker.request_count() - before;
+        match backend {
+            Backend::Own => assert_eq!(sent, 5),
+            // 5 - 3 = 2 left: one call, which may retry past them.
+            Backend::Shared => assert_eq!(sent, MAX_ATTEMPTS as usize),
+        }
+    }
+}
+
 fn options() -> CredentialOptions {
     test_agent::no_options()
 }
@@ -517,7 +640,7 @@ async fn the_agents_egress_knows_its_credentials_broker_without_being_told() {
     ] {
         assert_eq!(
             a.http_get(&url).await.unwrap(),
-            Err("ErrorCode::HttpRequestDenied".to_string()),
+            Err("ErrorCode::ConnectionRefused".to_string()),
             "{url}"
         );
     }

@@ -533,8 +533,8 @@ async fn a_rule_opens_nothing_and_injects_only_ordinary_methods() {
             .unwrap();
         assert_eq!(got.unwrap_err(), "ErrorCode::HttpRequestDenied", "{method}");
     }
-    let refusals = a.store.data().egress().refusals();
-    let reasons: Vec<Reason> = refusals.lock().unwrap().iter().map(|r| r.reason).collect();
+    let refusals = a.store.data().egress().refusals().recent();
+    let reasons: Vec<Reason> = refusals.iter().map(|r| r.reason).collect();
     assert_eq!(reasons[..5], [Reason::NotAllowed; 5]);
     assert_eq!(reasons[5..], [Reason::MethodNotInjected; 2]);
     assert!(az.mock.requests().is_empty());
@@ -830,4 +830,64 @@ async fn a_credential_that_traps_while_injecting_is_replaced_for_the_next_reques
     );
     let outcomes: Vec<InjectOutcome> = az.events().iter().map(|e| e.outcome).collect();
     assert_eq!(outcomes, [InjectOutcome::NoToken, InjectOutcome::Sent]);
+}
+
+/// An agent that gives up on its injected request while the token for it
+/// is being minted (the broker holds the mint), again and again: the mint
+/// finishes, is cached, charged and audited; the abandoned request is not
+/// sent; the credential never traps; and the agent's next request goes out
+/// with its token, from the cache.
+#[tokio::test]
+async fn an_agent_abandoning_its_requests_mid_mint_causes_no_trap_no_tokenless_request_and_no_unaudited_mint()
+ {
+    let az = Azure::new();
+    // The agent gives up once the broker has the mint: its `GET` to the
+    // gate is answered when the broker receives a request.
+    let gate = host_test::sink::Gate::start().unwrap();
+    let opener = gate.opener();
+    az.f.broker.on_request(move |_, _| opener.let_one_through());
+    let builder = az.builder().inject_defaults().egress(gate.url());
+    let mut a = az.agent_with(AgentPolicy::new("injected"), builder).await;
+    const ROUNDS: usize = 5;
+    for round in 1..=ROUNDS {
+        // The cached token has expired (the sandbox's clock): a mint.
+        az.f.clock.advance(std::time::Duration::from_secs(3600));
+        let held = az.f.broker.hold(round);
+        let synced = a
+            .abandon(&secret_url("db"), &format!("{}/sync", gate.url()))
+            .await
+            .unwrap();
+        assert_eq!(synced, Ok(200), "round {round}");
+        assert_eq!(
+            az.f.broker.request_count(),
+            round,
+            "the mint is at the broker"
+        );
+        held.release();
+        // The next request waits for that mint, and is sent with its token.
+        let answer = get(&mut a).await;
+        assert_eq!(answer.status, 200, "round {round}");
+    }
+    let linked = &a.store.data().linked;
+    assert_eq!(linked.sandbox().await.unwrap().generation(), 0, "no trap");
+    assert_eq!(az.f.broker.request_count(), ROUNDS, "one mint a round");
+    // Each abandoned request is audited with its mint, and was not sent;
+    // each next one went out with the token minted for it.
+    let events = az.events();
+    let mut expected = Vec::new();
+    for _ in 0..ROUNDS {
+        expected.push(vault_event(TokenSource::Minted, InjectOutcome::Abandoned));
+        expected.push(vault_event(TokenSource::Cached, InjectOutcome::Sent));
+    }
+    assert_eq!(events, expected);
+    let minted: u32 = events.iter().map(|e| e.minted).sum();
+    assert_eq!(minted as usize, az.f.broker.request_count());
+    let seen = az.mock.requests();
+    assert_eq!(seen.len(), ROUNDS, "only the requests not abandoned");
+    for (round, request) in seen.iter().enumerate() {
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(format!("Bearer mock-vault-{}", round + 1).as_str())
+        );
+    }
 }

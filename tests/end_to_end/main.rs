@@ -15,6 +15,7 @@ mod errors;
 mod from_env;
 mod hostile;
 mod hostile_agent;
+mod hostile_http;
 mod injection;
 mod keepalive;
 mod lifetime;

@@ -351,9 +351,6 @@ async fn a_tunnel_answered_with_bare_line_feeds_is_used() {
     assert_eq!(f.broker.request_count(), 1);
 }
 
-/// What the test agent's `http-get` returns for a refused request.
-const DENIED: &str = "ErrorCode::HttpRequestDenied";
-
 fn agent_pre() -> &'static InstancePre<AgentState> {
     static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
     PRE.get_or_init(|| test_agent::load(crate::host().engine()).unwrap())
@@ -457,9 +454,13 @@ async fn an_agents_plain_http_request_names_the_vetted_address_to_the_proxy() {
         assert_eq!(r.path, "/x?y=1");
         assert_eq!(r.header("host"), Some(format!("localhost:{port}").as_str()));
     }
-    // The broker, by address: refused here, the proxy never asked.
+    // The broker, by address: refused here (as a closed port), the proxy
+    // never asked.
     let url = format!("http://localhost:{broker_port}/api/v1/credential-broker/token");
-    assert_eq!(a.http_get(&url).await.unwrap(), Err(DENIED.to_string()));
+    assert_eq!(
+        a.http_get(&url).await.unwrap(),
+        Err("ErrorCode::ConnectionRefused".to_string())
+    );
     assert_eq!(targets(&proxy).len(), 1);
     assert_eq!(f.broker.connection_count(), 0);
 }
@@ -485,4 +486,43 @@ async fn no_proxy_with_a_port_matches_an_agents_url_only_when_it_writes_the_port
     // Written, it is: connected to directly (whatever answers there).
     let _ = a.http_get("http://localhost:80/x").await.unwrap();
     assert_eq!(targets(&proxy).len(), 1);
+}
+
+/// An agent whose request the host's proxy refuses, or whose proxy asks for
+/// credentials, learns that the host's proxy failed: never which proxy (its
+/// address, its user) or which setting named it. The host's log has both.
+#[tokio::test]
+async fn an_agent_is_not_told_which_proxy_failed_it() {
+    let f = Fixture::new();
+    let proxy = TestProxy::start().unwrap();
+    proxy.refuse(Some(403));
+    let port = f.broker.addr().port() + 1;
+    let https = format!("https://localhost:{port}");
+    let proxies = Proxies::none()
+        .https(&proxy.url_with("ops", "s3cret"))
+        .unwrap();
+    let builder = AgentBuilder::default()
+        .egress(https.clone())
+        .proxies(proxies);
+    let mut a = agent(&f, builder).await;
+    let err = a
+        .http_get(&format!("{https}/x"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.contains("the host's proxy could not take this request"),
+        "{err}"
+    );
+    let address = proxy.addr().to_string();
+    for secret in [
+        address.as_str(),
+        "ops",
+        "HTTPS_PROXY",
+        "proxy settings",
+        "403",
+    ] {
+        assert!(!err.contains(secret), "{secret:?} in {err}");
+    }
+    assert_eq!(proxy.requests().len(), 1, "the proxy was asked");
 }

@@ -88,6 +88,78 @@ mod http {
         })
     }
 
+    /// `method url` with no headers, handed to wasi:http and not waited
+    /// for: its body (to write), and its pending answer; or the error code
+    /// `handle` refused it with.
+    pub fn start(
+        method: Method,
+        url: &str,
+    ) -> Result<(OutgoingBody, wasi::http::types::FutureIncomingResponse), String> {
+        let (scheme, rest) = url.split_once("://").ok_or("not absolute")?;
+        let (authority, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+        let scheme = match scheme {
+            "https" => Scheme::Https,
+            _ => Scheme::Http,
+        };
+        let request = OutgoingRequest::new(Fields::new());
+        request.set_method(&method).map_err(|()| "method")?;
+        request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
+        request
+            .set_authority(Some(authority))
+            .map_err(|()| "authority")?;
+        request
+            .set_path_with_query(Some(&path))
+            .map_err(|()| "path")?;
+        let outgoing = request.body().map_err(|()| "body")?;
+        let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+        Ok((outgoing, pending))
+    }
+
+    /// Write `bytes` zero bytes into `outgoing` and finish it, as fast as
+    /// the host takes them: `false` when the host stopped taking them.
+    pub fn fill(outgoing: OutgoingBody, bytes: u64) -> bool {
+        static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
+        let Ok(stream) = outgoing.write() else {
+            return false;
+        };
+        let mut left = bytes;
+        while left > 0 {
+            let room = match stream.check_write() {
+                Ok(0) => {
+                    stream.subscribe().block();
+                    continue;
+                }
+                Ok(room) => room,
+                Err(_) => return false,
+            };
+            let n = room.min(left).min(ZEROES.len() as u64) as usize;
+            if stream.write(&ZEROES[..n]).is_err() {
+                return false;
+            }
+            left -= n as u64;
+        }
+        if stream.blocking_flush().is_err() {
+            return false;
+        }
+        drop(stream);
+        OutgoingBody::finish(outgoing, None).is_ok()
+    }
+
+    /// What a pending answer came to, if it has come: the status or the
+    /// error code.
+    pub fn settled(pending: &wasi::http::types::FutureIncomingResponse) -> Option<String> {
+        if !pending.subscribe().ready() {
+            return None;
+        }
+        match pending.get()? {
+            Ok(Ok(response)) => Some(response.status().to_string()),
+            Ok(Err(code)) => Some(format!("{code:?}")),
+            Err(()) => Some("taken".into()),
+        }
+    }
+
     fn write_body(outgoing: &OutgoingBody, body: &[u8]) -> Result<(), String> {
         if body.is_empty() {
             return Ok(());
@@ -128,7 +200,7 @@ mod guest {
     });
 
     use crate::{http, probes};
-    use exports::vibedata::test_agent::agent::{Guest, HttpAnswer};
+    use exports::vibedata::test_agent::agent::{FloodReport, Guest, HttpAnswer};
     use vd_cred_guest::bindings::vibedata::cred_broker::token_credential::{
         AccessToken, AccessTokenInfo, CredentialError, CredentialOptions, TokenRequestOptions,
     };
@@ -142,7 +214,74 @@ mod guest {
         result.map(R::from).map_err(CredentialError::from)
     }
 
+    /// Add one to `key`'s count.
+    fn tally(counts: &mut Vec<(String, u32)>, key: String) {
+        match counts.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+
     impl Guest for Agent {
+        fn http_loop(url: String, count: u32) -> Vec<(String, u32)> {
+            let mut outcomes = Vec::new();
+            for _ in 0..count {
+                let outcome = match probes::http_get(url.clone()) {
+                    Ok(status) => status.to_string(),
+                    Err(code) => code,
+                };
+                tally(&mut outcomes, outcome);
+            }
+            outcomes
+        }
+
+        fn http_flood(
+            url: String,
+            body_bytes: u64,
+            count: u32,
+            scopes: Vec<String>,
+        ) -> FloodReport {
+            use wasi::http::types::Method;
+            let (mut started, mut cut_short) = (0, 0);
+            let (mut refused, mut held) = (Vec::new(), Vec::new());
+            for _ in 0..count {
+                match http::start(Method::Post, &url) {
+                    Ok((body, pending)) => {
+                        started += 1;
+                        if !http::fill(body, body_bytes) {
+                            cut_short += 1;
+                        }
+                        held.push(pending);
+                    }
+                    Err(code) => tally(&mut refused, code),
+                }
+            }
+            let token = raw(vd_cred_guest::token(&scopes));
+            let mut settled = Vec::new();
+            for pending in &held {
+                if let Some(outcome) = http::settled(pending) {
+                    tally(&mut settled, outcome);
+                }
+            }
+            drop(held);
+            FloodReport {
+                started,
+                cut_short,
+                refused,
+                token,
+                settled,
+            }
+        }
+
+        fn abandon(url: String, sync_url: String) -> Result<u16, String> {
+            use wasi::http::types::Method;
+            let (body, pending) = http::start(Method::Get, &url)?;
+            drop(wasi::http::types::OutgoingBody::finish(body, None));
+            let synced = probes::http_get(sync_url);
+            drop(pending);
+            synced
+        }
+
         fn token(
             options: CredentialOptions,
             scopes: Vec<String>,
