@@ -152,6 +152,13 @@ impl Reservation {
         ok
     }
 
+    /// Stop counting `n` of the bytes counted (they were let go).
+    pub(crate) fn release(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.caps.sub(Limit::BodyBytes, n);
+        self.bytes -= n;
+    }
+
     /// Record the refusal of the body to `target`.
     pub(crate) fn refuse(&self, target: &str) {
         self.caps.refuse(Limit::BodyBytes, target);
@@ -277,6 +284,11 @@ mod tests {
         assert!(!other.grow(41), "60 + 41 is over 100");
         assert!(other.grow(40));
         drop(other);
+        let mut grown = caps.reservation();
+        assert!(grown.grow(30));
+        grown.release(20);
+        assert_eq!(caps.now().2, 70);
+        drop(grown);
         let bytes = held_bytes(vec![7; 60], r);
         let copy = bytes.slice(10..20);
         drop(bytes);

@@ -217,28 +217,48 @@ impl Connections {
     }
 
     /// Send `request` (already allowed by the policy), honouring the
-    /// wasi:http timeouts in `options`.
+    /// wasi:http timeouts in `options`: its body collected first
+    /// ([`Connections::collect`]).
     pub(crate) fn send(
         &self,
         request: hyper::Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
-        let client = self.client.clone();
         let this = self.clone();
+        async move {
+            let target = crate::origin::shown(request.uri());
+            let (parts, body) = request.into_parts();
+            let body = this.collect(body, &target).await?;
+            this.send_collected(parts, body, options).await
+        }
+    }
+
+    /// Send a request whose body is collected already (from
+    /// [`Connections::collect`]: an agent's stays counted while any copy
+    /// of it lives). Should the returned future be dropped, or time out,
+    /// before the answer's head, the connection is shut: one whose request
+    /// body is still being written (to a peer that reads none of it) would
+    /// otherwise stay open for ever.
+    pub(crate) fn send_collected(
+        &self,
+        mut parts: hyper::http::request::Parts,
+        body: Bytes,
+        options: Option<RequestOptions>,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
+        let client = self.client.clone();
         let watches = self.watches.clone();
         let connector = self.connector.clone();
         // A plain-http request through a proxy goes to it in absolute form,
         // with the proxy's credentials (never the sender's).
-        let mut proxy = match request.uri().scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("http") => self.connector.proxy_for(request.uri()),
+        let mut proxy = match parts.uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") => self.connector.proxy_for(&parts.uri),
             _ => None,
         }
         .cloned();
-        let target = crate::origin::shown(request.uri());
+        let target = crate::origin::shown(&parts.uri);
         async move {
             let timeouts = Timeouts::from(options);
             let deadline = tokio::time::Instant::now() + timeouts.head;
-            let (mut parts, body) = request.into_parts();
             if proxy.is_some() && connector.vet.is_some() {
                 // Vetted here, and the proxy asked for the address vetted.
                 tokio::time::timeout_at(deadline, connector.pin(&mut parts))
@@ -264,12 +284,16 @@ impl Connections {
                         .insert(hyper::header::PROXY_AUTHORIZATION, value);
                 }
             }
-            let body = this.collect(body, &target).await?;
             let mut request = hyper::Request::from_parts(parts, Full::new(body));
-            let captured = capture_connection(&mut request);
+            let mut pending = Pending(Some(capture_connection(&mut request)));
             // No request on a connection the peer has closed.
             watches.retire_closed();
             let response = tokio::time::timeout_at(deadline, client.request(request)).await;
+            let captured = pending.0.take().expect("taken once");
+            if response.is_err() {
+                // Timed out: the connection may be stuck writing the body.
+                Watches::shut(&captured);
+            }
             Watches::captured(captured);
             let response = response
                 .map_err(|_| Error::ConnectionTimeout)?
@@ -316,6 +340,19 @@ async fn collect_body(
 ) -> Result<Bytes, Error> {
     let mut body = std::pin::pin!(body);
     let mut data: Vec<u8> = Vec::new();
+    // A body of known length is counted, and allocated, once and exactly.
+    if let Some(length) = body.size_hint().exact()
+        && let Ok(length) = usize::try_from(length)
+        && length <= max
+    {
+        if let Some(r) = &mut reservation
+            && !r.grow(length)
+        {
+            r.refuse(target);
+            return Err(Error::ConnectionLimitReached);
+        }
+        data.reserve_exact(length);
+    }
     while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         let Ok(chunk) = frame?.into_data() else {
             continue; // trailers: not sent
@@ -338,7 +375,13 @@ async fn collect_body(
         data.extend_from_slice(&chunk);
     }
     Ok(match reservation {
-        Some(reservation) => held_bytes(data, reservation),
+        Some(mut reservation) => {
+            // What the doubling left spare is given back.
+            let before = data.capacity();
+            data.shrink_to_fit();
+            reservation.release(before - data.capacity());
+            held_bytes(data, reservation)
+        }
         None => Bytes::from(data),
     })
 }
@@ -773,6 +816,18 @@ impl Watch {
     }
 }
 
+/// A request waiting for its answer's head: if dropped meanwhile, its
+/// connection is shut (see [`Connections::send_collected`]).
+struct Pending(Option<CaptureConnection>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(captured) = &self.0 {
+            Watches::shut(captured);
+        }
+    }
+}
+
 /// Which [`Watch`] a pooled connection is (its `Connected` extra).
 #[derive(Clone)]
 struct WatchOf(Weak<Watch>);
@@ -800,6 +855,23 @@ impl Watches {
             watch,
             proxied,
             _slot: slot,
+        }
+    }
+
+    /// Shut the connection a request went out on (if it got one): both
+    /// ways, on the socket itself, so that its driver ends (and with it
+    /// the connection's slot and descriptors) whatever it was waiting for.
+    fn shut(captured: &CaptureConnection) {
+        let mut extras = hyper::http::Extensions::new();
+        match captured.connection_metadata().as_ref() {
+            Some(connected) => {
+                connected.poison();
+                connected.get_extras(&mut extras);
+            }
+            None => return,
+        }
+        if let Some(watch) = extras.get::<WatchOf>().and_then(|w| w.0.upgrade()) {
+            let _ = watch.peeker.shutdown(std::net::Shutdown::Both);
         }
     }
 

@@ -21,9 +21,11 @@
 //!   port is refused too: a broker bound to `0.0.0.0` or `127.0.0.1` answers
 //!   on all of them.
 //!
-//! To the agent, a request refused as the broker's fails as a closed port
-//! does (`connection-refused`), so that probing addresses does not tell it
-//! which are the broker's; the record says why.
+//! To the agent, the broker looks like any other address: a request to it
+//! that the allowlist would have let through fails as a closed port does
+//! (`connection-refused`), one the allowlist would not as any origin off it
+//! does (`HTTP-request-denied`), so that probing does not tell which
+//! addresses are the broker's; the record says why.
 //!
 //! Link-local addresses (`169.254.0.0/16`, `fe80::/10`: the metadata
 //! services of most clouds, ECS and EKS credentials) and the cloud metadata
@@ -651,10 +653,15 @@ impl AgentEgress {
         {
             return Err(Reason::CredentialBroker);
         }
-        if !self.allowed.iter().any(|a| a.matches(&origin)) {
+        if !self.allows(&origin) {
             return Err(Reason::NotAllowed);
         }
         Ok(origin)
+    }
+
+    /// Whether the allowlist covers `origin`.
+    fn allows(&self, origin: &Origin) -> bool {
+        self.allowed.iter().any(|a| a.matches(origin))
     }
 
     /// The connect-time check, for the client.
@@ -754,13 +761,16 @@ impl WasiHttpHooks for AgentEgress {
                 origin
             }
             Err(reason) => {
-                self.record.refuse(target, None, reason);
-                // The broker by name fails as a closed port, as it does by
-                // address.
+                // The broker by name fails as a closed port (as it does by
+                // address) where the allowlist would have let the request
+                // through; elsewhere as any origin off the allowlist, so
+                // that neither tells the broker apart.
+                let allowed = || Origin::of(request.uri()).is_some_and(|o| self.allows(&o));
                 let error = match reason {
-                    Reason::CredentialBroker => Error::ConnectionRefused,
+                    Reason::CredentialBroker if allowed() => Error::ConnectionRefused,
                     _ => Error::HttpRequestDenied,
                 };
+                self.record.refuse(target, None, reason);
                 return Box::new(async move { Err(error) });
             }
         };

@@ -62,8 +62,6 @@
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, HeaderValue, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Method, StatusCode};
 use tokio::sync::oneshot;
@@ -356,30 +354,48 @@ impl Injection {
             let target = crate::origin::shown(request.uri());
             let (mut parts, body) = request.into_parts();
             let removed = remove_authorization(&mut parts.headers);
-            let body = match connections.collect(body, &target).await {
-                Ok(body) => body,
-                Err(e) => {
-                    let _ = answer.send(Err(e));
-                    return;
-                }
-            };
-            let send = |token: &str| {
-                let mut request = hyper::Request::new(full(body.clone()));
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = parts.version;
-                *request.headers_mut() = parts.headers.clone();
-                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-                    .map_err(|_| Error::InternalError(Some("a token unfit for a header".into())))?;
-                value.set_sensitive(true);
-                request.headers_mut().insert(AUTHORIZATION, value);
-                Ok::<_, Error>(connections.send(request, options))
-            };
             let mut trip = Trip::default();
             let agent_id = linked.policy().agent_id();
             let span = inject_span(agent_id, &audience, &destination);
-            let run = trip.run(&linked, &scope, &audience, send, &mut answer);
-            let result = tracing::Instrument::instrument(run, span.clone()).await;
+            // The body, whole (it is sent again after a challenge), unless
+            // the agent gives up first: then nothing is minted or sent.
+            let collected = tokio::select! {
+                collected = connections.collect(body, &target) => Some(collected),
+                () = answer.closed() => None,
+            };
+            let result = match collected {
+                Some(Ok(body)) => {
+                    let send = |token: &str| {
+                        let (mut request, ()) = hyper::Request::new(()).into_parts();
+                        request.method = parts.method.clone();
+                        request.uri = parts.uri.clone();
+                        request.version = parts.version;
+                        request.headers = parts.headers.clone();
+                        let mut value =
+                            HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                                Error::InternalError(Some("a token unfit for a header".into()))
+                            })?;
+                        value.set_sensitive(true);
+                        request.headers.insert(AUTHORIZATION, value);
+                        // The body as collected: its bytes counted once,
+                        // however often it is sent.
+                        Ok::<_, Error>(connections.send_collected(request, body.clone(), options))
+                    };
+                    let run = trip.run(&linked, &scope, &audience, send, &mut answer);
+                    tracing::Instrument::instrument(run, span.clone()).await
+                }
+                Some(Err(e)) => {
+                    // Refused (a limit) before anything else: not a trip.
+                    let _ = answer.send(Err(e));
+                    return;
+                }
+                None => {
+                    trip.outcome = InjectOutcome::Abandoned;
+                    Err(Error::InternalError(Some(
+                        "the agent gave up on the request".into(),
+                    )))
+                }
+            };
             let event = InjectEvent {
                 agent_id,
                 audience: &audience,
@@ -518,12 +534,6 @@ fn remove_authorization(headers: &mut HeaderMap) -> bool {
     let a = headers.remove(AUTHORIZATION).is_some();
     let p = headers.remove(PROXY_AUTHORIZATION).is_some();
     a | p
-}
-
-fn full(body: Bytes) -> WasiBody {
-    Full::new(body)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// A `WWW-Authenticate: Bearer` challenge's parameters.

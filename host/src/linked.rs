@@ -43,7 +43,7 @@ use wasmtime_wasi::HostMonotonicClock;
 
 use crate::backend::{Backend, Opened};
 use crate::sandbox::{Sandbox, default_options};
-use crate::shared::SharedCredential;
+use crate::shared::{Returned, SharedCredential};
 
 /// Host bindings for the `credential-user` world: the import side of
 /// `token-credential`, whose `credential` resource is a [`LinkedHandle`].
@@ -321,12 +321,14 @@ impl LinkedCredential {
     /// concurrently, and agents opening a credential with the same options
     /// share it (its cache, and its mints: a thousand agents asking at once
     /// cause one). A token is reported [`TokenSource::Minted`] to the first
-    /// agent handed it, [`TokenSource::Cached`] to the rest; every agent
-    /// whose call waited on requests to the broker for its audience is
-    /// charged for them (so a thousand agents sharing one mint each pay
-    /// one; an agent's own mints, its retries included, are always its
-    /// own to pay). Over budget, an agent is served the last token it was
-    /// handed while that is fresh, else refused (429).
+    /// agent handed it, [`TokenSource::Cached`] to the rest. A call is
+    /// charged for the requests the broker was sent for its audience while
+    /// it was in the instance, unless its credential's cache answered it
+    /// (it returned what that credential returned last): a thousand agents
+    /// sharing one mint each pay one, and an agent's own mints, its
+    /// retries included, are always its own to pay. Over budget, an agent
+    /// is served the last token it was handed while that is fresh, else
+    /// refused (429).
     pub fn shared(shared: SharedCredential, policy: AgentPolicy) -> Self {
         Self::with(Backend::Shared(shared), policy)
     }
@@ -810,26 +812,49 @@ impl Linked {
             };
         }
         let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-        // Charged by the requests the broker was sent for this audience
-        // while the call was in the instance (by this call, or by the
+        // A call on a credential with a cache that returns what that
+        // credential last returned was served from its cache. Any other
+        // call is charged for the requests the broker was sent for this
+        // audience while it was in the instance (by this call, or by the
         // calls whose mint it shared), whatever came back: not by whether
         // the token is one seen before (a broker may hand out the same
         // token twice).
+        let handle = match resource {
+            Some(Opened::Shared(handle)) => Some(handle),
+            _ => None,
+        };
+        let cached_before = match (caller, handle) {
+            (Caller::Handle(key), Some(handle)) => self
+                .handles
+                .get(key as usize)
+                .filter(|h| !h.options.disable_cache)
+                .and(shared.last_returned(&handle, &audience)),
+            (Caller::Injector { .. }, Some(handle)) => shared.last_returned(&handle, &audience),
+            _ => None,
+        };
         let before = shared.traffic().sent_for(&audience);
         let result = self
             .credential
             .get_token_info(resource, &scopes, options)
             .await;
         let after = shared.traffic().sent_for(&audience);
-        self.spend(&audience, after - before);
+        let returned = match &result {
+            Ok(Ok(info)) => Some(Returned::of(info)),
+            _ => None,
+        };
+        let charged = shared_charge(cached_before, returned, after - before);
+        self.spend(&audience, charged);
         let result = result.map_err(|trap| Fault::Trapped(Some(audience.clone()), trap))?;
         let info = match result {
             Ok(info) => info,
             Err(e) => return Err(Fault::Refused(Some(audience), e)),
         };
-        let source = match shared.claim(&audience, before, after) {
-            0 => TokenSource::Cached,
-            _ => TokenSource::Minted,
+        if let Some(handle) = handle {
+            shared.returned(&handle, &audience, Returned::of(&info));
+        }
+        let source = match charged > 0 && shared.claim(&audience, before, after) > 0 {
+            true => TokenSource::Minted,
+            false => TokenSource::Cached,
         };
         if let Caller::Injector { .. } = caller
             && let Some(injector) = self.injectors.get_mut(&audience)
@@ -878,6 +903,18 @@ impl Linked {
             resource: Some(opened),
         });
         Ok(u32::try_from(key).expect("at most `credentials` handles"))
+    }
+}
+
+/// What a call over a shared instance is charged: nothing when its
+/// credential has a cache and returned what it returned last
+/// (`cached_before`: the cache answered, whatever other agents' mints the
+/// call overlapped); else the `window`, the requests the broker was sent
+/// for its audience while it was in the instance.
+fn shared_charge(cached_before: Option<Returned>, returned: Option<Returned>, window: u64) -> u64 {
+    match (cached_before, returned) {
+        (Some(before), Some(now)) if before == now => 0,
+        _ => window,
     }
 }
 
@@ -1129,4 +1166,39 @@ fn agent_error(
 ) {
     let audience = audience.unwrap_or("");
     tracing::warn!(target: crate::trace::TARGET, agent_id, audience, error_kind, status, "agent call failed: {error_kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn returned(token: &str, expires_on: u64) -> Returned {
+        Returned::of(&crate::AccessTokenInfo {
+            token: token.into(),
+            expires_on,
+            token_type: "Bearer".into(),
+            refresh_on: None,
+        })
+    }
+
+    #[test]
+    fn a_shared_call_is_charged_unless_its_cache_answered() {
+        let cached = returned("t", 1_000);
+        // The cache answered: other agents' mints meanwhile are not its.
+        assert_eq!(shared_charge(Some(cached), Some(cached), 3), 0);
+        // A mint: a new token, or the same token expiring later (a broker
+        // that hands out its cached token).
+        assert_eq!(
+            shared_charge(Some(cached), Some(returned("u", 1_000)), 1),
+            1
+        );
+        assert_eq!(
+            shared_charge(Some(cached), Some(returned("t", 4_600)), 2),
+            2
+        );
+        // No cache (disable-cache, a free call, a first call), or a failure.
+        assert_eq!(shared_charge(None, Some(cached), 1), 1);
+        assert_eq!(shared_charge(Some(cached), None, 4), 4);
+        assert_eq!(shared_charge(None, None, 0), 0);
+    }
 }

@@ -8,16 +8,24 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hyper::Uri;
 
+/// The longest host name: DNS's 253 characters (without the trailing dot).
+pub(crate) const MAX_HOST_LEN: usize = 253;
+
 /// A host as compared: lower-cased, without a trailing dot; an IP literal in
-/// its canonical text (IPv6 in brackets).
+/// its canonical text (IPv6 in brackets). `None` for what is not a host: a
+/// name longer than DNS allows ([`MAX_HOST_LEN`]) among them, so that no
+/// longer one costs more to check.
 pub(crate) fn normal_host(host: &str) -> Option<String> {
+    if host.strip_suffix('.').unwrap_or(host).len() > MAX_HOST_LEN {
+        return None;
+    }
     let host = host.to_ascii_lowercase();
     if let Some(inner) = host.strip_prefix('[') {
         let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
         return Some(format!("[{ip}]"));
     }
     let host = host.strip_suffix('.').unwrap_or(&host);
-    if host.is_empty() || host.contains(['/', '@', '[', ']']) {
+    if host.is_empty() || host.bytes().any(|b| matches!(b, b'/' | b'@' | b'[' | b']')) {
         return None;
     }
     Some(match host.parse::<Ipv4Addr>() {
@@ -80,5 +88,29 @@ pub(crate) fn shown(uri: &Uri) -> String {
     match uri.port_u16() {
         Some(port) => format!("{scheme}://{host}:{port}"),
         None => format!("{scheme}://{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalised_and_overlong_ones_are_not_hosts() {
+        assert_eq!(normal_host("Example.COM.").as_deref(), Some("example.com"));
+        assert_eq!(
+            normal_host("[::FFFF:7f00:1]").as_deref(),
+            Some("[::ffff:127.0.0.1]")
+        );
+        assert_eq!(normal_host("a@b"), None);
+        assert_eq!(normal_host(""), None);
+        let longest = vec!["a".repeat(63); 4].join(".")[..MAX_HOST_LEN].to_string();
+        assert!(normal_host(&longest).is_some());
+        assert!(
+            normal_host(&format!("{longest}.")).is_some(),
+            "a trailing dot"
+        );
+        assert_eq!(normal_host(&format!("{longest}a")), None);
+        assert_eq!(normal_host(&"a".repeat(4096)), None);
     }
 }

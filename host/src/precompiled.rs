@@ -60,7 +60,7 @@
 use std::ffi::{OsStr, OsString};
 #[cfg(unix)]
 use std::fs::File;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -103,12 +103,36 @@ pub fn user_cache_dir_in(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf
 /// The environment variables [`user_cache_dir`] reads.
 pub const CACHE_ENV_VARS: [&str; 3] = [ENV_CACHE_DIR, "XDG_CACHE_HOME", "HOME"];
 
-/// The cache file name for a component called `name` with these bytes under `engine`.
+/// The cache file name for a component called `name` with these bytes under
+/// `engine`: `<name>.<digest>.cwasm`, the digest the first 128 bits of a
+/// SHA-256 over the bytes and the engine's compatibility hash, so that no
+/// other component (an agent's, made to collide) can have the credential's
+/// name, and with it the credential's sealed file.
 pub fn cache_file_name(engine: &Engine, name: &str, wasm_bytes: &[u8]) -> String {
-    let mut hasher = DefaultHasher::new();
-    wasm_bytes.hash(&mut hasher);
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    format!("{name}.{:016x}.cwasm", hasher.finish())
+    use sha2::Digest;
+    let mut digest = Sha256::new();
+    digest.update((wasm_bytes.len() as u64).to_le_bytes());
+    digest.update(wasm_bytes);
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut HashInto(&mut digest));
+    let digest = digest.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}.{hex}.cwasm")
+}
+
+/// A [`Hasher`] that feeds what is hashed into a SHA-256 (the engine's
+/// compatibility hash is only `Hash`).
+struct HashInto<'a>(&'a mut Sha256);
+
+impl Hasher for HashInto<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0
+    }
 }
 
 /// Load `wasm`, from the per-user cache ([`user_cache_dir`]) when it holds
@@ -141,6 +165,7 @@ pub fn load_bytes(
     cache_dir: Option<&Path>,
 ) -> Result<(Component, Source)> {
     let cached = cache_dir.and_then(|dir| {
+        note_cache_dir(dir);
         create_private_dir(dir);
         let key = Key::beside(dir)?;
         Some((dir.join(cache_file_name(engine, name, bytes)), key))
@@ -158,35 +183,71 @@ pub fn key_path(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Refuse `host_dir` as a preopen for an agent if it is, holds, or lies
-/// inside the per-user precompiled cache ([`user_cache_dir`]) or its key:
-/// an agent that could write there could plant machine code the host
-/// runs, and one that could read the key could make it pass as the host's.
+/// inside a precompiled cache (the per-user one, [`user_cache_dir`], and
+/// every cache directory this process has loaded from or written to, a
+/// [`crate::HostOptions::cache_dir`] or the Python package's included) or
+/// its key: an agent that could write there could plant machine code the
+/// host runs, and one that could read the key could make it pass as the
+/// host's. On Unix the directories are also compared by device and inode,
+/// so another name for one (a bind mount, a hard-linked path) is refused
+/// too.
 pub fn check_agent_preopen(host_dir: &Path) -> Result<()> {
-    let Some(cache) = user_cache_dir() else {
-        return Ok(());
-    };
-    check_preopen_against(host_dir, &cache)
+    let in_use = CACHE_DIRS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for cache in user_cache_dir().into_iter().chain(in_use) {
+        check_preopen_against(host_dir, &cache)?;
+    }
+    Ok(())
+}
+
+/// The cache directories this process has used, for [`check_agent_preopen`].
+static CACHE_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn note_cache_dir(dir: &Path) {
+    let mut dirs = CACHE_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    if !dirs.iter().any(|d| d == dir) {
+        dirs.push(dir.to_path_buf());
+    }
 }
 
 /// [`check_agent_preopen`] against the cache directory `cache`.
 pub fn check_preopen_against(host_dir: &Path, cache: &Path) -> Result<()> {
     let dir = resolved(host_dir);
-    for guarded in [Some(cache.to_path_buf()), key_path(cache)]
-        .into_iter()
-        .flatten()
-    {
-        let guarded = resolved(&guarded);
-        if dir.starts_with(&guarded) || guarded.starts_with(&dir) {
-            anyhow::bail!(
-                "{} may not be preopened for an agent: it holds or lies in the host's precompiled \
+    let guarded = [Some(cache.to_path_buf()), key_path(cache)];
+    let by_name = guarded.iter().flatten().any(|guarded| {
+        let guarded = resolved(guarded);
+        dir.starts_with(&guarded) || guarded.starts_with(&dir)
+    });
+    if by_name || same_file_in_chain(&dir, &resolved(cache)) {
+        anyhow::bail!(
+            "{} may not be preopened for an agent: it holds or lies in the host's precompiled \
                  cache ({}) or its key, where an agent could plant machine code the host runs; \
                  give the agent a directory of its own",
-                host_dir.display(),
-                cache.display()
-            );
-        }
+            host_dir.display(),
+            cache.display()
+        );
     }
     Ok(())
+}
+
+/// Whether `dir` is (by device and inode) `cache` or one of its ancestors,
+/// or `cache` is one of `dir`'s ancestors.
+#[cfg(unix)]
+fn same_file_in_chain(dir: &Path, cache: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let ancestors = |p: &Path| p.ancestors().filter_map(id).collect::<Vec<_>>();
+    match (id(dir), id(cache)) {
+        (Some(dir_id), cache_id) => {
+            ancestors(cache).contains(&dir_id)
+                || cache_id.is_some_and(|c| ancestors(dir).contains(&c))
+        }
+        (None, _) => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file_in_chain(_: &Path, _: &Path) -> bool {
+    false
 }
 
 /// `path` made absolute, with links and `..` resolved as the system would
@@ -544,6 +605,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(why.contains("plant machine code"), "{why}");
+    }
+
+    #[test]
+    fn a_cache_directory_in_use_is_guarded_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("host-cache");
+        assert!(check_agent_preopen(&cache).is_ok(), "not in use yet");
+        load_bytes(&Engine::default(), "c", &wat_component(), Some(&cache)).unwrap();
+        assert!(check_agent_preopen(&cache).is_err());
+        assert!(
+            check_agent_preopen(dir.path()).is_err(),
+            "it holds the cache"
+        );
+        let other = tempfile::tempdir().unwrap();
+        assert!(check_agent_preopen(other.path()).is_ok());
+    }
+
+    /// Another name for a directory (here a link, not resolved first; a
+    /// bind mount is another) is the same directory by device and inode.
+    #[cfg(unix)]
+    #[test]
+    fn another_name_for_the_cache_or_a_directory_above_it_is_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("a/b/cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let alias = dir.path().join("alias");
+        std::os::unix::fs::symlink(dir.path().join("a"), &alias).unwrap();
+        assert!(
+            same_file_in_chain(&alias, &cache),
+            "an ancestor, by another name"
+        );
+        let inside = cache.join("inside");
+        std::fs::create_dir(&inside).unwrap();
+        assert!(
+            same_file_in_chain(&alias.join("b/cache/inside"), &cache),
+            "inside it"
+        );
+        let beside = dir.path().join("beside");
+        std::fs::create_dir(&beside).unwrap();
+        assert!(!same_file_in_chain(&beside, &cache));
     }
 
     #[cfg(unix)]

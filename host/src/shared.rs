@@ -38,6 +38,7 @@ use anyhow::Result;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
+use vd_cred_broker::cache::BearerDigest;
 use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime_wasi::HostWallClock;
 
@@ -93,6 +94,9 @@ struct Inner {
     /// The requests to the broker per audience that a call has claimed
     /// ([`SharedCredential::claim`]).
     claims: Mutex<HashMap<String, Claims>>,
+    /// What each credential last returned per audience
+    /// ([`SharedCredential::returned`]).
+    returned: Mutex<HashMap<String, Returned>>,
 }
 
 /// What the driver task runs: one call, and where its answer goes.
@@ -167,6 +171,7 @@ impl SharedCredential {
             clock: recipe.clock(),
             opened: Default::default(),
             claims: Default::default(),
+            returned: Default::default(),
         };
         tokio::spawn(drive(recipe, first, queue, generation, call_limit, id));
         Ok(SharedCredential {
@@ -253,6 +258,24 @@ impl SharedCredential {
             claims.floor = claims.taken.pop_first().unwrap_or(claims.floor);
         }
         claimed
+    }
+
+    /// What the credential `handle` last returned for `audience`
+    /// ([`SharedCredential::returned`]): a call on a credential with a
+    /// cache that returns the same was served from its cache.
+    pub fn last_returned(&self, handle: &SharedHandle, audience: &str) -> Option<Returned> {
+        let returned = self.inner.returned.lock().unwrap();
+        returned.get(&returned_key(handle, audience)).copied()
+    }
+
+    /// Note what the credential `handle` returned for `audience`.
+    pub fn returned(&self, handle: &SharedHandle, audience: &str, what: Returned) {
+        let mut returned = self.inner.returned.lock().unwrap();
+        if returned.len() >= RETURNED_KEPT {
+            // Forgotten, a credential's next call is charged as a mint.
+            returned.clear();
+        }
+        returned.insert(returned_key(handle, audience), what);
     }
 
     /// The instance's wall clock, in Unix seconds.
@@ -346,6 +369,31 @@ impl SharedCredential {
     pub fn broker_urls(&self) -> &[String] {
         &self.inner.broker_urls
     }
+}
+
+/// What a credential returned, without the token: a digest of it, and its
+/// expiry (a mint of the same token string expires later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Returned {
+    token: BearerDigest,
+    expires_on: u64,
+}
+
+impl Returned {
+    /// What `info` is, for comparing.
+    pub fn of(info: &crate::AccessTokenInfo) -> Returned {
+        Returned {
+            token: BearerDigest::of(&vd_cred_broker::Secret::new(info.token.clone())),
+            expires_on: info.expires_on,
+        }
+    }
+}
+
+/// How many credentials' last returns are remembered.
+const RETURNED_KEPT: usize = 4096;
+
+fn returned_key(handle: &SharedHandle, audience: &str) -> String {
+    format!("{}/{:?}/{audience}", handle.generation, handle.resource)
 }
 
 /// The requests of one audience claimed by a call: every one up to

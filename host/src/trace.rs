@@ -336,9 +336,10 @@ impl Call {
                 }
                 return;
             }
-            // The host held the request back (an agent's mint budget): not
-            // the broker's failure; the linked route reports it.
-            Ok(Err(_)) if attempts == 0 && counts.held_back > self.before.held_back => {
+            // The host held a request back (an agent's mint budget, spent
+            // by this call's first request or a retry): not the broker's
+            // failure; the linked route reports it.
+            Ok(Err(_)) if counts.held_back > self.before.held_back => {
                 span.record("outcome", "held");
                 tracing::debug!(target: TARGET, op, duration_ms, "{op} held back by the host");
                 return;

@@ -119,6 +119,43 @@ async fn the_broker_is_refused_under_every_spelling_even_when_allowlisted() {
     assert_eq!(record.count(Reason::Helper), 1);
 }
 
+/// Probing tells an agent nothing of where the broker is: off the
+/// allowlist its address is refused as any origin is (`HttpRequestDenied`);
+/// on it, as a port with nothing listening is (`ConnectionRefused`). The
+/// record says which was the broker.
+#[tokio::test]
+async fn the_broker_looks_like_any_other_address_to_a_probing_agent() {
+    let f = Fixture::new();
+    let broker = f.broker.addr().port();
+    // A port bound and not listening: connecting to it is refused.
+    let unused = tokio::net::TcpSocket::new_v4().unwrap();
+    unused.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = unused.local_addr().unwrap().port();
+    let probe = |port: u16| format!("http://127.0.0.1:{port}/");
+    let mut off = agent(&f, AgentBuilder::default()).await;
+    let on = AgentBuilder::default()
+        .egress(format!("http://*:{broker}"))
+        .egress(format!("http://*:{closed}"));
+    let mut on = agent(&f, on).await;
+    for port in [broker, closed] {
+        assert_eq!(
+            off.http_get(&probe(port)).await.unwrap(),
+            Err(DENIED.to_string())
+        );
+        assert_eq!(
+            on.http_get(&probe(port)).await.unwrap(),
+            Err(REFUSED.to_string())
+        );
+    }
+    let reasons = |a: &TestAgent| -> Vec<Reason> { refusals(a).iter().map(|r| r.reason).collect() };
+    assert_eq!(
+        reasons(&off),
+        [Reason::CredentialBroker, Reason::NotAllowed]
+    );
+    assert_eq!(reasons(&on), [Reason::CredentialBroker]);
+    assert_eq!(f.broker.connection_count(), 0);
+}
+
 #[tokio::test]
 async fn only_allowlisted_origins_are_reached() {
     let f = Fixture::new();
