@@ -725,12 +725,27 @@ async fn resolve(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
 
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
 
+/// How much of a request body an agent may write into one wasi:http 0.2
+/// write, and so (with one chunk buffered) how much of it wasmtime holds
+/// in host memory for a request the agent has not yet handed over (not yet
+/// counted in [`EgressLimits::body_bytes_held`]): 16 KiB, where wasmtime's
+/// default is 1 MiB.
+pub const BODY_CHUNK_BYTES: usize = 16 << 10;
+
 impl WasiHttpHooks for AgentEgress {
     /// `Host` is made from the URI as checked (lower-cased, no trailing
     /// dot, no user info, the port only if not the scheme's), never copied
     /// from the agent's spelling.
     fn set_host_header(&mut self) -> bool {
         false
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
     }
 
     fn send_request(
