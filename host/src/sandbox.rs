@@ -398,7 +398,9 @@ impl Recipe {
 /// A call that traps (the guest ran out of its memory limit, or ran past
 /// its deadline) fails with an error; the next call runs in a fresh instance
 /// built the same way ([`Sandbox::generation`] counts them), in which
-/// credentials opened before no longer exist.
+/// credentials opened before no longer exist. So does a call whose future
+/// was dropped before it ended (its store may have stopped inside the
+/// guest): the instance is not entered again.
 pub struct Sandbox {
     /// The instance and its store; `None` after a trap, until replaced.
     live: Option<Live>,

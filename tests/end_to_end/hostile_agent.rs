@@ -562,17 +562,7 @@ async fn a_call_past_its_limit_is_stopped_and_the_instance_replaced() {
 /// it, peaked at.
 #[test]
 fn a_flood_is_refused_and_the_agent_goes_on() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "hostile_agent::flood_alone", "--ignored"])
-        .args(["--test-threads=1", "--nocapture"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::alone("hostile_agent::flood_alone");
 }
 
 #[tokio::test]

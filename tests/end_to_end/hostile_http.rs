@@ -46,27 +46,6 @@ async fn flooder(f: &Fixture, sinks: &[&Sink]) -> (TestAgent, AtToken) {
     (agent, at_token)
 }
 
-/// Run the ignored test `name` of this binary in a process of its own, so
-/// that what it measures of the process is its own.
-fn alone(name: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 const MIB: u64 = 1024;
 
 /// The host's ceilings the floods are held under.
@@ -75,7 +54,7 @@ const MOST_FDS: usize = 1024;
 
 #[test]
 fn held_floods_are_bounded_and_the_agent_keeps_its_tokens() {
-    alone("hostile_http::held_floods_alone");
+    crate::alone("hostile_http::held_floods_alone");
 }
 
 #[tokio::test]
@@ -198,7 +177,7 @@ async fn settle(a: &TestAgent) {
 
 #[test]
 fn a_refusal_flood_leaves_a_record_of_fixed_size() {
-    alone("hostile_http::refusal_flood_alone");
+    crate::alone("hostile_http::refusal_flood_alone");
 }
 
 #[tokio::test]

@@ -151,6 +151,29 @@ pub fn options() -> CredentialOptions {
     default_options()
 }
 
+/// Run the ignored test `name` of this binary in a process of its own (the
+/// binary run again for it alone, with the same build of the credential),
+/// so that what it measures of the process (its peak memory, its open
+/// descriptors) is its own, not what other tests beside it did.
+pub fn alone(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Per-test randomness without a dependency: hash the time and a counter.
 pub fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};

@@ -11,8 +11,7 @@ mod probes;
 /// makes its GET, with headers and a body, reading the whole answer.
 #[cfg(target_arch = "wasm32")]
 mod http {
-    use wasi::http::outgoing_handler;
-    use wasi::http::types::{Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme};
+    use wasi::http::types::{Fields, IncomingBody, Method, OutgoingBody};
     use wasi::io::streams::StreamError;
 
     use crate::guest::exports::vibedata::test_agent::agent::HttpAnswer;
@@ -24,15 +23,6 @@ mod http {
         headers: Vec<(String, String)>,
         body: &[u8],
     ) -> Result<HttpAnswer, String> {
-        let (scheme, rest) = url.split_once("://").ok_or("not absolute")?;
-        let (authority, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let scheme = match scheme {
-            "https" => Scheme::Https,
-            "http" => Scheme::Http,
-            other => Scheme::Other(other.to_string()),
-        };
         let method = match method {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
@@ -50,17 +40,7 @@ mod http {
             .map(|(name, value)| (name, value.into_bytes()))
             .collect();
         let fields = Fields::from_list(&fields).map_err(|e| format!("headers: {e:?}"))?;
-        let request = OutgoingRequest::new(fields);
-        request.set_method(&method).map_err(|()| "method")?;
-        request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
-        request
-            .set_authority(Some(authority))
-            .map_err(|()| "authority")?;
-        request
-            .set_path_with_query(Some(&path))
-            .map_err(|()| "path")?;
-        let outgoing = request.body().map_err(|()| "body")?;
-        let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+        let (outgoing, pending) = crate::probes::start(method, url, fields)?;
         // A write that fails (the server answered early, say) is reported
         // only when no answer comes.
         let written = write_body(&outgoing, body)
@@ -86,35 +66,6 @@ mod http {
             headers,
             body,
         })
-    }
-
-    /// `method url` with no headers, handed to wasi:http and not waited
-    /// for: its body (to write), and its pending answer; or the error code
-    /// `handle` refused it with.
-    pub fn start(
-        method: Method,
-        url: &str,
-    ) -> Result<(OutgoingBody, wasi::http::types::FutureIncomingResponse), String> {
-        let (scheme, rest) = url.split_once("://").ok_or("not absolute")?;
-        let (authority, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let scheme = match scheme {
-            "https" => Scheme::Https,
-            _ => Scheme::Http,
-        };
-        let request = OutgoingRequest::new(Fields::new());
-        request.set_method(&method).map_err(|()| "method")?;
-        request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
-        request
-            .set_authority(Some(authority))
-            .map_err(|()| "authority")?;
-        request
-            .set_path_with_query(Some(&path))
-            .map_err(|()| "path")?;
-        let outgoing = request.body().map_err(|()| "body")?;
-        let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
-        Ok((outgoing, pending))
     }
 
     /// Write `bytes` zero bytes into `outgoing` and finish it, as fast as
@@ -241,11 +192,11 @@ mod guest {
             count: u32,
             scopes: Vec<String>,
         ) -> FloodReport {
-            use wasi::http::types::Method;
+            use wasi::http::types::{Fields, Method};
             let (mut started, mut cut_short) = (0, 0);
             let (mut refused, mut held) = (Vec::new(), Vec::new());
             for _ in 0..count {
-                match http::start(Method::Post, &url) {
+                match probes::start(Method::Post, &url, Fields::new()) {
                     Ok((body, pending)) => {
                         started += 1;
                         if !http::fill(body, body_bytes) {
@@ -274,8 +225,8 @@ mod guest {
         }
 
         fn abandon(url: String, sync_url: String) -> Result<u16, String> {
-            use wasi::http::types::Method;
-            let (body, pending) = http::start(Method::Get, &url)?;
+            use wasi::http::types::{Fields, Method};
+            let (body, pending) = probes::start(Method::Get, &url, Fields::new())?;
             drop(wasi::http::types::OutgoingBody::finish(body, None));
             let synced = probes::http_get(sync_url);
             drop(pending);

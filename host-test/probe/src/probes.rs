@@ -2,7 +2,9 @@
 //! the environment, the preopens, HTTP through wasi:http, raw sockets and name
 //! lookups. Shared by the sandbox probe and the test agent (`#[path]`).
 
-use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
+use wasi::http::types::{
+    Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
 
 pub fn read_file(path: String) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| e.to_string())
@@ -45,18 +47,25 @@ pub fn preopens() -> Vec<String> {
         .collect()
 }
 
-pub fn http_get(url: String) -> Result<u16, String> {
+/// `method url` with `headers`, handed to wasi:http and not waited for:
+/// its body (to write, then finish) and its pending answer; or why it could
+/// not be made, or the error code `handle` refused it with.
+pub fn start(
+    method: Method,
+    url: &str,
+    headers: Fields,
+) -> Result<(OutgoingBody, FutureIncomingResponse), String> {
     let (scheme, rest) = url.split_once("://").ok_or("not absolute")?;
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let request = OutgoingRequest::new(Fields::new());
-    request.set_method(&Method::Get).map_err(|()| "method")?;
-    let scheme = if scheme == "https" {
-        Scheme::Https
-    } else {
-        Scheme::Http
+    let scheme = match scheme {
+        "https" => Scheme::Https,
+        "http" => Scheme::Http,
+        other => Scheme::Other(other.to_string()),
     };
+    let request = OutgoingRequest::new(headers);
+    request.set_method(&method).map_err(|()| "method")?;
     request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
     request
         .set_authority(Some(authority))
@@ -67,7 +76,12 @@ pub fn http_get(url: String) -> Result<u16, String> {
     let body = request.body().map_err(|()| "body")?;
     let pending =
         wasi::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
-    wasi::http::types::OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+    Ok((body, pending))
+}
+
+pub fn http_get(url: String) -> Result<u16, String> {
+    let (body, pending) = start(Method::Get, &url, Fields::new())?;
+    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
     pending.subscribe().block();
     match pending.get() {
         Some(Ok(Ok(response))) => Ok(response.status()),
