@@ -143,10 +143,10 @@ pub(crate) struct Setup {
     pub(crate) proxies: Proxies,
     /// An agent's counts and limits: connections open, body bytes held.
     pub(crate) caps: Option<Arc<Caps>>,
-    /// The errors go to an agent: a proxy's problems are told to the
-    /// host's log, and the agent is told only that the proxy failed
-    /// (never which proxy, or which variable set it).
-    pub(crate) for_agent: bool,
+    /// The errors go to an agent: a proxy's problems are handed to this
+    /// (the host's log), and the agent is told only that the host's proxy
+    /// failed (never which proxy, or which variable set it).
+    pub(crate) withhold: Option<Withhold>,
 }
 
 impl Setup {
@@ -160,10 +160,16 @@ impl Setup {
             connect_to: Vec::new(),
             proxies: Proxies::none(),
             caps: None,
-            for_agent: false,
+            withhold: None,
         }
     }
 }
+
+/// Where a problem withheld from an agent goes ([`Setup::withhold`]).
+pub(crate) type Withhold = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What an agent is told of a proxy's problem.
+const PROXY_FAILED: &str = "the host's proxy could not take this request (the host's log says why)";
 
 /// A sandbox's connections (a clone shares the pool).
 #[derive(Clone)]
@@ -189,7 +195,7 @@ impl Connections {
             watches: watches.clone(),
             setup_timeout: SETUP_TIMEOUT,
             caps: setup.caps,
-            for_agent: setup.for_agent,
+            withhold: setup.withhold,
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
@@ -264,7 +270,7 @@ impl Connections {
                 tokio::time::timeout_at(deadline, connector.pin(&mut parts))
                     .await
                     .map_err(|_| Error::ConnectionTimeout)?
-                    .map_err(|e| e.to_wasi(connector.for_agent))?;
+                    .map_err(|e| e.to_wasi(connector.withhold.as_ref()))?;
                 proxy = connector.proxy_for(&parts.uri).cloned();
             }
             if let Some(proxy) = &proxy {
@@ -297,7 +303,7 @@ impl Connections {
             Watches::captured(captured);
             let response = response
                 .map_err(|_| Error::ConnectionTimeout)?
-                .map_err(|e| from_client_error(e, connector.for_agent))?;
+                .map_err(|e| from_client_error(e, connector.withhold.as_ref()))?;
             // Only a proxy asks for proxy credentials: say so, rather than
             // hand the component a status it would blame on the broker.
             if let Some(proxy) = &proxy
@@ -410,11 +416,11 @@ impl From<Option<RequestOptions>> for Timeouts {
 
 /// The wasi:http error for a failed request: the connector's own when it
 /// failed to connect, else hyper's.
-fn from_client_error(e: hyper_util::client::legacy::Error, for_agent: bool) -> Error {
+fn from_client_error(e: hyper_util::client::legacy::Error, withhold: Option<&Withhold>) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
-            return c.to_wasi(for_agent);
+            return c.to_wasi(withhold);
         }
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             return from_hyper(h);
@@ -437,8 +443,8 @@ struct Connector {
     setup_timeout: Duration,
     /// An agent's counts: each connection takes a slot while open.
     caps: Option<Arc<Caps>>,
-    /// Errors go to an agent ([`Setup::for_agent`]).
-    for_agent: bool,
+    /// Errors go to an agent ([`Setup::withhold`]).
+    withhold: Option<Withhold>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -474,13 +480,13 @@ impl Connector {
     /// request; for an agent's, told to the host's log, and the agent told
     /// only that the host's proxy failed.
     fn proxy_error(&self, why: String) -> Error {
-        if !self.for_agent {
-            return Error::InternalError(Some(why));
+        match &self.withhold {
+            None => Error::InternalError(Some(why)),
+            Some(withhold) => {
+                withhold(&why);
+                Error::InternalError(Some(PROXY_FAILED.into()))
+            }
         }
-        tracing::warn!(target: crate::trace::TARGET, why, "an agent's request failed at the host's proxy");
-        Error::InternalError(Some(
-            "the host's proxy could not take this request (the host's log says why)".into(),
-        ))
     }
 
     /// Whether `uri` is routed to the helper's Unix socket: its host name
@@ -707,8 +713,9 @@ enum ConnectError {
 }
 
 impl ConnectError {
-    /// The wasi:http error; `for_agent`: a proxy's problem unnamed.
-    fn to_wasi(&self, for_agent: bool) -> Error {
+    /// The wasi:http error; with `withhold`, a proxy's problem handed to
+    /// it and left unnamed.
+    fn to_wasi(&self, withhold: Option<&Withhold>) -> Error {
         match self {
             ConnectError::NoHost => Error::HttpRequestUriInvalid,
             ConnectError::Dns(e) => Error::DnsError {
@@ -731,11 +738,9 @@ impl ConnectError {
                 Some(why) => Error::InternalError(Some(why)),
                 None => Error::TlsProtocolError,
             },
-            ConnectError::Proxy(why) if for_agent => {
-                tracing::warn!(target: crate::trace::TARGET, why, "an agent's request failed at the host's proxy");
-                Error::InternalError(Some(
-                    "the host's proxy could not take this request (the host's log says why)".into(),
-                ))
+            ConnectError::Proxy(why) if let Some(withhold) = withhold => {
+                withhold(why);
+                Error::InternalError(Some(PROXY_FAILED.into()))
             }
             ConnectError::Proxy(why) => Error::InternalError(Some(why.clone())),
             ConnectError::Limit => Error::ConnectionLimitReached,
@@ -1075,7 +1080,7 @@ mod tests {
             watches: Watches::default(),
             setup_timeout,
             caps: None,
-            for_agent: false,
+            withhold: None,
         }
     }
 
@@ -1150,7 +1155,7 @@ mod tests {
                 .await
                 .expect("the attempt gave up by itself"),
         );
-        assert!(matches!(e.to_wasi(false), Error::ConnectionTimeout), "{e}");
+        assert!(matches!(e.to_wasi(None), Error::ConnectionTimeout), "{e}");
         assert!(e.to_string().contains("no TLS handshake"), "{e}");
     }
 

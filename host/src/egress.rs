@@ -815,7 +815,9 @@ impl WasiHttpHooks for AgentEgress {
                     .collect(),
                 proxies: self.proxies.clone(),
                 caps: Some(self.caps.clone()),
-                for_agent: true,
+                withhold: Some(Arc::new(|why: &str| {
+                    tracing::warn!(target: crate::trace::TARGET, why, "an agent's request failed at the host's proxy");
+                })),
             }));
         }
         let connections = self.connections.clone().expect("made above");
