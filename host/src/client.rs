@@ -168,8 +168,20 @@ impl Setup {
 /// Where a problem withheld from an agent goes ([`Setup::withhold`]).
 pub(crate) type Withhold = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// What an agent is told of a proxy's problem.
-const PROXY_FAILED: &str = "the host's proxy could not take this request (the host's log says why)";
+/// The error for a proxy's problem `why`: in full; or, with `withhold`
+/// (an agent's request), handed to it and the agent told only that the
+/// host's proxy failed.
+fn proxy_failure(withhold: Option<&Withhold>, why: String) -> Error {
+    match withhold {
+        None => Error::InternalError(Some(why)),
+        Some(withhold) => {
+            withhold(&why);
+            Error::InternalError(Some(
+                "the host's proxy could not take this request (the host's log says why)".into(),
+            ))
+        }
+    }
+}
 
 /// A sandbox's connections (a clone shares the pool).
 #[derive(Clone)]
@@ -294,16 +306,14 @@ impl Connections {
             let mut pending = Pending(Some(capture_connection(&mut request)));
             // No request on a connection the peer has closed.
             watches.retire_closed();
-            let response = tokio::time::timeout_at(deadline, client.request(request)).await;
-            let captured = pending.0.take().expect("taken once");
-            if response.is_err() {
-                // Timed out: the connection may be stuck writing the body.
-                Watches::shut(&captured);
-            }
-            Watches::captured(captured);
-            let response = response
-                .map_err(|_| Error::ConnectionTimeout)?
-                .map_err(|e| from_client_error(e, connector.withhold.as_ref()))?;
+            // Timed out, `pending` shuts the connection as it goes (it may
+            // be stuck writing the body).
+            let response = tokio::time::timeout_at(deadline, client.request(request))
+                .await
+                .map_err(|_| Error::ConnectionTimeout)?;
+            Watches::captured(pending.0.take().expect("taken once"));
+            let response =
+                response.map_err(|e| from_client_error(e, connector.withhold.as_ref()))?;
             // Only a proxy asks for proxy credentials: say so, rather than
             // hand the component a status it would blame on the broker.
             if let Some(proxy) = &proxy
@@ -346,17 +356,22 @@ async fn collect_body(
 ) -> Result<Bytes, Error> {
     let mut body = std::pin::pin!(body);
     let mut data: Vec<u8> = Vec::new();
+    // Bytes counted before they are allocated.
+    let mut count = |bytes: usize| {
+        if let Some(r) = &mut reservation
+            && !r.grow(bytes)
+        {
+            r.refuse(target);
+            return Err(Error::ConnectionLimitReached);
+        }
+        Ok(())
+    };
     // A body of known length is counted, and allocated, once and exactly.
     if let Some(length) = body.size_hint().exact()
         && let Ok(length) = usize::try_from(length)
         && length <= max
     {
-        if let Some(r) = &mut reservation
-            && !r.grow(length)
-        {
-            r.refuse(target);
-            return Err(Error::ConnectionLimitReached);
-        }
+        count(length)?;
         data.reserve_exact(length);
     }
     while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
@@ -368,14 +383,9 @@ async fn collect_body(
             return Err(Error::HttpRequestBodySize(None));
         }
         if len > data.capacity() {
-            // Grown as a Vec grows (doubling), counted before allocating.
+            // Grown as a Vec grows (doubling).
             let want = len.max(data.capacity() * 2).min(max);
-            if let Some(r) = &mut reservation
-                && !r.grow(want - data.capacity())
-            {
-                r.refuse(target);
-                return Err(Error::ConnectionLimitReached);
-            }
+            count(want - data.capacity())?;
             data.reserve_exact(want - data.len());
         }
         data.extend_from_slice(&chunk);
@@ -480,13 +490,7 @@ impl Connector {
     /// request; for an agent's, told to the host's log, and the agent told
     /// only that the host's proxy failed.
     fn proxy_error(&self, why: String) -> Error {
-        match &self.withhold {
-            None => Error::InternalError(Some(why)),
-            Some(withhold) => {
-                withhold(&why);
-                Error::InternalError(Some(PROXY_FAILED.into()))
-            }
-        }
+        proxy_failure(self.withhold.as_ref(), why)
     }
 
     /// Whether `uri` is routed to the helper's Unix socket: its host name
@@ -738,11 +742,7 @@ impl ConnectError {
                 Some(why) => Error::InternalError(Some(why)),
                 None => Error::TlsProtocolError,
             },
-            ConnectError::Proxy(why) if let Some(withhold) = withhold => {
-                withhold(why);
-                Error::InternalError(Some(PROXY_FAILED.into()))
-            }
-            ConnectError::Proxy(why) => Error::InternalError(Some(why.clone())),
+            ConnectError::Proxy(why) => proxy_failure(withhold, why.clone()),
             ConnectError::Limit => Error::ConnectionLimitReached,
         }
     }

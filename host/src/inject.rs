@@ -391,9 +391,7 @@ impl Injection {
                 }
                 None => {
                     trip.outcome = InjectOutcome::Abandoned;
-                    Err(Error::InternalError(Some(
-                        "the agent gave up on the request".into(),
-                    )))
+                    Err(gone())
                 }
             };
             let event = InjectEvent {
@@ -453,26 +451,23 @@ impl Trip {
         Ok(info.token)
     }
 
-    /// Send `request` unless the agent has gone (`answer` closed): its
-    /// answer, or `None` once the agent has gone (the send dropped).
+    /// Send `request` unless the agent has gone (`answer` closed): not
+    /// sent if it had gone already, the send dropped if it goes meanwhile.
     async fn unless_gone<F>(
         &mut self,
         request: F,
         answer: &mut oneshot::Sender<Result<Sent, Error>>,
-    ) -> Option<Result<Sent, Error>>
+    ) -> Result<Sent, Error>
     where
         F: Future<Output = Result<Sent, Error>>,
     {
-        if answer.is_closed() {
-            self.outcome = InjectOutcome::Abandoned;
-            return None;
-        }
         tokio::select! {
-            sent = request => Some(sent),
+            biased;
             () = answer.closed() => {
                 self.outcome = InjectOutcome::Abandoned;
-                None
+                Err(gone())
             }
+            sent = request => sent,
         }
     }
 
@@ -491,17 +486,13 @@ impl Trip {
     where
         F: Future<Output = Result<Sent, Error>>,
     {
-        let gone = || Error::InternalError(Some("the agent gave up on the request".into()));
         let token = self.token(linked, scope, None).await.map_err(|e| {
             Error::InternalError(Some(format!(
                 "the host could not add a {audience} token to this request: {e}"
             )))
         })?;
         self.outcome = InjectOutcome::SendFailed;
-        let sent = self
-            .unless_gone(send(&token)?, answer)
-            .await
-            .ok_or_else(gone)??;
+        let sent = self.unless_gone(send(&token)?, answer).await?;
         self.outcome = match challenge(&sent.0) {
             None => InjectOutcome::Sent,
             Some(c) if c.claims() => InjectOutcome::ClaimsChallenge,
@@ -520,13 +511,15 @@ impl Trip {
         };
         drop(sent);
         self.outcome = InjectOutcome::SendFailed;
-        let again = self
-            .unless_gone(send(&fresh)?, answer)
-            .await
-            .ok_or_else(gone)??;
+        let again = self.unless_gone(send(&fresh)?, answer).await?;
         self.outcome = InjectOutcome::ChallengeAnswered;
         Ok(again)
     }
+}
+
+/// The error of a request the agent gave up on (it never sees it).
+fn gone() -> Error {
+    Error::InternalError(Some("the agent gave up on the request".into()))
 }
 
 /// Remove the credentials the agent set; whether there were any.

@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use slab::Slab;
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, OwnedMutexGuard};
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::HostMonotonicClock;
@@ -76,8 +76,10 @@ pub struct AgentLimits {
     /// bucket holding this many, refilled evenly over a minute. Every
     /// request is charged, a call's retries included: with its own
     /// sandbox, the request past the budget is held back; over a shared
-    /// instance, a call is charged after it ends for the requests it
-    /// waited on (the bucket may go below empty, and refills from there).
+    /// instance, a call is charged after it ends for the requests the
+    /// broker was sent for its audience meanwhile, unless its credential's
+    /// cache answered it (the bucket may go below empty, and refills from
+    /// there).
     /// A call over budget gets the credential's cached token while one is
     /// valid and fresh, else `broker-failed` with status 429 saying so.
     pub mints_per_minute: u32,
@@ -787,7 +789,8 @@ impl Linked {
     /// [`Linked::token`] through a shared instance: an agent over its budget
     /// gets the last token it was handed while that is fresh, else a 429;
     /// a call is charged for every request to the broker for its audience
-    /// made while it was in the instance, and the first call to claim a
+    /// made while it was in the instance, unless its credential's cache
+    /// answered it ([`shared_charge`]), and the first call to claim a
     /// request is told it minted.
     async fn shared_token(
         &mut self,
@@ -1016,41 +1019,47 @@ fn no_request_options() -> crate::TokenRequestOptions {
 type Answer<T> = wasmtime::Result<Result<T, wit::CredentialError>>;
 
 impl LinkedCredential {
-    /// Forward a token call of the agent's ([`Linked::forward`]) as a task
-    /// of its own, and wait for it: should the agent's call be dropped (its
-    /// runtime gave up on the agent, say), the credential's call still ends
-    /// as it would have (a mint finishes, is cached, charged and audited)
-    /// rather than stopping inside the credential's store.
+    /// Run `call` on the shared state as a task of its own, and wait for
+    /// it: should the agent's call be dropped (its runtime gave up on the
+    /// agent, say), the credential's call still ends as it would have (a
+    /// mint finishes, is cached, charged and audited) rather than stopping
+    /// inside the credential's store.
+    async fn detached<T, F>(
+        &self,
+        call: impl FnOnce(OwnedMutexGuard<Linked>) -> F + Send + 'static,
+    ) -> wasmtime::Result<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let linked = self.linked.clone();
+        tokio::spawn(async move { call(linked.lock_owned().await).await })
+            .await
+            .map_err(|e| wasmtime::format_err!("the host's task for a credential call failed: {e}"))
+    }
+
+    /// Forward a token call of the agent's ([`Linked::forward`]), detached.
     async fn forward_detached(
         &self,
         key: Option<u32>,
         scopes: Vec<String>,
         options: crate::TokenRequestOptions,
     ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
-        let linked = self.linked.clone();
-        let task =
-            tokio::spawn(async move { linked.lock().await.forward(key, scopes, &options).await });
-        joined(task).await?
+        self.detached(move |mut linked| async move { linked.forward(key, scopes, &options).await })
+            .await?
     }
-}
-
-/// What a credential call's task returned (a panic in it, a trap).
-async fn joined<T>(task: tokio::task::JoinHandle<T>) -> wasmtime::Result<T> {
-    task.await
-        .map_err(|e| wasmtime::format_err!("the host's task for a credential call failed: {e}"))
 }
 
 impl wit::HostCredential for LinkedCredential {
     async fn open(&mut self, options: wit::CredentialOptions) -> Answer<Resource<LinkedHandle>> {
-        let linked = self.linked.clone();
-        let task = tokio::spawn(async move {
-            let mut linked = linked.lock().await;
-            match linked.open_checked(options).await {
-                Ok(key) => Ok(Ok(key)),
-                Err(fault) => Ok(Err(linked.answer(fault)?.into())),
-            }
-        });
-        let opened: Answer<u32> = joined(task).await?;
+        let opened: Answer<u32> = self
+            .detached(move |mut linked| async move {
+                match linked.open_checked(options).await {
+                    Ok(key) => Ok(Ok(key)),
+                    Err(fault) => Ok(Err(linked.answer(fault)?.into())),
+                }
+            })
+            .await?;
         Ok(opened?.map(Resource::new_own))
     }
 
@@ -1079,9 +1088,7 @@ impl wit::HostCredential for LinkedCredential {
 
     async fn drop(&mut self, handle: Resource<LinkedHandle>) -> wasmtime::Result<()> {
         let key = handle.rep() as usize;
-        let linked = self.linked.clone();
-        let task = tokio::spawn(async move {
-            let linked = &mut *linked.lock().await;
+        self.detached(move |mut linked| async move {
             // A credential of an instance that trapped is gone with it.
             let renewed = linked.credential.renew().await.is_ok();
             if let Some(handle) = linked.handles.try_remove(key)
@@ -1092,8 +1099,8 @@ impl wit::HostCredential for LinkedCredential {
                 // A trap here replaces the instance; the agent's drop succeeds.
                 let _ = linked.credential.drop_credential(resource).await;
             }
-        });
-        joined(task).await
+        })
+        .await
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
@@ -53,8 +53,9 @@ pub struct Traffic {
     allowance: AtomicU64,
     held_back: AtomicU64,
     /// Requests let through to the broker per audience (read from each
-    /// request's body).
+    /// request's body), once [`Traffic::count_by_audience`] asked for them.
     by_audience: Mutex<HashMap<String, u64>>,
+    counts_audiences: AtomicBool,
     /// The answers to the current call's requests, for its span.
     pub(crate) requests: crate::trace::Requests,
 }
@@ -69,6 +70,7 @@ impl Default for Traffic {
             allowance: AtomicU64::new(UNLIMITED),
             held_back: AtomicU64::new(0),
             by_audience: Mutex::default(),
+            counts_audiences: AtomicBool::new(false),
             requests: Default::default(),
         }
     }
@@ -80,7 +82,15 @@ impl Traffic {
         self.sent.load(Ordering::Acquire)
     }
 
-    /// Requests let through to the broker (or helper) for `audience` so far.
+    /// Count the requests let through to the broker per audience from now
+    /// on ([`Traffic::sent_for`]): a shared instance's charges need them; a
+    /// sandbox of one agent's does not read its requests' bodies.
+    pub(crate) fn count_by_audience(&self) {
+        self.counts_audiences.store(true, Ordering::Release);
+    }
+
+    /// Requests let through to the broker (or helper) for `audience` so far
+    /// (counted once [`Traffic::count_by_audience`] asked for them).
     pub fn sent_for(&self, audience: &str) -> u64 {
         let counts = self.by_audience.lock().unwrap();
         counts.get(audience).copied().unwrap_or(0)
@@ -340,7 +350,8 @@ impl WasiHttpHooks for BrokerOnly {
             })
         });
         let watched = crate::trace::Request::of(&request, &self.traffic.requests);
-        let request = match to_broker {
+        let tapped = to_broker && self.traffic.counts_audiences.load(Ordering::Acquire);
+        let request = match tapped {
             true => request.map(|body| {
                 AudienceTap {
                     body,

@@ -313,18 +313,10 @@ impl Key {
     fn read(path: &Path) -> Option<Key> {
         #[cfg(unix)]
         let bytes = {
-            use rustix::fs::{Mode, OFlags};
             use std::io::Read;
-            use std::os::unix::fs::MetadataExt;
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-            let mut file = File::from(rustix::fs::open(path, flags, Mode::empty()).ok()?);
-            let meta = file.metadata().ok()?;
-            let ours = meta.uid() == rustix::process::geteuid().as_raw();
-            if !(meta.is_file() && ours && meta.mode() & 0o077 == 0) {
-                return None;
-            }
+            let file = unix::open_ours(rustix::fs::CWD, path, unix::PRIVATE)?;
             let mut bytes = Vec::new();
-            file.by_ref().take(64).read_to_end(&mut bytes).ok()?;
+            file.take(64).read_to_end(&mut bytes).ok()?;
             bytes
         };
         #[cfg(not(unix))]
@@ -436,7 +428,11 @@ impl<'a> CacheDir<'a> {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
             let handle = File::from(rustix::fs::open(path, flags, Mode::empty()).ok()?);
             let meta = handle.metadata().ok()?;
-            (meta.is_dir() && unix::only_ours(&meta)).then_some(Self { path, name, handle })
+            (meta.is_dir() && unix::ours(&meta, unix::NOT_WRITABLE_BY_OTHERS)).then_some(Self {
+                path,
+                name,
+                handle,
+            })
         }
         #[cfg(not(unix))]
         Some(Self { path, name })
@@ -447,19 +443,8 @@ impl<'a> CacheDir<'a> {
     /// writable by group or others).
     #[cfg(unix)]
     fn read(&self) -> Option<Vec<u8>> {
-        use rustix::fs::{Mode, OFlags};
         use std::io::Read;
-        // `NOFOLLOW`: a link at the name fails to open. `NONBLOCK`: a FIFO at
-        // the name cannot hang the open; it is then refused as not a regular
-        // file (the flag does not affect reading a regular file).
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let mut file =
-            File::from(rustix::fs::openat(&self.handle, self.name, flags, Mode::empty()).ok()?);
-        // The checks are on the handle read below, not on the name.
-        let meta = file.metadata().ok()?;
-        if !(meta.is_file() && unix::only_ours(&meta)) {
-            return None;
-        }
+        let mut file = unix::open_ours(&self.handle, self.name, unix::NOT_WRITABLE_BY_OTHERS)?;
         let mut code = Vec::new();
         file.read_to_end(&mut code).ok()?;
         Some(code)
@@ -509,14 +494,40 @@ impl<'a> CacheDir<'a> {
 
 #[cfg(unix)]
 mod unix {
-    use std::fs::Metadata;
+    use std::fs::{File, Metadata};
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
 
-    /// Whether `meta` belongs to the effective user and is not writable by
-    /// group or others: nobody else (but root) can have written or replaced
-    /// it. As root, that is root's own files.
-    pub(super) fn only_ours(meta: &Metadata) -> bool {
-        meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o022 == 0
+    use rustix::fs::{Mode, OFlags};
+
+    /// Mode bits a cache file or directory may not have: writable by group
+    /// or others.
+    pub(super) const NOT_WRITABLE_BY_OTHERS: u32 = 0o022;
+    /// Mode bits the key may not have: any access by group or others.
+    pub(super) const PRIVATE: u32 = 0o077;
+
+    /// Whether `meta` belongs to the effective user and has none of the
+    /// mode bits `forbidden`: nobody else (but root) can have written or
+    /// replaced it. As root, that is root's own files.
+    pub(super) fn ours(meta: &Metadata, forbidden: u32) -> bool {
+        meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & forbidden == 0
+    }
+
+    /// The regular file `name` in the directory `dir` (a handle, or
+    /// `rustix::fs::CWD` for a path), opened for reading if it is
+    /// [`ours`]. `NOFOLLOW`: a link at the name fails to open. `NONBLOCK`: a
+    /// FIFO at the name cannot hang the open; it is then refused as not a
+    /// regular file (the flag does not affect reading a regular file). The
+    /// checks are on the handle returned, not on the name.
+    pub(super) fn open_ours(
+        dir: impl AsFd,
+        name: impl rustix::path::Arg,
+        forbidden: u32,
+    ) -> Option<File> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = File::from(rustix::fs::openat(dir, name, flags, Mode::empty()).ok()?);
+        let meta = file.metadata().ok()?;
+        (meta.is_file() && ours(&meta, forbidden)).then_some(file)
     }
 }
 

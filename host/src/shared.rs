@@ -153,6 +153,8 @@ impl SharedCredential {
             "a shared credential needs the WASI 0.3 build (Host::shared_p3, or Host::load of \
              vd_cred_broker_p3.wasm): the 0.2 build runs one call at a time"
         );
+        // Calls are charged by the broker's requests for their audience.
+        recipe.traffic().count_by_audience();
         // Instantiate once here, so that a component that fails to start
         // fails now.
         let first = recipe.instantiate().await?;
