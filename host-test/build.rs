@@ -3,7 +3,8 @@
 //! the reader with the credential component that `vd-cred-host` built (its
 //! path arrives as `DEP_VD_CRED_BROKER_WASM_PATH`), and exposes the paths to
 //! this crate as `VD_SANDBOX_PROBE_WASM`, `VD_TEST_AGENT_WASM`,
-//! `VD_WSTD_AGENT_WASM` and `VD_KEYVAULT_COMPOSED_WASM`.
+//! `VD_WSTD_AGENT_WASM` and `VD_KEYVAULT_COMPOSED_WASM`, and cargo's target
+//! directory as `VD_CARGO_TARGET_DIR`.
 
 #[path = "../host/build/guest.rs"]
 mod guest;
@@ -16,6 +17,12 @@ fn main() {
         std::env::var_os("DEP_VD_CRED_BROKER_WASM_PATH").expect("vd-cred-host's component path"),
     );
     let guest_target = guest::guest_target_dir();
+    // cargo's target directory, for what is built beside cargo (the
+    // JavaScript agent, the original's virtualenv).
+    println!(
+        "cargo:rustc-env=VD_CARGO_TARGET_DIR={}",
+        guest_target.parent().expect("target dir").display()
+    );
     guest::build_guest(
         &root,
         &guest_target,

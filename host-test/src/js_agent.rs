@@ -3,7 +3,7 @@
 //! (its `mint` export, which uses the credential import, is exercised
 //! through `host-test run-agent` in tests/end_to_end/agents_lang.rs).
 //! Built by `examples/js-agent/build.sh` (scripts/test.sh builds it into
-//! `target/js-agent.wasm`), not by cargo: it needs Node.js.
+//! cargo's target directory), not by cargo: it needs Node.js.
 
 use std::path::PathBuf;
 
@@ -22,15 +22,12 @@ mod bindings {
     });
 }
 
-/// Where the built agent is: `VD_JS_AGENT_WASM`, else `target/js-agent.wasm`
-/// in the workspace.
+/// Where the built agent is: `VD_JS_AGENT_WASM`, else `js-agent.wasm` in
+/// cargo's target directory (where scripts/test.sh builds it).
 pub fn wasm_path() -> PathBuf {
     match std::env::var_os("VD_JS_AGENT_WASM") {
         Some(path) => PathBuf::from(path),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/js-agent.wasm"
-        )),
+        None => PathBuf::from(env!("VD_CARGO_TARGET_DIR")).join("js-agent.wasm"),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The original Python credential (vibedata-studio-azure-cred-broker 0.2.0),
 //! run beside the component in the benchmarks: `python/bench/original.py` in
-//! a virtualenv (`target/venv-original`) holding the pinned original
+//! a virtualenv (`venv-original` in cargo's target directory) holding the pinned original
 //! (`python/bench/requirements-original.txt`), made on first use.
 
 use std::io::{BufRead, BufReader, Write};
@@ -41,10 +41,7 @@ impl OriginalPython {
     /// run gets: the broker URL and bearer file variables.
     pub fn ensure(env: &[(&str, &str)]) -> Result<OriginalPython> {
         let root = root();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let venv = target.join("venv-original");
+        let venv = Path::new(env!("VD_CARGO_TARGET_DIR")).join("venv-original");
         let python = venv.join("bin/python");
         let requirements = root.join("python/bench/requirements-original.txt");
         let marker = venv.join(".installed");
