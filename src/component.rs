@@ -1,10 +1,11 @@
-//! The wit-bindgen exports: WIT types <-> core types, and [`Platform`] over WASI.
+//! The wit-bindgen exports (WIT types <-> core types by `wit_conversions!`,
+//! shared with the 0.3 build), and [`Platform`] over WASI.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
     Answer, BrokerRequest, Credential, CredentialError, Options, Platform, Secret, SendError,
-    TokenInfo, TokenRequestOptions, ready, transport,
+    TokenRequestOptions, ready, transport,
 };
 
 wit_bindgen::generate!({ world: "cred-broker", path: "wit" });
@@ -58,11 +59,7 @@ fn get_token(
     credential: &Credential,
     scopes: Vec<String>,
 ) -> Result<wit::AccessToken, wit::CredentialError> {
-    let token = ready(credential.get_token(&scopes, &mut Wasi))?;
-    Ok(wit::AccessToken {
-        token: token.token.into_inner(),
-        expires_on: token.expires_on,
-    })
+    Ok(ready(credential.get_token(&scopes, &mut Wasi))?.into())
 }
 
 fn get_token_info(
@@ -70,22 +67,8 @@ fn get_token_info(
     scopes: Vec<String>,
     options: wit::TokenRequestOptions,
 ) -> Result<wit::AccessTokenInfo, wit::CredentialError> {
-    let options = TokenRequestOptions {
-        claims: options.claims,
-        tenant_id: options.tenant_id,
-        enable_cae: options.enable_cae,
-    };
-    let TokenInfo {
-        token,
-        expires_on,
-        refresh_on,
-    } = ready(credential.get_token_info(&scopes, &options, &mut Wasi))?;
-    Ok(wit::AccessTokenInfo {
-        token: token.into_inner(),
-        expires_on,
-        token_type: "Bearer".into(),
-        refresh_on,
-    })
+    let options = TokenRequestOptions::from(options);
+    Ok(ready(credential.get_token_info(&scopes, &options, &mut Wasi))?.into())
 }
 
 impl wit::Guest for Component {
@@ -109,17 +92,7 @@ impl wit::Guest for Component {
 
 impl wit::GuestCredential for Credential {
     fn open(options: wit::CredentialOptions) -> Result<wit::Credential, wit::CredentialError> {
-        let options = Options {
-            broker_url: options.broker_url,
-            credential_file: options.credential_file,
-            timeout_ms: options.timeout_ms,
-            audience_map: options.audience_map,
-            allow_insecure_http: options.allow_insecure_http,
-            disable_cache: options.disable_cache,
-            lane: options.lane,
-            configuration_revision: options.configuration_revision,
-            runtime_access_url: options.runtime_access_url,
-        };
+        let options = Options::from(options);
         let env = |name: &str| std::env::var(name).ok();
         Ok(wit::Credential::new(Credential::open(&options, env)?))
     }
@@ -137,5 +110,6 @@ impl wit::GuestCredential for Credential {
     }
 }
 
-// The WIT error both ways, as every build and host maps it.
-crate::wit_error_conversions!(crate::component::exports::vibedata::cred_broker::token_credential);
+// The WIT records and error to and from the core's, as both builds convert
+// them (`src/wasi_glue.rs`).
+crate::wit_conversions!(crate::component::exports::vibedata::cred_broker::token_credential);

@@ -29,6 +29,7 @@ mod ready;
 pub mod retry;
 mod secret;
 mod settings;
+mod wasi_glue;
 
 #[cfg(all(target_arch = "wasm32", feature = "wasip2"))]
 mod bearer_wasi;
@@ -58,6 +59,9 @@ pub use settings::{
     DEFAULT_TIMEOUT_MS, ENV_BROKER_URL, ENV_CONFIGURATION_REVISION, ENV_CREDENTIAL_FILE, ENV_LANE,
     ENV_RUNTIME_ACCESS_URL, Mode, Options, Protocol, Settings, validate_broker_url,
 };
+#[doc(hidden)]
+pub use wasi_glue::wasi_http_detail;
+pub use wasi_glue::{WasiHttpErrorCase, send_error_for, while_reading_answer};
 
 /// How a host's `internal-error` text for a refused TLS handshake starts
 /// (`vd-cred-host` names the certificate problem after it); the component

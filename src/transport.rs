@@ -11,8 +11,8 @@ use std::time::Duration;
 use wasi::clocks::monotonic_clock;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody,
-    OutgoingRequest, RequestOptions, Scheme,
+    Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+    RequestOptions, Scheme, http_error_code,
 };
 use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::{InputStream, StreamError};
@@ -155,11 +155,16 @@ fn read_body(
                 }
             }
             Err(StreamError::Closed) => break,
+            // The body's wasi:http error, as the 0.3 build reads it from the
+            // trailers; else the host's words for the I/O error.
             Err(StreamError::LastOperationFailed(e)) => {
-                return Err(failed(&format!(
-                    "reading the answer failed ({})",
-                    e.to_debug_string()
-                )));
+                return Err(match http_error_code(&e) {
+                    Some(code) => crate::while_reading_answer(from_code(&code)),
+                    None => failed(&format!(
+                        "reading the answer failed: {}",
+                        e.to_debug_string()
+                    )),
+                });
             }
         }
     }
@@ -177,48 +182,5 @@ fn failed(why: &str) -> SendError {
     SendError::Failed(why.to_string())
 }
 
-fn from_code(code: &ErrorCode) -> SendError {
-    match code {
-        ErrorCode::ConnectionTimeout
-        | ErrorCode::ConnectionReadTimeout
-        | ErrorCode::ConnectionWriteTimeout => SendError::TimedOut,
-        ErrorCode::HttpRequestDenied => SendError::Denied,
-        ErrorCode::ConnectionRefused => failed("connection refused"),
-        ErrorCode::DnsError(_) | ErrorCode::DestinationNotFound => {
-            failed("the broker's host name did not resolve")
-        }
-        ErrorCode::DestinationUnavailable | ErrorCode::DestinationIpUnroutable => {
-            failed("the broker's address is unreachable")
-        }
-        ErrorCode::ConnectionTerminated | ErrorCode::HttpProtocolError => {
-            failed("the connection closed before a complete answer")
-        }
-        // A handshake that was refused fails the same way next time; one
-        // that broke off (a reset) is retried like any dropped connection.
-        ErrorCode::TlsCertificateError => SendError::Tls(
-            "TLS handshake failed: the host did not accept the broker's certificate \
-             (is its CA trusted by the host?)"
-                .to_string(),
-        ),
-        ErrorCode::TlsProtocolError => failed(
-            "TLS handshake failed (if the broker's certificate is from a private CA, \
-             the host must trust that CA)",
-        ),
-        ErrorCode::TlsAlertReceived(alert) => SendError::Tls(format!(
-            "TLS handshake failed: the broker sent the TLS alert {}",
-            alert
-                .alert_message
-                .clone()
-                .or(alert.alert_id.map(|id| id.to_string()))
-                .unwrap_or_default()
-        )),
-        // The host's own explanation: ours names a certificate problem this
-        // way (untrusted, another host name, expired), which wasi:http's
-        // payload-less `tls-certificate-error` cannot carry.
-        ErrorCode::InternalError(Some(why)) if why.starts_with(crate::TLS_HANDSHAKE_FAILED) => {
-            SendError::Tls(why.clone())
-        }
-        ErrorCode::InternalError(Some(why)) => failed(why),
-        other => failed(&format!("{other:?}")),
-    }
-}
+// The mapping both builds share (`crate::send_error_for`).
+crate::wasi_http_error_mapping!(from_code, wasi::http::types::ErrorCode);

@@ -1,10 +1,10 @@
-//! The wit-bindgen exports: WIT types <-> core types, as the 0.2 build's
-//! `component.rs`, with `async` token calls. Each call runs as its own task:
-//! calls on one `credential` share it by `&` (the core keeps its cache and
-//! shared mints behind its own locks), and nothing here is held across an
-//! `await`.
+//! The wit-bindgen exports: WIT types <-> core types (`wit_conversions!`,
+//! as the 0.2 build's `component.rs`), with `async` token calls. Each call
+//! runs as its own task: calls on one `credential` share it by `&` (the core
+//! keeps its cache and shared mints behind its own locks), and nothing here
+//! is held across an `await`.
 
-use vd_cred_broker::{Credential, CredentialError, Options, TokenInfo, TokenRequestOptions};
+use vd_cred_broker::{Credential, CredentialError, Options, TokenRequestOptions};
 use wasip3::cli::environment::get_environment;
 
 use crate::platform::Wasi;
@@ -34,11 +34,7 @@ async fn get_token(
     credential: &Credential,
     scopes: Vec<String>,
 ) -> Result<wit::AccessToken, wit::CredentialError> {
-    let token = credential.get_token(&scopes, &mut Wasi).await?;
-    Ok(wit::AccessToken {
-        token: token.token.into_inner(),
-        expires_on: token.expires_on,
-    })
+    Ok(credential.get_token(&scopes, &mut Wasi).await?.into())
 }
 
 async fn get_token_info(
@@ -46,24 +42,11 @@ async fn get_token_info(
     scopes: Vec<String>,
     options: wit::TokenRequestOptions,
 ) -> Result<wit::AccessTokenInfo, wit::CredentialError> {
-    let options = TokenRequestOptions {
-        claims: options.claims,
-        tenant_id: options.tenant_id,
-        enable_cae: options.enable_cae,
-    };
-    let TokenInfo {
-        token,
-        expires_on,
-        refresh_on,
-    } = credential
+    let options = TokenRequestOptions::from(options);
+    Ok(credential
         .get_token_info(&scopes, &options, &mut Wasi)
-        .await?;
-    Ok(wit::AccessTokenInfo {
-        token: token.into_inner(),
-        expires_on,
-        token_type: "Bearer".into(),
-        refresh_on,
-    })
+        .await?
+        .into())
 }
 
 impl wit::Guest for Component {
@@ -89,17 +72,7 @@ impl wit::GuestCredential for Credential {
     async fn open(
         options: wit::CredentialOptions,
     ) -> Result<wit::Credential, wit::CredentialError> {
-        let options = Options {
-            broker_url: options.broker_url,
-            credential_file: options.credential_file,
-            timeout_ms: options.timeout_ms,
-            audience_map: options.audience_map,
-            allow_insecure_http: options.allow_insecure_http,
-            disable_cache: options.disable_cache,
-            lane: options.lane,
-            configuration_revision: options.configuration_revision,
-            runtime_access_url: options.runtime_access_url,
-        };
+        let options = Options::from(options);
         Ok(wit::Credential::new(Credential::open(&options, env())?))
     }
 
@@ -119,7 +92,8 @@ impl wit::GuestCredential for Credential {
     }
 }
 
-// The WIT error both ways, as every build and host maps it.
-vd_cred_broker::wit_error_conversions!(
+// The WIT records and error to and from the core's, as both builds convert
+// them (the core's `src/wasi_glue.rs`).
+vd_cred_broker::wit_conversions!(
     crate::component::exports::vibedata::cred_broker_async::token_credential
 );

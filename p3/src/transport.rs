@@ -168,10 +168,7 @@ async fn read_body(response: Response, over_cap_is_error: bool) -> Result<Vec<u8
     // The end of the stream is a complete body only if the trailers say so.
     match trailers.await {
         Ok(_) => Ok(bytes),
-        Err(code) => Err(match from_code(&code) {
-            SendError::Failed(why) => failed(&format!("reading the answer failed ({why})")),
-            other => other,
-        }),
+        Err(code) => Err(vd_cred_broker::while_reading_answer(from_code(&code))),
     }
 }
 
@@ -179,57 +176,8 @@ fn failed(why: &str) -> SendError {
     SendError::Failed(why.to_string())
 }
 
-fn from_code(code: &ErrorCode) -> SendError {
-    match code {
-        ErrorCode::ConnectionTimeout
-        | ErrorCode::ConnectionReadTimeout
-        | ErrorCode::ConnectionWriteTimeout
-        | ErrorCode::DnsTimeout
-        | ErrorCode::HttpResponseTimeout => SendError::TimedOut,
-        ErrorCode::HttpRequestDenied => SendError::Denied,
-        ErrorCode::ConnectionRefused => failed("connection refused"),
-        ErrorCode::DnsError(_) | ErrorCode::DestinationNotFound => {
-            failed("the broker's host name did not resolve")
-        }
-        ErrorCode::DestinationUnavailable | ErrorCode::DestinationIpUnroutable => {
-            failed("the broker's address is unreachable")
-        }
-        ErrorCode::ConnectionTerminated
-        | ErrorCode::HttpProtocolError
-        | ErrorCode::HttpResponseIncomplete => {
-            failed("the connection closed before a complete answer")
-        }
-        // A handshake that was refused fails the same way next time; one
-        // that broke off (a reset) is retried like any dropped connection.
-        ErrorCode::TlsCertificateError => SendError::Tls(
-            "TLS handshake failed: the host did not accept the broker's certificate \
-             (is its CA trusted by the host?)"
-                .to_string(),
-        ),
-        ErrorCode::TlsProtocolError => failed(
-            "TLS handshake failed (if the broker's certificate is from a private CA, \
-             the host must trust that CA)",
-        ),
-        ErrorCode::TlsAlertReceived(alert) => SendError::Tls(format!(
-            "TLS handshake failed: the broker sent the TLS alert {}",
-            alert
-                .alert_message
-                .clone()
-                .or(alert.alert_id.map(|id| id.to_string()))
-                .unwrap_or_default()
-        )),
-        // The host's own explanation: ours names a certificate problem this
-        // way (untrusted, another host name, expired), which wasi:http's
-        // payload-less `TLS-certificate-error` cannot carry.
-        ErrorCode::InternalError(Some(why))
-            if why.starts_with(vd_cred_broker::TLS_HANDSHAKE_FAILED) =>
-        {
-            SendError::Tls(why.clone())
-        }
-        ErrorCode::InternalError(Some(why)) => failed(why),
-        other => failed(&format!("{other:?}")),
-    }
-}
+// The mapping both builds share (`vd_cred_broker::send_error_for`).
+vd_cred_broker::wasi_http_error_mapping!(from_code, wasip3::http::types::ErrorCode);
 
 /// The host's wall clock, in Unix seconds (0 before 1970): what an HTTP-date
 /// `Retry-After` is counted from, and the core's clock.
