@@ -1,10 +1,15 @@
 """Fixtures: the Rust mock broker (``host-test mock-broker``, a real HTTP/1.1
 server that records every request), a mock runtime-access helper on a Unix
 socket (the same binary), a bearer file, and an environment pointing at them.
+
+Every test runs without the machine's proxy and CA settings and with the
+session's own precompiled-component cache (``machine_kept_out``).
 """
 
+import functools
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,16 +17,74 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Variables through which the machine would reach into a test: its proxies
+# (both cases: requests and the credential read either) and its CA trust.
+MACHINE_VARIABLES = tuple(
+    name
+    for base in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+    for name in (base, base.lower())
+) + ("REQUEST_METHOD", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
+
+@functools.cache
+def cargo_target_dir() -> str:
+    """Cargo's target directory as cargo reports it (``CARGO_TARGET_DIR`` or
+    ``build.target-dir`` may put it anywhere, not only ``<repo>/target``)."""
+    try:
+        out = subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.exit(f"cannot ask cargo for its target directory ({e}): set VD_HOST_TEST_BIN", returncode=2)
+    if out.returncode != 0:
+        pytest.exit(
+            f"`cargo metadata` failed in {REPO}: {out.stderr.strip()}; set VD_HOST_TEST_BIN", returncode=2
+        )
+    return json.loads(out.stdout)["target_directory"]
+
+
+@functools.cache
 def host_test_bin() -> str:
-    path = os.environ.get("VD_HOST_TEST_BIN") or str(REPO / "target" / "debug" / "host-test")
+    path = os.environ.get("VD_HOST_TEST_BIN") or os.path.join(cargo_target_dir(), "debug", "host-test")
     if not os.path.exists(path):
         pytest.exit(
-            f"the mock broker binary {path} does not exist: run `cargo build -p host-test` "
-            "(scripts/test.sh does), or set VD_HOST_TEST_BIN",
+            f"the mock broker binary {path} does not exist: build it with `cargo build -p host-test` "
+            "(scripts/test.sh does), or set VD_HOST_TEST_BIN to a built one",
             returncode=2,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def precompiled_cache(tmp_path_factory):
+    """The session's precompiled-component cache: the caller's
+    ``VD_CRED_BROKER_CACHE_DIR`` (scripts/test.sh sets one under cargo's
+    target directory), else one under pytest's tmp, shared by every test so
+    the component is compiled once per session and never read from or
+    written to the user's ``~/.cache``."""
+    return os.environ.get("VD_CRED_BROKER_CACHE_DIR") or str(tmp_path_factory.mktemp("precompiled"))
+
+
+@pytest.fixture(autouse=True)
+def machine_kept_out(monkeypatch, precompiled_cache):
+    """Neither the tests nor the credential (nor the original and azure-core
+    beside it) see the machine's proxy or CA variables; a test that wants one
+    sets it itself. (``REQUEST_METHOD`` too: it turns requests' ``HTTP_PROXY``
+    off.) The cache directory is the session's."""
+    for var in MACHINE_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VD_CRED_BROKER_CACHE_DIR", precompiled_cache)
+    return monkeypatch
+
+
+@pytest.fixture
+def refused_port():
+    """A loopback port this test holds, bound and not listening: a connection
+    to it is refused (on Linux), and nothing else can take it meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 class MockBroker:
@@ -100,8 +163,9 @@ def bearer(tmp_path):
 
 
 @pytest.fixture
-def env(monkeypatch, broker, bearer, tmp_path):
-    """Broker mode from the environment, as Studio sets it; no helper socket."""
+def env(machine_kept_out, monkeypatch, broker, bearer, tmp_path):
+    """Broker mode from the environment, as Studio sets it; no helper socket;
+    no proxy or CA variable from the machine (``machine_kept_out``)."""
     for var in ("VD_CREDENTIAL_LANE", "VD_CREDENTIAL_CONFIGURATION_REVISION"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VD_CREDENTIAL_BROKER_URL", broker.url)

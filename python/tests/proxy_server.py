@@ -3,19 +3,13 @@ absolute-form forwarding (plain http), every request recorded. It resolves
 only the names it is told (``mapping``, e.g. ``broker.invalid`` to the mock
 broker) and IP literals, so a broker named that way is reachable only
 through it. It can require ``Proxy-Authorization`` (407 otherwise).
-
-Also a small https broker (trustme CA) with a certificate for chosen names."""
+(The https broker behind it is ``tls_server.token_broker``.)"""
 
 import ipaddress
-import json
 import select
 import socket
-import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
-
-import trustme
 
 
 class ProxyServer:
@@ -165,46 +159,3 @@ class ProxyServer:
         finally:
             b.close()
 
-
-class TlsBroker:
-    """An https broker answering every POST with a fresh token; its
-    certificate (for ``names``) from a throw-away CA written to ``ca_path``."""
-
-    def __init__(self, tmp_path, names):
-        self.requests = []
-        ca = trustme.CA()
-        cert = ca.issue_cert(*names)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        self.ca_path = str(tmp_path / "proxy-ca.pem")
-        ca.cert_pem.write_to_path(self.ca_path)
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                outer.requests.append((self.path, self.headers.get("Host"), body))
-                answer = json.dumps({"access_token": f"tls-token-{len(outer.requests)}",
-                                     "expires_in": 3600}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url_for(self, host):
-        return f"https://{host}:{self.port}/api/v1/credential-broker"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()

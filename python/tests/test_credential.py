@@ -206,8 +206,7 @@ def test_a_new_process_reuses_the_compiled_component_and_survives_an_unusable_ca
 
 
 def test_an_https_broker_with_a_private_ca_is_trusted_through_ssl_cert_file(env, bearer, tmp_path):
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        env.delenv(var, raising=False)
+    """No CA variable is set (``env`` clears the machine's) until the test sets one."""
     from tls_server import TlsServer
 
     def mint(method, path, headers):
@@ -218,7 +217,6 @@ def test_an_https_broker_with_a_private_ca_is_trusted_through_ssl_cert_file(env,
     server = TlsServer(tmp_path, mint)
     try:
         env.setenv("VD_CREDENTIAL_BROKER_URL", f"{server.url}/api/v1/credential-broker")
-        env.delenv("SSL_CERT_FILE", raising=False)
         with pytest.raises(vd_cred_broker.BrokerUnreachableError) as e:
             StudioAzureCredBroker().get_token(VAULT)
         assert "TLS handshake failed: the broker's certificate is not trusted" in str(e.value)

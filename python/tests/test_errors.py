@@ -140,10 +140,12 @@ def test_unusable_answers(env, broker, body, says):
     check(excinfo, InvalidResponseError, RuntimeError, "invalid-response", says=[says])
 
 
-def test_an_unreachable_broker(env, broker):
+def test_an_unreachable_broker(env, broker, refused_port):
+    url = f"http://127.0.0.1:{refused_port}/api"
     with pytest.raises(RuntimeError) as excinfo:
-        StudioAzureCredBroker(broker_url="http://127.0.0.1:1/api", timeout=2).get_token(VAULT)
-    check(excinfo, BrokerUnreachableError, RuntimeError, "broker-unreachable", says=["Studio running"])
+        StudioAzureCredBroker(broker_url=url, timeout=2).get_token(VAULT)
+    check(excinfo, BrokerUnreachableError, RuntimeError, "broker-unreachable",
+          says=[f"{url}/token failed: connection refused", "Studio running"])
 
 
 def test_a_broker_that_never_answers_in_time(env, broker):

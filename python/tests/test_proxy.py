@@ -2,7 +2,9 @@
 ``requests``): with the same environment, both credentials send the same
 requests through the same loopback proxy (tunnels and forwards, to the same
 targets, with the same ``Proxy-Authorization``), or both go directly. The
-proxy alone resolves ``broker.invalid``."""
+proxy alone resolves ``broker.invalid``: sent directly, both fail to resolve
+it. The machine's proxy and CA variables are kept out (conftest's
+``machine_kept_out``); each case sets its own."""
 
 import base64
 import os
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 from requests.utils import get_environ_proxies
 
-from proxy_server import ProxyServer, TlsBroker
+from proxy_server import ProxyServer
+from tls_server import token_broker
 from vd_cred_broker import StudioAzureCredBroker
 
 VAULT = "https://vault.azure.net/.default"
@@ -20,14 +23,20 @@ NAME = "broker.invalid"
 REPO = Path(__file__).resolve().parents[2]
 
 
+# What each says when the name does not resolve (requests' own words, in the
+# cause the original chains; ours in its message). A refused connection says
+# neither.
+ORIGINAL_UNRESOLVED = "Caused by NameResolutionError"
+OURS_UNRESOLVED = "{url}/token failed: the broker's host name did not resolve"
+
+
 @pytest.fixture
 def clean_env(env):
-    """The broker-mode environment without any proxy variable."""
+    """The broker-mode environment without any proxy variable (``env`` clears
+    the machine's usual ones; requests reads any ``*_proxy``)."""
     for name in list(os.environ):
-        if name.lower().endswith("_proxy") or name == "REQUEST_METHOD":
+        if name.lower().endswith("_proxy"):
             env.delenv(name)
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        env.delenv(name, raising=False)
     env.setenv("VD_CREDENTIAL_LANE", "user")
     env.setenv("VD_CREDENTIAL_CONFIGURATION_REVISION", "1")
     return env
@@ -46,7 +55,7 @@ def run_both(proxy):
             make().get_token(VAULT)
             outcome = "ok"
         except Exception as e:  # both raise RuntimeError subclasses or requests' errors
-            outcome = f"error ({type(e).__name__}: {e})"
+            outcome = f"error ({type(e).__name__}: {e}; cause: {e.__cause__ or e.__context__})"
         results.append((outcome, proxy.entries(), set(proxy.authorizations())))
     return results
 
@@ -85,7 +94,7 @@ CASES = [
 def test_the_same_requests_go_through_the_proxy_as_with_the_original(
     clean_env, broker, tmp_path, case, kind, variables, expected
 ):
-    tls = TlsBroker(tmp_path, [NAME]) if kind == "invalid-https" else None
+    tls = token_broker(tmp_path, [NAME]) if kind == "invalid-https" else None
     try:
         if kind == "loopback":
             url, port = broker.url, int(broker.url.split(":")[2].split("/")[0])
@@ -110,8 +119,12 @@ def test_the_same_requests_go_through_the_proxy_as_with_the_original(
             None: [],
         }[expected]
         assert original[1] == want, original
-        # Direct to broker.invalid fails for both: only the proxy resolves it.
+        # Direct to broker.invalid fails for both, at resolving it: only the
+        # proxy resolves it.
         assert original[0].startswith("ok") == (expected is not None or kind == "loopback"), original
+        if expected is None and kind != "loopback":
+            assert ORIGINAL_UNRESOLVED in original[0] and f"Failed to resolve '{NAME}'" in original[0], original
+            assert OURS_UNRESOLVED.format(url=url) in ours[0], ours
         proxy.close()
     finally:
         if tls:
@@ -120,7 +133,7 @@ def test_the_same_requests_go_through_the_proxy_as_with_the_original(
 
 @pytest.mark.parametrize("password", ["p@ss word", "plain"])
 def test_proxy_credentials_are_sent_as_the_original_sends_them(clean_env, tmp_path, password):
-    tls = TlsBroker(tmp_path, [NAME])
+    tls = token_broker(tmp_path, [NAME])
     try:
         wanted = "Basic " + base64.b64encode(f"agent:{password}".encode()).decode()
         proxy = ProxyServer({NAME: ("127.0.0.1", tls.port)}, required_auth=wanted)

@@ -1,7 +1,11 @@
-"""A small HTTPS server on 127.0.0.1 with a throw-away CA (trustme), for the
-resource side of the consumer tests (a mock Key Vault and a plain protected
-resource) and an https broker. Records every request; accepts only the tokens it is told to."""
+"""The tests' one HTTPS server: on 127.0.0.1 with a throw-away CA (trustme)
+and a certificate for chosen names, for the resource side of the consumer
+tests (a mock Key Vault and a plain protected resource), an https broker
+trusted through SSL_CERT_FILE, and the https broker the proxy tests reach
+through a proxy under a name only the proxy resolves. Records every request;
+accepts only the tokens it is told to."""
 
+import itertools
 import json
 import ssl
 import threading
@@ -10,19 +14,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import trustme
 
 TENANT = "00000000-0000-0000-0000-000000000001"
+BROKER_PATH = "/api/v1/credential-broker"
 
 
 class TlsServer:
-    """``handler(method, path, headers) -> (status, headers, body)``, over TLS."""
+    """``handler(method, path, headers) -> (status, headers, body)``, over TLS,
+    with a certificate for ``names``; its CA written to ``ca_path`` (a file of
+    its own under ``tmp_path``). ``requests``: (method, path, Authorization)
+    of every request, recorded before ``handler`` runs."""
 
-    def __init__(self, tmp_path, handler):
+    def __init__(self, tmp_path, handler, names=("127.0.0.1", "localhost")):
         self.requests = []
         ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert = ca.issue_cert(*names)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
-        self.ca_path = str(tmp_path / "ca.pem")
-        ca.cert_pem.write_to_path(self.ca_path)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,10 +52,18 @@ class TlsServer:
                 self.wfile.write(body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self.port = self.server.server_address[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca_path = str(tmp_path / f"ca-{self.port}.pem")
+        ca.cert_pem.write_to_path(self.ca_path)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def url_for(self, host):
+        """The broker URL naming ``host`` (one of the certificate's names)."""
+        return f"https://{host}:{self.port}{BROKER_PATH}"
 
     def close(self):
         self.server.shutdown()
@@ -93,3 +107,15 @@ def protected_resource(tmp_path, accepted_tokens):
         return 401, [], b""
 
     return TlsServer(tmp_path, handle)
+
+
+def token_broker(tmp_path, names=("127.0.0.1", "localhost")):
+    """An https broker answering every request with a fresh token,
+    ``tls-token-<n>`` (n counts requests)."""
+    minted = itertools.count(1)
+
+    def mint(method, path, headers):
+        body = json.dumps({"access_token": f"tls-token-{next(minted)}", "expires_in": 3600})
+        return 200, [("Content-Type", "application/json")], body.encode()
+
+    return TlsServer(tmp_path, mint, names)
