@@ -127,6 +127,14 @@ impl Backend {
         }
     }
 
+    /// How the credential's host names are looked up.
+    pub(crate) fn resolver(&self) -> crate::Resolver {
+        match self {
+            Backend::Own(sandbox) => sandbox.resolver(),
+            Backend::Shared(shared) => shared.resolver(),
+        }
+    }
+
     /// The credential's broker URLs.
     pub(crate) fn broker_urls(&self) -> Vec<String> {
         match self {

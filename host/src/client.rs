@@ -5,7 +5,8 @@
 //! asked for is the policy's decision before [`Connections::send`], and
 //! which addresses may be connected to is the policy's [`Vet`], asked at
 //! connect time about every address a host name resolved to (the connection
-//! then goes only to those addresses: nothing is resolved twice).
+//! then goes only to those addresses: nothing is resolved twice). Host names
+//! (the destination's, a proxy's) are looked up by the setup's [`Resolver`].
 //!
 //! A credential makes one request at a time, so a sandbox keeps at most one
 //! idle connection per origin, for [`IDLE_TIMEOUT`]. A connection the peer
@@ -75,6 +76,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::caps::{Caps, Limit, Reservation, Slot, held_bytes};
 use crate::proxy::{Proxies, ProxyUrl};
+use crate::resolver::Resolver;
 use crate::tls::{TrustedRoots, explain};
 use crate::tunnel::{Tunnel, refused_by, to_proxy, tunnel};
 
@@ -141,6 +143,8 @@ pub(crate) struct Setup {
     pub(crate) connect_to: Vec<((String, u16), SocketAddr)>,
     /// Send through these proxies (none by default).
     pub(crate) proxies: Proxies,
+    /// Look host names up with this (the system's by default).
+    pub(crate) resolver: Resolver,
     /// An agent's counts and limits: connections open, body bytes held.
     pub(crate) caps: Option<Arc<Caps>>,
     /// The errors go to an agent: a proxy's problems are handed to this
@@ -159,6 +163,7 @@ impl Setup {
             max_request_body: CREDENTIAL_MAX_REQUEST_BODY,
             connect_to: Vec::new(),
             proxies: Proxies::none(),
+            resolver: Resolver::system(),
             caps: None,
             withhold: None,
         }
@@ -204,6 +209,7 @@ impl Connections {
             vet: setup.vet,
             connect_to: Arc::new(setup.connect_to),
             proxies: Arc::new(setup.proxies),
+            resolver: setup.resolver,
             watches: watches.clone(),
             setup_timeout: SETUP_TIMEOUT,
             caps: setup.caps,
@@ -448,6 +454,7 @@ struct Connector {
     vet: Option<Vet>,
     connect_to: Arc<Vec<((String, u16), SocketAddr)>>,
     proxies: Arc<Proxies>,
+    resolver: Resolver,
     watches: Watches,
     /// [`SETUP_TIMEOUT`] (shorter in tests).
     setup_timeout: Duration,
@@ -549,7 +556,7 @@ impl Connector {
         let mapped = self.mapped(host, port);
         let addrs: Vec<SocketAddr> = match mapped.is_empty() {
             false => mapped,
-            true => lookup(host, port).await?,
+            true => self.lookup(host, port).await?,
         };
         if let Some(vet) = &self.vet {
             vet(&uri, &addrs).await.map_err(ConnectError::Refused)?;
@@ -585,7 +592,7 @@ impl Connector {
         let uri = parts.uri.clone();
         let host = uri.host().ok_or(ConnectError::NoHost)?;
         let port = uri.port_u16().unwrap_or(80);
-        let addrs = lookup(host, port).await?;
+        let addrs = self.lookup(host, port).await?;
         vet(&uri, &addrs).await.map_err(ConnectError::Refused)?;
         let ip = match addrs[0].ip() {
             std::net::IpAddr::V4(ip) => ip.to_string(),
@@ -606,6 +613,15 @@ impl Connector {
             hyper::header::HeaderValue::from_str(&named).map_err(|_| ConnectError::NoHost)?;
         parts.headers.insert(hyper::header::HOST, named);
         Ok(())
+    }
+
+    /// The addresses `host` (IPv6 in brackets) resolves to for `port`, by
+    /// the setup's resolver.
+    async fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+        self.resolver
+            .lookup(host, port)
+            .await
+            .map_err(ConnectError::Dns)
     }
 
     /// TLS to `host` (its name verified) over `stream`.
@@ -641,7 +657,7 @@ impl Connector {
             // The policy decides on the destination's own addresses, as
             // resolved here (for plain http, `send` pinned the request to
             // one already: its host is that address).
-            let addrs = lookup(host, port).await?;
+            let addrs = self.lookup(host, port).await?;
             vet(uri, &addrs).await.map_err(ConnectError::Refused)?;
             targets = addrs
                 .iter()
@@ -653,12 +669,16 @@ impl Connector {
         }
         let setup = async {
             if !https {
-                let stream = to_proxy(proxy).await.map_err(ConnectError::Proxy)?;
+                let stream = to_proxy(proxy, &self.resolver)
+                    .await
+                    .map_err(ConnectError::Proxy)?;
                 return Ok((Stream::Tcp(stream), true));
             }
             let mut refused = None;
             for target in &targets {
-                let mut stream = to_proxy(proxy).await.map_err(ConnectError::Proxy)?;
+                let mut stream = to_proxy(proxy, &self.resolver)
+                    .await
+                    .map_err(ConnectError::Proxy)?;
                 let answer = tunnel(&mut stream, proxy, target).await;
                 match answer.map_err(ConnectError::Proxy)? {
                     Tunnel::Open => return Ok((self.tls(host, stream).await?, false)),
@@ -687,18 +707,6 @@ impl Connector {
                 ))
             })?
     }
-}
-
-/// The addresses `host` (IPv6 in brackets) resolves to for `port`.
-async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(ConnectError::Dns)?
-        .collect();
-    if addrs.is_empty() {
-        return Err(ConnectError::Dns(std::io::Error::other("no address found")));
-    }
-    Ok(addrs)
 }
 
 /// Why a connection could not be opened.
@@ -1077,6 +1085,9 @@ mod tests {
             vet,
             connect_to: Arc::new(Vec::new()),
             proxies: Arc::new(proxies),
+            // `localhost` without the machine's say.
+            resolver: Resolver::table([("localhost", std::net::Ipv4Addr::LOCALHOST.into())])
+                .unwrap(),
             watches: Watches::default(),
             setup_timeout,
             caps: None,

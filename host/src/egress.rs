@@ -15,7 +15,10 @@
 //!   (`localhost`, `[::ffff:127.0.0.1]`, `2130706433`, `0x7f.0.0.1`,
 //!   `0177.0.0.1`, `127.1`, a name that resolves to it), and a name cannot be
 //!   re-resolved elsewhere between the check and the connection. The broker's
-//!   own host is resolved at the same moment (its URL may name it). When the
+//!   own host is resolved at the same moment (its URL may name it). Names
+//!   are looked up by the policy's [`Resolver`] ([`AgentEgress::resolver`]:
+//!   the credential's with [`AgentEgress::for_agent_of`], else the
+//!   system's); an IP address, in any of those forms, never is. When the
 //!   broker is on this machine (its address is loopback, unspecified, or one
 //!   of this machine's), every loopback, unspecified or local address on its
 //!   port is refused too: a broker bound to `0.0.0.0` or `127.0.0.1` answers
@@ -62,8 +65,8 @@
 //! proxy, as the credential's ([`crate::proxy`]; `NO_PROXY` is matched
 //! against the URL as the agent wrote it, its port only if written); the
 //! checks above are made all the same, on the addresses the destination
-//! resolves to on this machine (a name that does not resolve here is not
-//! reached through the proxy either), and the proxy is then asked for a
+//! resolves to here, by the policy's resolver (a name that does not resolve
+//! here is not reached through the proxy either), and the proxy is then asked for a
 //! vetted address, never the name, so a proxy resolving the name again
 //! (elsewhere, or to something else by then) cannot take the request
 //! past the checks: `CONNECT 203.0.113.7:443` for https (the TLS name and
@@ -96,6 +99,7 @@ use crate::origin::shown;
 use crate::origin::{default_port, literal_ip, normal_host};
 use crate::policy::helper_host;
 use crate::proxy::Proxies;
+use crate::resolver::Resolver;
 use crate::tls::TrustedRoots;
 
 /// The largest request body an agent may send unless
@@ -489,6 +493,8 @@ pub struct AgentEgress {
     connect_to: Vec<ConnectTo>,
     /// Send through these (none by default).
     proxies: Proxies,
+    /// Looks up the destinations' and the brokers' host names.
+    resolver: Resolver,
     /// Made on the first request let through.
     connections: Option<Connections>,
 }
@@ -516,15 +522,20 @@ impl AgentEgress {
             injection: None,
             connect_to: Vec::new(),
             proxies: Proxies::none(),
+            resolver: Resolver::system(),
             connections: None,
         }
     }
 
     /// Deny everything, and never the broker of `linked` (the agent's own
     /// linked credential) whatever is allowed later: the way to start an
-    /// agent's policy, so that the broker cannot be forgotten.
+    /// agent's policy, so that the broker cannot be forgotten. Host names
+    /// are looked up as the credential looks them up (its sandbox's
+    /// [`crate::SandboxBuilder::resolver`]), so the broker's name is found
+    /// where the credential finds it.
     pub fn for_agent_of(linked: &crate::linked::LinkedCredential) -> Result<Self> {
         let mut egress = AgentEgress::new();
+        egress.resolver = linked.resolver().clone();
         for url in linked.broker_urls() {
             egress.credential_broker(url)?;
         }
@@ -603,6 +614,20 @@ impl AgentEgress {
         self
     }
 
+    /// Look host names up with `resolver`: each destination's (the checks
+    /// are made on the addresses it answers, and the connection goes only
+    /// to them), the credential brokers' (to tell them apart by address)
+    /// and a proxy's. [`Resolver::system`] for [`AgentEgress::new`], the
+    /// credential's for [`AgentEgress::for_agent_of`]. A broker name it
+    /// does not resolve refuses every request
+    /// ([`Reason::BrokerUnresolved`]); a destination it does not resolve
+    /// fails as a name that does not exist (`DNS-error`).
+    pub fn resolver(&mut self, resolver: Resolver) -> &mut Self {
+        self.resolver = resolver;
+        self.connections = None;
+        self
+    }
+
     /// Refuse (`HTTP-request-body-size`) request bodies over `bytes`
     /// (default [`DEFAULT_MAX_REQUEST_BODY`]): [`EgressLimits::request_body`].
     pub fn max_request_body(&mut self, bytes: usize) -> &mut Self {
@@ -675,16 +700,21 @@ impl AgentEgress {
                 .collect(),
         );
         let record = self.record.clone();
+        let resolver = self.resolver.clone();
         Arc::new(move |uri: &Uri, addrs: &[SocketAddr]| {
-            let (brokers, allowed_ips, record) =
-                (brokers.clone(), allowed_ips.clone(), record.clone());
+            let (brokers, allowed_ips, record, resolver) = (
+                brokers.clone(),
+                allowed_ips.clone(),
+                record.clone(),
+                resolver.clone(),
+            );
             let (target, addrs) = (shown(uri), addrs.to_vec());
             Box::pin(async move {
                 let mut broker = Vec::new();
                 for (host, port) in brokers.iter() {
-                    match resolve(host, *port).await {
-                        Some(found) => broker.extend(found),
-                        None => {
+                    match resolver.lookup(host, *port).await {
+                        Ok(found) => broker.extend(found),
+                        Err(_) => {
                             record.refuse(target, None, Reason::BrokerUnresolved);
                             return Err(VetRefusal {
                                 why: Reason::BrokerUnresolved.to_string(),
@@ -712,15 +742,6 @@ impl AgentEgress {
             })
         })
     }
-}
-
-/// The addresses a broker host resolves to; `None` when it does not.
-async fn resolve(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
-    if let Some(ip) = literal_ip(host) {
-        return Some(vec![SocketAddr::new(ip, port)]);
-    }
-    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
-    (!found.is_empty()).then_some(found)
 }
 
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
@@ -814,6 +835,7 @@ impl WasiHttpHooks for AgentEgress {
                     .map(|c| ((c.host.clone(), c.port), c.addr))
                     .collect(),
                 proxies: self.proxies.clone(),
+                resolver: self.resolver.clone(),
                 caps: Some(self.caps.clone()),
                 withhold: Some(Arc::new(|why: &str| {
                     tracing::warn!(target: crate::trace::TARGET, why, "an agent's request failed at the host's proxy");
@@ -1331,6 +1353,208 @@ mod tests {
         assert_eq!(record.count(Reason::Connections), 1);
         assert_eq!(record.count(Reason::RequestsInFlight), 1);
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A table resolver: a metadata name, a public test address (never
+    /// connected to), a name for the broker and one for loopback.
+    fn names() -> Resolver {
+        Resolver::table([
+            ("metadata.test", IpAddr::from([169, 254, 169, 254])),
+            ("public.test", IpAddr::from([192, 0, 2, 10])),
+            ("broker.test", IpAddr::from([127, 0, 0, 1])),
+            ("loop.test", IpAddr::from([127, 0, 0, 1])),
+        ])
+        .unwrap()
+    }
+
+    /// A server on loopback that sends each connection's request head on
+    /// the channel, answers `answer`, and holds the connection open.
+    async fn heard_server(
+        answer: &'static [u8],
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let (heard, told) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read_u8().await {
+                        Ok(b) => head.push(b),
+                        Err(_) => break,
+                    }
+                }
+                let _ = heard.send(String::from_utf8_lossy(&head).into_owned());
+                let _ = stream.write_all(answer).await;
+                held.push(stream);
+            }
+        });
+        (at, told)
+    }
+
+    /// What `egress` makes of a GET to `url`: the answer's status, or the
+    /// error's debug form.
+    async fn get(egress: &mut AgentEgress, url: &str) -> String {
+        let request = hyper::Request::get(url).body(whole(0)).unwrap();
+        let sent = egress.send_request(request, None, Box::new(async { Ok(()) }));
+        match std::pin::Pin::from(sent).await {
+            Ok((response, _)) => response.status().to_string(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    /// The error a name off a [`Resolver::table`] fails with, as the
+    /// agent sees it.
+    async fn not_found() -> String {
+        let text = io_not_found().await;
+        format!(
+            "{:?}",
+            Error::DnsError {
+                rcode: Some(text),
+                info_code: None,
+            }
+        )
+    }
+
+    async fn io_not_found() -> String {
+        let failed = names().lookup("absent.test", 80).await;
+        failed.unwrap_err().to_string()
+    }
+
+    #[tokio::test]
+    async fn names_are_decided_by_the_addresses_the_resolver_gives() {
+        // Through a proxy on loopback: an allowed name's address is asked
+        // of the proxy (which refuses), so nothing past loopback is reached.
+        let (proxy, mut heard) = heard_server(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+        let mut egress = AgentEgress::new();
+        egress
+            .allow("https://*")
+            .unwrap()
+            .allow("http://*:8080")
+            .unwrap()
+            .credential_broker("http://broker.test:8080/api")
+            .unwrap()
+            .resolver(names())
+            // The proxy's own name goes through the table too.
+            .proxies(
+                Proxies::none()
+                    .all(&format!("http://loop.test:{}", proxy.port()))
+                    .unwrap(),
+            );
+        let record = egress.refusals();
+
+        // A name the table maps to the metadata address: refused as one,
+        // the proxy never asked.
+        assert_eq!(
+            get(&mut egress, "https://metadata.test/latest").await,
+            "HttpRequestDenied"
+        );
+        let last = record.recent().pop().unwrap();
+        assert_eq!(last.reason, Reason::LinkLocal);
+        assert_eq!(last.address, Some(addr("169.254.169.254:443")));
+
+        // A name the table maps to a public address: allowed, and the proxy
+        // asked for that address, never the name.
+        let answer = get(&mut egress, "https://public.test/").await;
+        assert!(answer.starts_with("InternalError"), "{answer}");
+        let head = heard.recv().await.unwrap();
+        assert!(
+            head.starts_with("CONNECT 192.0.2.10:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+
+        // A name off the table does not resolve: a DNS error, not a refusal.
+        let total = record.total();
+        assert_eq!(
+            get(&mut egress, "https://absent.test/").await,
+            not_found().await
+        );
+        assert_eq!(record.total(), total);
+
+        // The broker's name resolves through the table too: its address is
+        // the broker's, refused as a closed port.
+        assert_eq!(
+            get(&mut egress, "http://127.0.0.1:8080/token").await,
+            "ConnectionRefused"
+        );
+        assert_eq!(
+            record.recent().pop().unwrap().reason,
+            Reason::CredentialBroker
+        );
+        // Plain http through the proxy: the name is resolved and vetted
+        // before the request is sent to the proxy.
+        assert_eq!(
+            get(&mut egress, "http://metadata.test:8080/").await,
+            "HttpRequestDenied"
+        );
+        let last = record.recent().pop().unwrap();
+        assert_eq!(last.address, Some(addr("169.254.169.254:8080")));
+        assert!(
+            heard.try_recv().is_err(),
+            "only public.test reached the proxy"
+        );
+
+        // A broker name off the table: nothing can be told apart from it.
+        let mut egress = AgentEgress::new();
+        egress
+            .allow("https://*")
+            .unwrap()
+            .credential_broker("http://gone.test:8080/api")
+            .unwrap()
+            .resolver(names());
+        assert_eq!(
+            get(&mut egress, "https://public.test/").await,
+            "HttpRequestDenied"
+        );
+        assert_eq!(egress.refusals().count(Reason::BrokerUnresolved), 1);
+    }
+
+    #[tokio::test]
+    async fn a_direct_connection_goes_where_the_resolver_says() {
+        let (server, mut heard) =
+            heard_server(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await;
+        let port = server.port();
+        let mut egress = AgentEgress::new();
+        egress
+            .allow(&format!("http://loop.test:{port}"))
+            .unwrap()
+            .allow("http://metadata.test")
+            .unwrap()
+            .allow("http://absent.test")
+            .unwrap()
+            .resolver(names());
+        assert_eq!(
+            get(&mut egress, &format!("http://LOOP.test.:{port}/x")).await,
+            "204 No Content"
+        );
+        let head = heard.recv().await.unwrap();
+        assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("host: loop.test:{port}\r\n")),
+            "{head}"
+        );
+        assert_eq!(
+            get(&mut egress, "http://metadata.test/").await,
+            "HttpRequestDenied"
+        );
+        assert_eq!(egress.refusals().count(Reason::LinkLocal), 1);
+        assert_eq!(
+            get(&mut egress, "http://absent.test/").await,
+            not_found().await
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_off_the_table_fails_as_the_systems_resolver_words_it() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        assert_eq!(
+            io_not_found().await,
+            "failed to lookup address information: Name or service not known"
+        );
+        let shown = not_found().await;
+        assert!(shown.starts_with("DnsError"), "{shown}");
     }
 
     #[test]

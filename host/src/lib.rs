@@ -10,6 +10,9 @@
 //!   environment you pass, only the bearer's directory preopened read-only,
 //!   and outgoing HTTP only to the broker's origin ([`policy`]), or only to
 //!   the runtime-access helper over its Unix socket;
+//! - [`Resolver`] is how the host looks host names up for a sandbox (the
+//!   system's resolver unless [`SandboxBuilder::resolver`] sets another,
+//!   such as a fixed table for tests);
 //! - [`from_env::Setup`] finds the inputs in a process's environment the way
 //!   the original Python credential does (the CLI and the Python package use
 //!   it).
@@ -43,6 +46,7 @@ pub mod p3;
 pub mod policy;
 pub mod precompiled;
 pub mod proxy;
+mod resolver;
 mod sandbox;
 pub mod shared;
 mod state;
@@ -66,6 +70,7 @@ pub use host::{
 };
 pub use policy::RUNTIME_ACCESS_URL;
 pub use proxy::Proxies;
+pub use resolver::Resolver;
 pub use sandbox::{
     AccessToken, AccessTokenInfo, CALL_MARGIN, CredentialOptions, DEFAULT_MEMORY_LIMIT,
     DEFAULT_TABLE_LIMIT, Sandbox, SandboxBuilder, TokenInfoResult, TokenRequestOptions,

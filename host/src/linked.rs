@@ -255,6 +255,8 @@ pub struct LinkedCredential {
     linked: Arc<Mutex<Linked>>,
     policy: Arc<AgentPolicy>,
     broker_urls: Arc<[String]>,
+    /// How the credential looks its broker up.
+    resolver: crate::Resolver,
 }
 
 /// What a [`LinkedCredential`] shares between its handles.
@@ -338,6 +340,7 @@ impl LinkedCredential {
     fn with(credential: Backend, policy: AgentPolicy) -> Self {
         let policy = Arc::new(policy);
         let broker_urls = credential.broker_urls().into();
+        let resolver = credential.resolver();
         let linked = Linked {
             credential,
             last: HashMap::new(),
@@ -354,6 +357,7 @@ impl LinkedCredential {
             linked: Arc::new(Mutex::new(linked)),
             policy,
             broker_urls,
+            resolver,
         }
     }
 
@@ -394,6 +398,12 @@ impl LinkedCredential {
     /// The credential's broker URLs (see [`Sandbox::broker_urls`]).
     pub fn broker_urls(&self) -> &[String] {
         &self.broker_urls
+    }
+
+    /// How the credential looks host names up (its sandbox's
+    /// [`crate::SandboxBuilder::resolver`]).
+    pub(crate) fn resolver(&self) -> &crate::Resolver {
+        &self.resolver
     }
 
     /// The credential's sandbox (its output, its denied requests), once no

@@ -21,6 +21,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use crate::client::{Connections, Sent, Setup, UnixRoute};
 use crate::origin::shown;
 use crate::proxy::Proxies;
+use crate::resolver::Resolver;
 use crate::tls::TrustedRoots;
 
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
@@ -38,6 +39,8 @@ pub struct BrokerOnly {
     roots: TrustedRoots,
     /// Send through these (never the helper's socket).
     proxies: Proxies,
+    /// Look host names up with this.
+    resolver: Resolver,
     /// Made on the first request let through.
     connections: Option<Connections>,
 }
@@ -239,6 +242,7 @@ impl BrokerOnly {
             traffic: Arc::default(),
             roots: TrustedRoots::public(),
             proxies: Proxies::none(),
+            resolver: Resolver::system(),
             connections: None,
         })
     }
@@ -253,6 +257,7 @@ impl BrokerOnly {
             traffic: Arc::default(),
             roots: TrustedRoots::public(),
             proxies: Proxies::none(),
+            resolver: Resolver::system(),
             connections: None,
         }
     }
@@ -268,6 +273,7 @@ impl BrokerOnly {
             traffic: Arc::default(),
             roots: TrustedRoots::public(),
             proxies: Proxies::none(),
+            resolver: Resolver::system(),
             connections: None,
         }
     }
@@ -295,6 +301,13 @@ impl BrokerOnly {
     /// The helper's Unix socket never goes through a proxy.
     pub fn proxies(&mut self, proxies: Proxies) {
         self.proxies = proxies;
+        self.connections = None;
+    }
+
+    /// Look the broker's host name (and any other origin's, and a proxy's)
+    /// up with `resolver` ([`Resolver::system`] by default).
+    pub fn resolver(&mut self, resolver: Resolver) {
+        self.resolver = resolver;
         self.connections = None;
     }
 
@@ -346,6 +359,7 @@ impl WasiHttpHooks for BrokerOnly {
             });
             Connections::new(Setup {
                 proxies: self.proxies.clone(),
+                resolver: self.resolver.clone(),
                 ..Setup::credential(&self.roots, unix)
             })
         });

@@ -452,7 +452,7 @@ fn split_port(host: &str) -> (&str, Option<&str>) {
 /// An IPv4 address in any form glibc's `inet_aton` (so Python's
 /// `socket.inet_aton`) accepts: one to four parts, decimal, octal (`0`) or
 /// hex (`0x`); anything after ASCII white space is ignored.
-fn inet_aton(text: &str) -> Option<u32> {
+pub(crate) fn inet_aton(text: &str) -> Option<u32> {
     let text = text.split(|c: char| c.is_ascii_whitespace()).next()?;
     let parts: Vec<&str> = text.split('.').collect();
     if parts.len() > 4 {

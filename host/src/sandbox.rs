@@ -22,6 +22,7 @@ use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
 use crate::host::{Host, Pre};
 use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL, Traffic};
 use crate::proxy::Proxies;
+use crate::resolver::Resolver;
 use crate::state::State;
 use crate::tls::TrustedRoots;
 use crate::withheld::Withheld;
@@ -54,6 +55,7 @@ impl Host {
                 clock: None,
                 roots: TrustedRoots::public(),
                 proxies: Proxies::none(),
+                resolver: Resolver::system(),
                 memory_limit: DEFAULT_MEMORY_LIMIT,
                 table_limit: DEFAULT_TABLE_LIMIT,
             },
@@ -79,6 +81,7 @@ struct Plan {
     clock: Option<Arc<dyn HostWallClock + Sync>>,
     roots: TrustedRoots,
     proxies: Proxies,
+    resolver: Resolver,
     memory_limit: usize,
     table_limit: usize,
 }
@@ -141,6 +144,17 @@ impl SandboxBuilder<'_> {
     /// Unix socket never goes through a proxy.
     pub fn proxies(mut self, proxies: Proxies) -> Self {
         self.plan.proxies = proxies;
+        self
+    }
+
+    /// Look the broker's host name up (and an [`SandboxBuilder::also_allow`]
+    /// origin's, and a proxy's) with `resolver`: [`Resolver::system`]
+    /// unless set; a [`Resolver::table`] keeps a test off the machine's
+    /// DNS. An agent's egress started with
+    /// [`crate::egress::AgentEgress::for_agent_of`] this credential uses it
+    /// too.
+    pub fn resolver(mut self, resolver: Resolver) -> Self {
+        self.plan.resolver = resolver;
         self
     }
 
@@ -305,6 +319,11 @@ impl Recipe {
         )
     }
 
+    /// How the credential's host names are looked up.
+    pub(crate) fn resolver(&self) -> Resolver {
+        self.plan.resolver.clone()
+    }
+
     /// The broker URLs the credential is configured with.
     pub(crate) fn broker_urls(&self) -> Vec<String> {
         let plan = &self.plan;
@@ -362,6 +381,7 @@ impl Recipe {
         }
         hooks.trust(self.plan.roots.clone());
         hooks.proxies(self.plan.proxies.clone());
+        hooks.resolver(self.plan.resolver.clone());
         hooks.record_into(records.denied, records.traffic);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.plan.memory_limit)
@@ -664,6 +684,12 @@ impl Sandbox {
     /// refuse.
     pub fn broker_urls(&self) -> Vec<String> {
         self.recipe.broker_urls()
+    }
+
+    /// How the credential's host names are looked up (for an agent's
+    /// egress policy to look the broker up the same way).
+    pub(crate) fn resolver(&self) -> Resolver {
+        self.recipe.resolver()
     }
 
     /// How often the instance was replaced after a trap: credentials opened

@@ -88,6 +88,8 @@ struct Inner {
     traffic: Arc<Traffic>,
     withheld: Withheld,
     broker_urls: Vec<String>,
+    /// How the credential's host names are looked up.
+    resolver: crate::Resolver,
     clock: Arc<dyn HostWallClock + Sync>,
     /// Credentials opened for [`SharedCredential::open_shared`], by options.
     opened: tokio::sync::Mutex<Vec<(String, SharedHandle)>>,
@@ -170,6 +172,7 @@ impl SharedCredential {
             traffic: recipe.traffic(),
             withheld: recipe.withheld(),
             broker_urls: recipe.broker_urls(),
+            resolver: recipe.resolver(),
             clock: recipe.clock(),
             opened: Default::default(),
             claims: Default::default(),
@@ -370,6 +373,11 @@ impl SharedCredential {
     /// The broker URLs the credential is configured with.
     pub fn broker_urls(&self) -> &[String] {
         &self.inner.broker_urls
+    }
+
+    /// How the credential's host names are looked up.
+    pub(crate) fn resolver(&self) -> crate::Resolver {
+        self.inner.resolver.clone()
     }
 }
 

@@ -7,19 +7,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::proxy::ProxyUrl;
+use crate::resolver::Resolver;
 
-/// A TCP connection to `proxy`.
-pub(crate) async fn to_proxy(proxy: &ProxyUrl) -> Result<TcpStream, String> {
+/// A TCP connection to `proxy`, its host name looked up by `resolver`.
+pub(crate) async fn to_proxy(proxy: &ProxyUrl, resolver: &Resolver) -> Result<TcpStream, String> {
     let (proxy_host, proxy_port) = proxy.address()?;
-    let stream = TcpStream::connect((proxy_host.trim_matches(['[', ']']), proxy_port))
+    let failed = |e: std::io::Error| {
+        format!(
+            "could not connect to the proxy {proxy}: {e}: is the proxy running, and is {} right?",
+            proxy.configured_in()
+        )
+    };
+    let addrs = resolver
+        .lookup(proxy_host, proxy_port)
         .await
-        .map_err(|e| {
-            format!(
-                "could not connect to the proxy {proxy}: {e}: is the proxy running, and is {} \
-                 right?",
-                proxy.configured_in()
-            )
-        })?;
+        .map_err(failed)?;
+    let stream = TcpStream::connect(&addrs[..]).await.map_err(failed)?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
