@@ -67,19 +67,10 @@ impl std::ops::Sub for Memory {
     }
 }
 
-/// Reset the process's peak RSS (`VmHWM`) to its current RSS (Linux's
-/// `clear_refs` 5); false where that is refused.
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// The process's peak RSS since the last [`reset_peak`], KiB.
+/// The process's peak RSS (`VmHWM`) since the last
+/// [`host_test::reset_peak_rss`], KiB.
 fn peak_kib() -> Option<i64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    host_test::peak_rss_kib().map(|kib| kib as i64)
 }
 
 /// Give freed heap memory back to the system, so that a configuration's RSS
@@ -276,7 +267,7 @@ fn p2_row(
     let url = broker.url();
     settle(runtime);
     let base = memory();
-    let peaked = reset_peak();
+    let peaked = host_test::reset_peak_rss();
     let connected = broker.connections();
     let agents = runtime.block_on(async {
         let mut agents = Vec::with_capacity(n);
@@ -322,7 +313,7 @@ fn p3_row(
     let url = broker.url();
     settle(runtime);
     let base = memory();
-    let peaked = reset_peak();
+    let peaked = host_test::reset_peak_rss();
     let connected = broker.connections();
     let one = runtime.block_on(p3_shared(host, &url, bearer));
     let fixed = memory() - base;

@@ -14,6 +14,9 @@
 //!   answers when the test says so.
 //! - [`keyvault`] is the composed Key Vault example; [`native`] the same core
 //!   without wasm, the benchmarks' floor.
+//! - [`ClosedPort`] is a loopback port held where nothing listens.
+//! - [`rss_kib`], [`peak_rss_kib`] and [`reset_peak_rss`] read and reset
+//!   this process's memory (Linux), for the tests and the benchmarks alike.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -84,6 +87,39 @@ pub fn reset_peak_rss() -> bool {
 /// `/proc/self/fd`), `None` where that cannot be read.
 pub fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+/// A loopback TCP port held for as long as the value lives, where nothing
+/// listens: the socket is bound but never listening, so a connection to it
+/// is refused (the kernel answers a reset) every time, and nothing else can
+/// take the port meanwhile (it is bound without `SO_REUSEADDR`, which a
+/// later bind would need). A port bound, dropped and assumed free could be
+/// taken by whatever runs beside the test.
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    addr: std::net::SocketAddr,
+}
+
+impl ClosedPort {
+    /// Bind a port on 127.0.0.1.
+    pub fn new() -> std::io::Result<ClosedPort> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        let addr = socket
+            .local_addr()?
+            .as_socket()
+            .expect("an IPv4 socket has an IP address");
+        Ok(ClosedPort {
+            _socket: socket,
+            addr,
+        })
+    }
+
+    /// The held address, e.g. `127.0.0.1:41234`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
 }
 
 fn status_kib(field: &str) -> Option<u64> {

@@ -1,5 +1,7 @@
 //! Throw-away certificate authorities for TLS tests: a CA made in the test,
-//! and server certificates it issues (valid, expired, or for other names).
+//! and server certificates it issues (valid, expired, or for other names);
+//! with [`TestCa::broker`] and [`TestCa::roots`], the one https mock broker
+//! set-up the tests share.
 
 use std::sync::Arc;
 
@@ -50,6 +52,21 @@ impl TestCa {
     /// The CA certificate, PEM: what a host adds to its trusted roots.
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+
+    /// The public roots and this CA: what a host that trusts the CA uses.
+    pub fn roots(&self) -> vd_cred_host::TrustedRoots {
+        let mut roots = vd_cred_host::TrustedRoots::public();
+        roots
+            .add_pem(self.pem.as_bytes())
+            .expect("the CA's own PEM parses");
+        roots
+    }
+
+    /// An https mock broker presenting a certificate for `names` from this
+    /// CA ([`crate::MockBroker::start_tls`]).
+    pub fn broker(&self, names: &[&str], validity: Validity) -> Result<crate::MockBroker> {
+        crate::MockBroker::start_tls(self.server_config(names, validity)?)
     }
 
     /// A TLS server configuration presenting a certificate for `names`,

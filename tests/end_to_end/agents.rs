@@ -14,7 +14,6 @@ use host_test::azure::MockAzure;
 use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError;
-use vd_cred_host::TrustedRoots;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
 use wasmtime::component::{Component, InstancePre, Val};
 
@@ -68,8 +67,7 @@ impl Vault {
 
     /// Run the agent with `policy` and invoke `call`: its results.
     async fn run(&self, policy: AgentPolicy, call: &str) -> Vec<Val> {
-        let mut roots = TrustedRoots::public();
-        roots.add_pem(self.ca.pem().as_bytes()).unwrap();
+        let roots = self.ca.roots();
         let builder = AgentBuilder::default()
             .trust(roots)
             .credential_broker(self.f.broker.url())

@@ -7,8 +7,9 @@
 //! language, and nothing sent to the broker for it.
 //!
 //! The agents are built outside cargo (scripts/test.sh builds both into
-//! `target/`); `host-test` is built here with `cargo build --package
-//! host-test` unless `VD_HOST_TEST_BIN` names it.
+//! cargo's target directory and names them in `VD_PY_AGENT_WASM` and
+//! `VD_JS_AGENT_WASM`); `host-test` is built here with `cargo build
+//! --package host-test` unless `VD_HOST_TEST_BIN` names it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,7 +29,7 @@ const REFUSED: &str = "https://storage.azure.com/.default";
 struct Lang {
     /// The variable naming the built agent.
     env: &'static str,
-    /// The default, under the workspace's `target/`.
+    /// The default's file name, in cargo's target directory.
     file: &'static str,
     /// The script that builds it.
     script: &'static str,
@@ -61,12 +62,17 @@ const JAVASCRIPT: Lang = Lang {
 };
 
 impl Lang {
-    /// The built agent; a missing one fails the test, naming the script.
+    /// The built agent: the file `self.env` names, else `self.file` in
+    /// cargo's target directory, wherever that is (`CARGO_TARGET_DIR` or
+    /// `build.target-dir` may move it from `<repo>/target`): the parent of
+    /// `CARGO_TARGET_TMPDIR`, which cargo gives integration tests as
+    /// `<target dir>/tmp`. A missing one fails the test, naming the script.
     fn wasm(&self) -> PathBuf {
         let path = std::env::var_os(self.env).map_or_else(
             || {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("target")
+                Path::new(env!("CARGO_TARGET_TMPDIR"))
+                    .parent()
+                    .expect("CARGO_TARGET_TMPDIR is <target dir>/tmp")
                     .join(self.file)
             },
             PathBuf::from,
@@ -173,26 +179,41 @@ fn run_agent(f: &Fixture, wasm: &Path, allow: &str, scopes: &[&str]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning host-test run-agent");
+    // Both pipes are read while the child runs (a child that fills a pipe
+    // nobody reads blocks on it).
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        let mut pipe = pipe.expect("piped");
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            pipe.read_to_end(&mut text)
+                .expect("reading run-agent's output");
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     // The first run compiles the agent (tens of seconds in a debug host);
     // a hung one fails the test rather than the suite.
     let deadline = Instant::now() + Duration::from_secs(600);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             child.kill().unwrap();
-            break;
+            break child.wait().unwrap();
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    };
     let run = Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     };
     assert!(
-        out.status.success(),
+        status.success(),
         "run-agent {}: {}\nstdout:\n{}\nstderr:\n{}",
         wasm.display(),
-        out.status,
+        status,
         run.stdout,
         run.stderr
     );

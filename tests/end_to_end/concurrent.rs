@@ -10,19 +10,13 @@ use vd_cred_broker::CredentialError;
 use vd_cred_host::shared::SharedCredential;
 use vd_cred_host::{Host, TokenResult};
 
-use crate::{Fixture, GUEST_DIR, GUEST_FILE, VAULT, options};
+use crate::{Fixture, OVERRUN_LIMIT, VAULT, options, until};
 
 const STORAGE: &str = "https://storage.azure.com/.default";
 
 /// The fixture's sandbox, as one shared instance of the 0.3 build.
 pub(crate) async fn shared(f: &Fixture) -> SharedCredential {
-    Host::shared_p3()
-        .sandbox()
-        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
-        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
-        .bearer_dir(f.dir.path(), GUEST_DIR)
-        .broker_url(f.broker.url())
-        .clock(f.clock.clone())
+    f.builder_on(Host::shared_p3())
         .build_shared()
         .await
         .unwrap()
@@ -55,18 +49,6 @@ async fn held_calls(f: &Fixture, n: usize) -> Vec<tokio::task::JoinHandle<TokenR
     .await;
     held.release();
     calls
-}
-
-/// Wait until `ready` holds; a condition on what happened, with a bound
-/// only against hanging forever.
-async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    for _ in 0..60_000 {
-        if ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +187,6 @@ mod linked {
     use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
 
     use super::*;
-    use crate::linked::agent_pre;
 
     type Events = Arc<Mutex<Vec<(String, TokenSource)>>>;
 
@@ -222,9 +203,7 @@ mod linked {
                 .push((e.agent_id.to_string(), e.source))
         });
         let builder = AgentBuilder::default().credential_broker(f.broker.url());
-        TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
-            .await
-            .unwrap()
+        crate::linked_agent(builder, linked).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +338,7 @@ async fn a_refused_mint_counts_against_the_agents_budget() {
     // The intent grants no storage: every storage call is refused by the
     // broker. With one mint a minute, the second never reaches it.
     use host_test::agent::AgentBuilder;
-    use host_test::agent::test_agent::{self, CredentialError as W, TestAgent};
+    use host_test::agent::test_agent::{self, CredentialError as W};
     use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential};
     let f = Fixture::new();
     f.broker
@@ -372,10 +351,7 @@ async fn a_refused_mint_counts_against_the_agents_budget() {
     let policy = AgentPolicy::new("refused").limits(limits);
     let linked = LinkedCredential::shared(shared, policy);
     let builder = AgentBuilder::default().credential_broker(f.broker.url());
-    let pre = crate::linked::agent_pre();
-    let mut agent = TestAgent::new(builder, crate::host().engine(), pre, linked)
-        .await
-        .unwrap();
+    let mut agent = crate::linked_agent(builder, linked).await;
     let first = agent.token(&test_agent::no_options(), &[STORAGE], 1).await;
     assert!(
         matches!(first.unwrap(), Err(W::BrokerRejected(b)) if b.status == 403),
@@ -391,13 +367,7 @@ async fn a_refused_mint_counts_against_the_agents_budget() {
 
 /// The fixture's shared instance with `memory_limit` bytes of memory.
 async fn shared_within(f: &Fixture, memory_limit: usize) -> SharedCredential {
-    Host::shared_p3()
-        .sandbox()
-        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
-        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
-        .bearer_dir(f.dir.path(), GUEST_DIR)
-        .broker_url(f.broker.url())
-        .clock(f.clock.clone())
+    f.builder_on(Host::shared_p3())
         .memory_limit(memory_limit)
         .build_shared()
         .await
@@ -471,7 +441,8 @@ async fn calls_fail_at_once_while_no_instance_can_be_made() {
     let moved = f.dir.path().with_extension("moved");
     std::fs::rename(f.dir.path(), &moved).unwrap();
     let huge = "x".repeat(8 << 20);
-    assert!(shared.get_token(&credential, &[&huge]).await.is_err());
+    let trap = shared.get_token(&credential, &[&huge]).await.unwrap_err();
+    assert!(format!("{trap:#}").contains("trapped"), "{trap:#}");
     let err = shared.open(&options()).await.unwrap_err();
     assert!(
         format!("{err:#}").contains("could not be made again"),
@@ -500,16 +471,14 @@ async fn calls_fail_at_once_while_no_instance_can_be_made() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_the_hosts_limit_replaces_the_instance() {
     // The broker holds the request; the credential would wait its minute,
-    // but the host allows a call 100 ms: the instance is replaced and the
-    // call fails saying so, and the next one runs in a fresh instance.
+    // but the host allows a call only OVERRUN_LIMIT: the instance is
+    // replaced and the call fails saying so, and the next one (under the
+    // same limit, ample for a call answered at once) runs in a fresh
+    // instance.
     let f = Fixture::new();
-    let shared = Host::shared_p3()
-        .sandbox()
-        .env("VD_CREDENTIAL_BROKER_URL", f.broker.url())
-        .env("VD_CREDENTIAL_FILE", GUEST_FILE)
-        .bearer_dir(f.dir.path(), GUEST_DIR)
-        .broker_url(f.broker.url())
-        .call_limit(Duration::from_millis(100))
+    let shared = f
+        .builder_on(Host::shared_p3())
+        .call_limit(OVERRUN_LIMIT)
         .build_shared()
         .await
         .unwrap();

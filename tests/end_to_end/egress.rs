@@ -5,14 +5,11 @@
 //! connected; link-local and metadata refusals are pinned as decisions of the
 //! policy (`vd_cred_host::egress` unit tests), never by connecting.
 
-use std::sync::OnceLock;
-
+use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::{self, TestAgent};
-use host_test::agent::{AgentBuilder, AgentState};
 use host_test::{MockBroker, Reply};
 use vd_cred_host::egress::{Reason, Refusal};
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
-use wasmtime::component::InstancePre;
 
 use crate::Fixture;
 
@@ -22,19 +19,12 @@ const DENIED: &str = "ErrorCode::HttpRequestDenied";
 /// port's error, so that probing does not tell the broker's addresses.
 const REFUSED: &str = "ErrorCode::ConnectionRefused";
 
-fn agent_pre() -> &'static InstancePre<AgentState> {
-    static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
-    PRE.get_or_init(|| test_agent::load(crate::host().engine()).unwrap())
-}
-
 /// A test agent linked to `f`'s credential, its egress as `builder` says,
 /// with `f`'s broker as the credential's broker.
 async fn agent(f: &Fixture, builder: AgentBuilder) -> TestAgent {
     let linked = LinkedCredential::new(f.sandbox().await, AgentPolicy::new("egress"));
     let builder = builder.credential_broker(f.broker.url());
-    TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
-        .await
-        .unwrap()
+    crate::linked_agent(builder, linked).await
 }
 
 fn refusals(a: &TestAgent) -> Vec<Refusal> {

@@ -226,12 +226,10 @@ async fn dropped_connection_and_nothing_listening() {
         "a dropped connection is retried"
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dead = format!("http://127.0.0.1:{port}/api");
+    // A port held where nothing listens, for the whole test: connecting is
+    // refused every time, and nothing beside the test can take the port.
+    let closed = host_test::ClosedPort::new().unwrap();
+    let dead = format!("http://{}/api", closed.addr());
     let mut sandbox = f
         .builder()
         .env("VD_CREDENTIAL_BROKER_URL", &dead)

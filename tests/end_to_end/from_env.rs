@@ -49,9 +49,7 @@ fn last_bearer(broker: &MockBroker) -> String {
 #[tokio::test]
 async fn ssl_cert_file_adds_a_private_ca() {
     let ca = TestCa::new().unwrap();
-    let broker =
-        MockBroker::start_tls(ca.server_config(&["localhost"], Validity::Current).unwrap())
-            .unwrap();
+    let broker = ca.broker(&["localhost"], Validity::Current).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("credential");
     std::fs::write(&file, "vd_iat_tls\n").unwrap();

@@ -15,7 +15,6 @@ use host_test::sink::Sink;
 use vd_cred_host::egress::{EgressLimits, Reason};
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
 
-use crate::linked::agent_pre;
 use crate::{Fixture, VAULT};
 
 /// What the host's process held when a token was handed to the agent (the
@@ -40,9 +39,7 @@ async fn flooder(f: &Fixture, sinks: &[&Sink]) -> (TestAgent, AtToken) {
     for sink in sinks {
         builder = builder.egress(sink.url());
     }
-    let agent = TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
-        .await
-        .unwrap();
+    let agent = crate::linked_agent(builder, linked).await;
     (agent, at_token)
 }
 
@@ -164,15 +161,11 @@ async fn held_floods_alone() {
 /// or connection in the host (the host lets go of them as it notices).
 async fn settle(a: &TestAgent) {
     let egress = a.store.data().egress();
-    let wait = async {
-        while egress.in_use().0 > 0 || egress.in_use().1 > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-    };
-    // A backstop only, far past any machine's need.
-    tokio::time::timeout(std::time::Duration::from_secs(60), wait)
-        .await
-        .expect("the dropped requests let go of their slots");
+    crate::until("the dropped requests let go of their slots", || {
+        let (requests, connections, _) = egress.in_use();
+        requests == 0 && connections == 0
+    })
+    .await;
 }
 
 #[test]

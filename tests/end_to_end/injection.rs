@@ -14,7 +14,6 @@ use host_test::azure::{MockAzure, Scripted};
 use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError;
-use vd_cred_host::TrustedRoots;
 use vd_cred_host::egress::Reason;
 use vd_cred_host::inject::InjectOutcome;
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
@@ -25,11 +24,6 @@ use crate::Fixture;
 const VAULT_HOST: &str = "myvault.vault.azure.net";
 const BLOB_HOST: &str = "acct.blob.core.windows.net";
 const ONELAKE_HOST: &str = "onelake.dfs.fabric.microsoft.com";
-
-fn agent_pre() -> &'static InstancePre<AgentState> {
-    static PRE: OnceLock<InstancePre<AgentState>> = OnceLock::new();
-    PRE.get_or_init(|| test_agent::load(crate::host().engine()).unwrap())
-}
 
 /// What the audit hook saw, without the token (it never has one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,8 +93,7 @@ impl Azure {
 
     /// The agent's builder: the CA trusted, the Azure names sent to the mock.
     fn builder(&self) -> AgentBuilder {
-        let mut roots = TrustedRoots::public();
-        roots.add_pem(self.ca.pem().as_bytes()).unwrap();
+        let roots = self.ca.roots();
         let port = self.mock.addr().port();
         let mut builder = AgentBuilder::default()
             .trust(roots)
@@ -132,14 +125,7 @@ impl Azure {
         builder: AgentBuilder,
     ) -> TestAgent {
         let linked = LinkedCredential::new(sandbox, policy).budget_clock(self.f.clock.clone());
-        TestAgent::new(
-            self.audited(builder),
-            crate::host().engine(),
-            agent_pre(),
-            linked,
-        )
-        .await
-        .unwrap()
+        crate::linked_agent(self.audited(builder), linked).await
     }
 
     /// `builder` with its injections recorded in [`Azure::events`].
@@ -596,22 +582,24 @@ async fn a_challenge_for_one_audience_keeps_the_others_cached_token() {
 #[tokio::test]
 async fn a_request_that_cannot_be_sent_is_audited_with_the_token_it_cost() {
     let az = Azure::new();
-    // A vault name mapped to a loopback port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A vault name mapped to a loopback port nothing listens on, held for
+    // the whole test (connecting is refused every time).
+    let closed = host_test::ClosedPort::new().unwrap();
     let builder = az
         .builder()
         .inject_defaults()
         .egress("https://gone.vault.azure.net")
-        .connect_to("gone.vault.azure.net", 443, closed);
+        .connect_to("gone.vault.azure.net", 443, closed.addr());
     let mut a = az.agent_with(AgentPolicy::new("injected"), builder).await;
     let got = a
         .http_request("GET", "https://gone.vault.azure.net/secrets/db", &[], b"")
         .await
         .unwrap();
-    assert!(got.is_err(), "{got:?}");
+    // Refused by the port held closed, as the agent's wasi:http error says.
+    assert!(
+        matches!(&got, Err(e) if e == "ErrorCode::ConnectionRefused"),
+        "{got:?}"
+    );
     assert_eq!(az.minted(), ["vault"]);
     assert_eq!(
         az.events(),
@@ -794,8 +782,23 @@ async fn a_javascript_agent_reads_a_secret_with_its_plain_fetch_and_no_credentia
         .unwrap();
     assert_eq!(status, Ok(302));
     // Anything not a rule's host is refused, with the agent's fetch error.
+    let before = js
+        .store
+        .data()
+        .egress()
+        .refusals()
+        .count(Reason::NotAllowed);
     let refused = js.fetch_status("https://elsewhere.example/").await.unwrap();
     assert!(refused.is_err(), "{refused:?}");
+    // The host refused it as off the allowlist (the agent's fetch error is
+    // StarlingMonkey's text, which does not carry the kind).
+    let record = js.store.data().egress().refusals();
+    assert_eq!(record.count(Reason::NotAllowed), before + 1);
+    let last = record.recent().last().cloned().expect("a refusal");
+    assert_eq!(
+        (last.target.as_str(), last.reason),
+        ("https://elsewhere.example", Reason::NotAllowed)
+    );
 }
 
 #[tokio::test]

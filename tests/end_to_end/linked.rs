@@ -39,9 +39,7 @@ async fn agent(f: &Fixture, policy: AgentPolicy, builder: AgentBuilder) -> (Test
         ))
     });
     let builder = builder.credential_broker(f.broker.url());
-    let agent = TestAgent::new(builder, crate::host().engine(), agent_pre(), linked)
-        .await
-        .unwrap();
+    let agent = crate::linked_agent(builder, linked).await;
     (agent, events)
 }
 
@@ -277,14 +275,7 @@ async fn helper_mode_through_the_link() {
         .await
         .unwrap();
     let linked = LinkedCredential::new(sandbox, AgentPolicy::new("a").allow(["vault"]));
-    let mut a = TestAgent::new(
-        AgentBuilder::default(),
-        crate::host().engine(),
-        agent_pre(),
-        linked,
-    )
-    .await
-    .unwrap();
+    let mut a = crate::linked_agent(AgentBuilder::default(), linked).await;
     let token = a.token(&options(), &[VAULT], 1).await.unwrap().unwrap();
     assert_eq!(token.token, "mock-token-1");
     assert_eq!(

@@ -19,7 +19,6 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-use vd_cred_host::TrustedRoots;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
 
 use crate::{Fixture, VAULT, options};
@@ -413,10 +412,7 @@ async fn a_configuration_error_quotes_no_query_and_logs_no_url() {
 async fn linked_agent(f: &Fixture, policy: AgentPolicy) -> TestAgent {
     let linked = LinkedCredential::new(f.sandbox().await, policy);
     let builder = AgentBuilder::default().credential_broker(f.broker.url());
-    let pre = crate::linked::agent_pre();
-    TestAgent::new(builder, crate::host().engine(), pre, linked)
-        .await
-        .unwrap()
+    crate::linked_agent(builder, linked).await
 }
 
 #[tokio::test]
@@ -428,7 +424,12 @@ async fn the_linked_route_names_the_agent() {
     let no = test_agent::no_options();
     let token = agent.token(&no, &[VAULT], 2).await.unwrap().unwrap();
     let refused = agent.token(&no, &["https://storage.azure.com/.default"], 1);
-    assert!(refused.await.unwrap().is_err());
+    let refused = refused.await.unwrap();
+    assert!(
+        matches!(&refused, Err(test_agent::CredentialError::ScopeNotAllowed(r))
+            if r.scope == "https://storage.azure.com/.default"),
+        "{refused:?}"
+    );
 
     let calls = log.spans("vd_cred.agent_call");
     assert_eq!(calls.len(), 3, "{calls:?}");
@@ -470,8 +471,7 @@ async fn an_injection_names_the_agent_and_the_destination() {
         .unwrap();
     let azure = MockAzure::start_tls(config).unwrap();
     azure.accept((0..8).map(|n| format!("mock-vault-{n}")).collect());
-    let mut roots = TrustedRoots::public();
-    roots.add_pem(ca.pem().as_bytes()).unwrap();
+    let roots = ca.roots();
 
     let log = Captured::start();
     let builder = AgentBuilder::default()
@@ -482,10 +482,7 @@ async fn an_injection_names_the_agent_and_the_destination() {
         .inject_defaults();
     let policy = AgentPolicy::new("agent-injected").reveal_tokens(false);
     let linked = LinkedCredential::new(f.sandbox().await, policy);
-    let pre = crate::linked::agent_pre();
-    let mut agent = TestAgent::new(builder, crate::host().engine(), pre, linked)
-        .await
-        .unwrap();
+    let mut agent = crate::linked_agent(builder, linked).await;
     let url = format!("https://{VAULT_HOST}/secrets/db?api-version=7.4");
     for _ in 0..2 {
         let answer = agent.http_request("GET", &url, &[], b"").await.unwrap();
@@ -523,7 +520,11 @@ async fn a_scope_is_logged_without_its_query_and_with_control_characters_escaped
         "https://vault.azure.net/.default?sig=SECRET-SIG",
         "https://nope.example/x\nINFO forged line",
     ] {
-        assert!(sandbox.get_token(&[scope]).await.unwrap().is_err());
+        let err = sandbox.get_token(&[scope]).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, vd_cred_broker::CredentialError::ScopeNotAllowed { scope: s, .. } if s == scope),
+            "{err:?}"
+        );
     }
     let spans = log.spans("vd_cred.get_token");
     let scopes: Vec<&str> = spans.iter().map(|s| field(s, "scopes")).collect();
@@ -554,7 +555,11 @@ async fn a_call_the_agents_budget_holds_back_is_not_a_broker_failure() {
         ..test_agent::no_options()
     };
     assert!(agent.token(&uncached, &[VAULT], 1).await.unwrap().is_ok());
-    assert!(agent.token(&uncached, &[VAULT], 1).await.unwrap().is_err());
+    let held = agent.token(&uncached, &[VAULT], 1).await.unwrap();
+    assert!(
+        matches!(&held, Err(test_agent::CredentialError::BrokerFailed(b)) if b.status == 429),
+        "{held:?}"
+    );
     assert_eq!(f.broker.request_count(), 1);
 
     let inner = log.spans("vd_cred.get_token_info");
@@ -585,14 +590,14 @@ async fn a_call_dropped_before_its_answer_ends_its_span_as_cancelled() {
     {
         let call = sandbox.get_token(&[VAULT]);
         tokio::pin!(call);
-        loop {
-            tokio::select! {
-                _ = &mut call => panic!("the broker never answers"),
-                _ = tokio::task::yield_now() => {}
-            }
-            if f.broker.request_count() == 1 {
-                break;
-            }
+        // Drive the call until the broker has its request (polled asleep,
+        // not spinning), then drop it.
+        let at_broker = crate::until("the request at the broker", || {
+            f.broker.request_count() == 1
+        });
+        tokio::select! {
+            _ = &mut call => panic!("the broker never answers"),
+            () = at_broker => {}
         }
     }
     let spans = log.spans("vd_cred.get_token");

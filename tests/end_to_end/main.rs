@@ -31,7 +31,7 @@ mod secrets;
 mod soak;
 mod tls;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use host_test::{MockBroker, TestClock};
 use tempfile::TempDir;
@@ -89,8 +89,13 @@ impl Fixture {
     /// The standard sandbox: env pointing at the broker and the bearer file,
     /// the bearer dir preopened read-only, HTTP only to the broker, our clock.
     pub fn builder(&self) -> SandboxBuilder<'static> {
-        host()
-            .sandbox()
+        self.builder_on(host())
+    }
+
+    /// [`Fixture::builder`] on another build than the suite's (the 0.3
+    /// build for a shared instance, say).
+    pub fn builder_on(&self, host: &'static Host) -> SandboxBuilder<'static> {
+        host.sandbox()
             .env("VD_CREDENTIAL_BROKER_URL", self.broker.url())
             .env("VD_CREDENTIAL_FILE", GUEST_FILE)
             .bearer_dir(self.dir.path(), GUEST_DIR)
@@ -146,6 +151,32 @@ pub fn host() -> &'static Host {
     }
 }
 
+/// The call limit of a sandbox whose first call must run past its limit
+/// (against a broker that never answers) and whose next call must then
+/// succeed: the host's own margin over a call's deadline
+/// ([`vd_cred_host::CALL_MARGIN`]). The host sets one limit for every call
+/// of a sandbox, so the follow-up call gets what the overrun got; a limit
+/// of 100-200 ms failed that follow-up on a loaded machine, whose loopback
+/// round trip alone can take that long.
+pub const OVERRUN_LIMIT: Duration = vd_cred_host::CALL_MARGIN;
+
+/// The test agent (compiled once per process, [`linked::agent_pre`]), its
+/// egress as `builder` says, its `token-credential` import linked to
+/// `linked`: the one way the suite makes a linked test agent.
+pub async fn linked_agent(
+    builder: host_test::agent::AgentBuilder,
+    linked: vd_cred_host::linked::LinkedCredential,
+) -> host_test::agent::test_agent::TestAgent {
+    host_test::agent::test_agent::TestAgent::new(
+        builder,
+        host().engine(),
+        linked::agent_pre(),
+        linked,
+    )
+    .await
+    .unwrap()
+}
+
 /// Options with only these fields set.
 pub fn options() -> CredentialOptions {
     default_options()
@@ -155,8 +186,16 @@ pub fn options() -> CredentialOptions {
 /// binary run again for it alone, with the same build of the credential),
 /// so that what it measures of the process (its peak memory, its open
 /// descriptors) is its own, not what other tests beside it did.
+///
+/// On Linux the binary is run as `/proc/self/exe`, the very file this
+/// process runs, even if a build beside it has since replaced the file at
+/// its path (cargo's target directory is often shared).
 pub fn alone(name: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    let exe = match std::path::Path::new("/proc/self/exe").exists() {
+        true => std::path::PathBuf::from("/proc/self/exe"),
+        false => std::env::current_exe().unwrap(),
+    };
+    let out = std::process::Command::new(exe)
         .args([
             "--exact",
             name,
@@ -172,6 +211,17 @@ pub fn alone(name: &str) {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Poll `ready` until it holds, sleeping a millisecond between polls (never
+/// spinning on a core that the code under test may need). A backstop only:
+/// after 60 s, far past any machine's need, the test fails naming `what`.
+pub async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    let backstop = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < backstop, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Per-test randomness without a dependency: hash the time and a counter.

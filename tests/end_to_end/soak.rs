@@ -9,7 +9,10 @@
 //! No verdict depends on how fast the machine is: the bearer rotates at every
 //! [`ROTATE_EVERY`]-th request the broker receives (not every so many ms), and
 //! each round's outcomes are checked against what the brokers recorded having
-//! answered, not against an expected share.
+//! answered, not against an expected share. Nor on what runs beside it: the
+//! soak runs in a process of its own ([`crate::alone`]), so the memory it
+//! measures is its own, not that of tests compiling agents or allocating
+//! large strings in the same process.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -361,21 +364,24 @@ fn replay(task: usize, requests: &[&Recorded]) -> Vec<(Outcome, bool)> {
 
 /// Wait until the mock's thread has noted the end of every handshake it
 /// accepted and at least `at_least` failed (the client returns as soon as it
-/// refuses; the mock notes it a moment later), then give the count. A hang
-/// guard only: if it runs out, the caller's assertion fails.
+/// refuses; the mock notes it a moment later), then give the count.
 async fn settled_failed_handshakes(broker: &MockBroker, at_least: usize) -> usize {
-    let started = Instant::now();
-    while (broker.failed_handshakes() < at_least
-        || broker.failed_handshakes() != broker.connection_count())
-        && started.elapsed() < Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crate::until("the mock noted every failed handshake", || {
+        broker.failed_handshakes() >= at_least
+            && broker.failed_handshakes() == broker.connection_count()
+    })
+    .await;
     broker.failed_handshakes()
 }
 
+#[test]
+fn ten_thousand_calls_against_faulty_rotating_and_tls_brokers() {
+    crate::alone("soak::soak_alone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_calls_against_faulty_rotating_and_tls_brokers() {
+#[ignore = "run in a process of its own by ten_thousand_calls_against_faulty_rotating_and_tls_brokers"]
+async fn soak_alone() {
     let faults = Reply::OneOf(vec![
         Reply::Mint,
         Reply::Mint,
@@ -388,11 +394,8 @@ async fn ten_thousand_calls_against_faulty_rotating_and_tls_brokers() {
         },
     ]);
     let ca = TestCa::new().unwrap();
-    let mut roots = TrustedRoots::public();
-    roots.add_pem(ca.pem().as_bytes()).unwrap();
-    let tls = |validity| {
-        MockBroker::start_tls(ca.server_config(&["localhost"], validity).unwrap()).unwrap()
-    };
+    let roots = ca.roots();
+    let tls = |validity| ca.broker(&["localhost"], validity).unwrap();
     let rotating_tasks = KINDS.iter().find(|k| k.0 == Kind::Rotating).unwrap().1;
     let rotating_dirs: Vec<TempDir> = (0..rotating_tasks)
         .map(|task| {
@@ -573,9 +576,11 @@ async fn ten_thousand_calls_against_faulty_rotating_and_tls_brokers() {
 }
 
 /// On Linux (the only system this check runs on, by `cfg`): rounds after the
-/// first two (allocator and caches warm) must not grow host memory by more
-/// than the per-call allowance, with the kept instances still alive: a leak
-/// in the host or inside the component shows.
+/// first two (the warm-up: allocator and caches warm, every kind of
+/// instance made) must not grow host memory by more than the per-call allowance, with
+/// the kept instances still alive: a leak in the host or inside the
+/// component shows. The RSS is the soak's process's alone (see the module's
+/// comment).
 #[cfg(target_os = "linux")]
 fn check_rss(rss: &[u64]) {
     let calls_per_round = (CALLS / ROUNDS) as u64;

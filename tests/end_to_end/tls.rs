@@ -2,7 +2,6 @@
 //! and each way a certificate can be wrong named in the error, with no
 //! plain-http fallback and no retry of a refused handshake.
 
-use host_test::MockBroker;
 use host_test::tls::{TestCa, Validity};
 use vd_cred_broker::CredentialError as E;
 use vd_cred_host::TrustedRoots;
@@ -43,9 +42,7 @@ async fn token_via(
 #[tokio::test]
 async fn a_broker_with_a_private_ca_mints_over_https() {
     let ca = TestCa::new().unwrap();
-    let broker =
-        MockBroker::start_tls(ca.server_config(&["localhost"], Validity::Current).unwrap())
-            .unwrap();
+    let broker = ca.broker(&["localhost"], Validity::Current).unwrap();
     let f = Fixture::with_broker(broker);
     let url = f.broker.url();
     assert!(url.starts_with("https://localhost:"), "{url}");
@@ -110,8 +107,7 @@ async fn an_untrusted_misnamed_or_expired_certificate_is_named_and_not_retried()
         ),
     ];
     for (case, validity, roots, host, why) in cases {
-        let broker =
-            MockBroker::start_tls(ca.server_config(&["localhost"], validity).unwrap()).unwrap();
+        let broker = ca.broker(&["localhost"], validity).unwrap();
         let f = Fixture::with_broker(broker);
         let url = f.broker.url_for_host(host);
         let err = token_via(&f, roots, &url).await.unwrap_err();
@@ -123,7 +119,10 @@ async fn an_untrusted_misnamed_or_expired_certificate_is_named_and_not_retried()
         // One connection, one refused handshake: no second attempt, no
         // plain-http request on the same port, no request answered. (The
         // client returned as soon as it refused; the mock notes it later.)
-        settled(|| f.broker.failed_handshakes() > 0).await;
+        crate::until("the mock noted the failed handshake", || {
+            f.broker.failed_handshakes() > 0
+        })
+        .await;
         assert_eq!(f.broker.connection_count(), 1, "{case}");
         assert_eq!(f.broker.failed_handshakes(), 1, "{case}");
         assert_eq!(f.broker.request_count(), 0, "{case}");
@@ -144,16 +143,9 @@ async fn https_to_a_plain_http_broker_says_it_did_not_answer_in_tls() {
              it serve https on this port?"
         ))
     );
-    settled(|| f.broker.connection_count() > 0).await;
+    crate::until("the mock noted the connection", || {
+        f.broker.connection_count() > 0
+    })
+    .await;
     assert_eq!(f.broker.connection_count(), 1);
-}
-
-/// Wait until the mock's thread has recorded what `done` checks. At most a
-/// minute: a hang guard, not a verdict (it returns as soon as `done`, and
-/// the caller's assertions decide).
-async fn settled(done: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() && start.elapsed() < std::time::Duration::from_secs(60) {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
 }
