@@ -15,13 +15,14 @@ build_host_test() {
     cargo build --package host-test --message-format=json-render-diagnostics "$@" |
         python3 -c '
 import json, sys
+found = None
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "host-test" and m.get("executable"):
-        print(m["executable"])
-        break
-else:
+        found = m["executable"]  # reading on: cargo must not write to a closed pipe
+if not found:
     sys.exit("cargo build --package host-test named no host-test executable")
+print(found)
 '
 }
 

@@ -9,7 +9,9 @@
 # as a wheel over the same host library, installed in its own virtualenv
 # with the pinned test dependencies (python/requirements-test.txt), tested
 # against the Rust mock broker with dbt-fabricspark, dlt,
-# azure-keyvault-secrets and azure-core.
+# azure-keyvault-secrets and azure-core. The three suites run side by side
+# once built; VD_TEST_THREADS (default 8) sets how many tests each Rust test
+# binary runs at once.
 #
 # Everything lives in cargo's target directory, wherever cargo puts it
 # (CARGO_TARGET_DIR and build.target-dir are honoured): the virtualenv, the
@@ -82,14 +84,51 @@ if ! fresh "$venv/wheel" "$wheel"; then
     stamp "$venv/wheel" "$wheel"
 fi
 
-# `--workspace --exclude vd-cred-python` in both passes: one feature set,
-# one build.
-cargo test --workspace --exclude vd-cred-python
-# The end-to-end suite again, against the WASI 0.3 build of the credential,
-# but for the modules that never use it (concurrent: the 0.3 build always;
-# agents_lang: run-agent's 0.2 build; composition: the reader composed with
-# the 0.2 build).
-VD_E2E_BUILD=p3 cargo test --workspace --exclude vd-cred-python --test end_to_end -- \
-    --skip concurrent:: --skip agents_lang:: --skip composition::
+# Every test binary, built by one cargo invocation (`--workspace --exclude
+# vd-cred-python` each time: one feature set, one build), then run side by
+# side: the Rust suite through cargo (the end-to-end suite against the WASI
+# 0.2 build among it), the end-to-end suite against the 0.3 build, and the
+# Python suite. The end-to-end tests mostly wait (on brokers, clocks and
+# each other), so they run eight at a time; no verdict depends on what runs
+# beside it.
+threads=${VD_TEST_THREADS:-8}
+e2e=$(cargo test --workspace --exclude vd-cred-python --no-run --message-format=json-render-diagnostics |
+    python3 -c '
+import json, sys
+found = None
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "end_to_end" and m.get("executable"):
+        found = m["executable"]  # reading on: cargo must not write to a closed pipe
+if not found:
+    sys.exit("cargo test --no-run named no end_to_end executable")
+print(found)
+')
+logs="$target/test-logs"
+rm -rf "$logs"
+mkdir -p "$logs"
+# The 0.3 pass skips the modules whose verdict does not depend on the
+# build under test: concurrent (the 0.3 build always), agents_lang
+# (run-agent's 0.2 build), composition (the reader composed with the 0.2
+# build), hostile_http (the host's bounds on an agent's own HTTP; the
+# credential only serves tokens beside the floods, as in the modules that
+# do run).
+VD_E2E_BUILD=p3 "$e2e" --test-threads="$threads" --skip concurrent:: --skip agents_lang:: \
+    --skip composition:: --skip hostile_http:: >"$logs/end_to_end-p3.log" 2>&1 &
+p3=$!
+"$venv/bin/pytest" -q python/tests >"$logs/pytest.log" 2>&1 &
+pytest=$!
 
-"$venv/bin/pytest" python/tests
+failed=()
+cargo test --workspace --exclude vd-cred-python -- --test-threads="$threads" || failed+=("cargo test")
+wait "$p3" || failed+=("the end-to-end suite against the 0.3 build ($logs/end_to_end-p3.log)")
+wait "$pytest" || failed+=("pytest ($logs/pytest.log)")
+for log in end_to_end-p3 pytest; do
+    echo "== $log"
+    grep -E '^test result|passed|failed' "$logs/$log.log" | tail -3
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    for log in end_to_end-p3 pytest; do tail -60 "$logs/$log.log"; done
+    printf 'test.sh: failed: %s\n' "${failed[@]}" >&2
+    exit 1
+fi

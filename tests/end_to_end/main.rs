@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use host_test::{MockBroker, TestClock};
 use tempfile::TempDir;
 use vd_cred_host::{
-    CredentialOptions, Host, Sandbox, SandboxBuilder, TokenResult, default_options,
+    CredentialOptions, Host, Resolver, Sandbox, SandboxBuilder, TokenResult, default_options,
 };
 
 /// Where the bearer directory appears inside the sandbox.
@@ -101,6 +101,7 @@ impl Fixture {
             .bearer_dir(self.dir.path(), GUEST_DIR)
             .broker_url(self.broker.url())
             .clock(self.clock.clone())
+            .resolver(names())
     }
 
     pub async fn sandbox(&self) -> Sandbox {
@@ -174,6 +175,20 @@ pub async fn linked_agent(
         linked,
     )
     .await
+    .unwrap()
+}
+
+/// The names the suite resolves, through the host's resolver override
+/// rather than the machine's: `localhost` (in any spelling the host
+/// accepts, `localhost.` included) is loopback; every other name does not
+/// exist, as `.invalid` names never do (RFC 6761). Every sandbox of
+/// [`Fixture::builder`] uses it, and the agents' egress inherits it.
+pub fn names() -> Resolver {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    Resolver::table([
+        ("localhost", IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ("localhost", IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ])
     .unwrap()
 }
 

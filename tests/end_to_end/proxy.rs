@@ -155,7 +155,10 @@ fn env(f: &Fixture, url: &str, extra: &[(&str, &str)]) -> HashMap<String, String
 
 async fn from_env(env: HashMap<String, String>, roots: Option<TrustedRoots>) -> Sandbox {
     let setup = Setup::from_env(|k| env.get(k).cloned());
-    let builder = setup.sandbox(crate::host()).unwrap();
+    let builder = setup
+        .sandbox(crate::host())
+        .unwrap()
+        .resolver(crate::names());
     let builder = match roots {
         Some(roots) => builder.trusted_roots(roots),
         None => builder,
@@ -368,11 +371,14 @@ fn targets(proxy: &TestProxy) -> Vec<String> {
     proxy.requests().into_iter().map(|r| r.target).collect()
 }
 
-/// `localhost` as a URL host: its first address here.
+/// `localhost` as a URL host: its first address through the suite's
+/// resolver ([`crate::names`]).
 async fn localhost_ip(port: u16) -> String {
-    let first = tokio::net::lookup_host(("localhost", port))
+    let first = crate::names()
+        .lookup("localhost", port)
         .await
         .unwrap()
+        .into_iter()
         .next()
         .unwrap();
     match first.ip() {
