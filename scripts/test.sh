@@ -59,31 +59,6 @@ fi
 VD_HOST_TEST_BIN=$(build_host_test)
 export VD_HOST_TEST_BIN
 
-# The test wheel, before the tests: it shares every crate but its own with
-# them. Rebuilt when a crate it is made of changes.
-wheel=$(inputs_digest "$requirements $(rustc -V) $(env | grep -E '^(CARGO|RUST)' | sort)" \
-    Cargo.toml Cargo.lock .cargo rust-toolchain.toml src p3 host python/Cargo.toml \
-    python/pyproject.toml python/README.md python/src python/vd_cred_broker wit)
-if ! fresh "$venv/wheel" "$wheel"; then
-    rm -rf "$target/wheels"
-    touch "$target/wheel.started"
-    "$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml \
-        --out "$target/wheels" --interpreter "$venv/bin/python"
-    # What happened, beside scripts/one-build.py's forecast: the wheel
-    # compiled no library of the demo's and tests' but its own and pyo3.
-    twice=$(find "$target/debug/deps" -name 'lib*.rlib' -newer "$target/wheel.started" |
-        grep -v -e '/libpyo3' -e '/libvd_cred_' || true)
-    if [ -n "$twice" ]; then
-        echo "test.sh: the test wheel built these a second time (see scripts/one-build.py):" >&2
-        echo "$twice" >&2
-        exit 1
-    fi
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
-        "$target"/wheels/*.whl
-    touch "$venv/wheel"
-    stamp "$venv/wheel" "$wheel"
-fi
-
 # Every test binary, built by one cargo invocation (`--workspace --exclude
 # vd-cred-python` each time: one feature set, one build), then run side by
 # side: the Rust suite through cargo (the end-to-end suite against the WASI
@@ -104,6 +79,31 @@ if not found:
     sys.exit("cargo test --no-run named no end_to_end executable")
 print(found)
 ')
+# The test wheel, before the tests run: it shares every crate but its own
+# with them. Rebuilt when a crate it is made of changes.
+wheel=$(inputs_digest "$requirements $(rustc -V) $(env | grep -E '^(CARGO|RUST)' | sort)" \
+    Cargo.toml Cargo.lock .cargo rust-toolchain.toml src p3 host python/Cargo.toml \
+    python/pyproject.toml python/README.md python/src python/vd_cred_broker wit)
+if ! fresh "$venv/wheel" "$wheel"; then
+    rm -rf "$target/wheels"
+    touch "$target/wheel.started"
+    "$venv/bin/maturin" build --quiet --profile dev --features test-hooks --manifest-path python/Cargo.toml \
+        --out "$target/wheels" --interpreter "$venv/bin/python"
+    # What happened, beside scripts/one-build.py's forecast: the wheel,
+    # built after the tests, compiled no library but its own and pyo3.
+    twice=$(find "$target/debug/deps" -name 'lib*.rlib' -newer "$target/wheel.started" |
+        grep -v -e '/libpyo3' -e '/libvd_cred_' || true)
+    if [ -n "$twice" ]; then
+        echo "test.sh: the test wheel built these a second time (see scripts/one-build.py):" >&2
+        echo "$twice" >&2
+        exit 1
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+        "$target"/wheels/*.whl
+    touch "$venv/wheel"
+    stamp "$venv/wheel" "$wheel"
+fi
+
 logs="$target/test-logs"
 rm -rf "$logs"
 mkdir -p "$logs"
