@@ -8,22 +8,30 @@ cargo_target_dir() {
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
 
-# Build host-test (its build script builds both credential components and
-# the test guests) and print the path of its executable as cargo reports it.
-# Extra arguments go to `cargo build`.
-build_host_test() {
-    cargo build --package host-test --message-format=json-render-diagnostics "$@" |
-        python3 -c '
+# cargo_executable NAME ARGS...: run `cargo ARGS... --message-format=json`
+# (diagnostics rendered on stderr) and print the path of the executable
+# cargo reports for the target NAME.
+cargo_executable() {
+    local name=$1
+    shift
+    cargo "$@" --message-format=json-render-diagnostics | python3 -c '
 import json, sys
-found = None
-for line in sys.stdin:
+name, found = sys.argv[1], None
+for line in sys.stdin:  # read to the end: cargo must not write to a closed pipe
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "host-test" and m.get("executable"):
-        found = m["executable"]  # reading on: cargo must not write to a closed pipe
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == name and m.get("executable"):
+        found = m["executable"]
 if not found:
-    sys.exit("cargo build --package host-test named no host-test executable")
+    sys.exit(f"cargo named no {name} executable")
 print(found)
-'
+' "$name"
+}
+
+# Build host-test (its build script builds both credential components and
+# the test guests) and print its executable's path. Extra arguments go to
+# `cargo build`.
+build_host_test() {
+    cargo_executable host-test build --package host-test "$@"
 }
 
 # inputs_digest WORDS PATH...: one SHA-256 over WORDS (tool versions, say)

@@ -67,18 +67,8 @@ export VD_HOST_TEST_BIN
 # each other), so they run eight at a time; no verdict depends on what runs
 # beside it.
 threads=${VD_TEST_THREADS:-8}
-e2e=$(cargo test --workspace --exclude vd-cred-python --no-run --message-format=json-render-diagnostics |
-    python3 -c '
-import json, sys
-found = None
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "end_to_end" and m.get("executable"):
-        found = m["executable"]  # reading on: cargo must not write to a closed pipe
-if not found:
-    sys.exit("cargo test --no-run named no end_to_end executable")
-print(found)
-')
+e2e=$(cargo_executable end_to_end test --workspace --exclude vd-cred-python --no-run)
+
 # The test wheel, before the tests run: it shares every crate but its own
 # with them. Rebuilt when a crate it is made of changes.
 wheel=$(inputs_digest "$requirements $(rustc -V) $(env | grep -E '^(CARGO|RUST)' | sort)" \

@@ -1068,7 +1068,7 @@ fn from_hyper(e: &hyper::Error) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -1097,8 +1097,8 @@ mod tests {
 
     /// A server on loopback that reads each connection's request head
     /// (sent on the channel), answers `answer` (if any), then holds the
-    /// connection open without a word more.
-    async fn mute_server(
+    /// connection open without a word more. (The egress tests use it too.)
+    pub(crate) async fn mute_server(
         answer: &'static [u8],
     ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

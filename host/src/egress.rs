@@ -899,6 +899,7 @@ async fn holding_answer(
 mod tests {
     use super::*;
     use crate::RUNTIME_ACCESS_URL;
+    use crate::client::tests::mute_server;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -1367,33 +1368,6 @@ mod tests {
         .unwrap()
     }
 
-    /// A server on loopback that sends each connection's request head on
-    /// the channel, answers `answer`, and holds the connection open.
-    async fn heard_server(
-        answer: &'static [u8],
-    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let at = listener.local_addr().unwrap();
-        let (heard, told) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read_u8().await {
-                        Ok(b) => head.push(b),
-                        Err(_) => break,
-                    }
-                }
-                let _ = heard.send(String::from_utf8_lossy(&head).into_owned());
-                let _ = stream.write_all(answer).await;
-                held.push(stream);
-            }
-        });
-        (at, told)
-    }
-
     /// What `egress` makes of a GET to `url`: the answer's status, or the
     /// error's debug form.
     async fn get(egress: &mut AgentEgress, url: &str) -> String {
@@ -1427,7 +1401,7 @@ mod tests {
     async fn names_are_decided_by_the_addresses_the_resolver_gives() {
         // Through a proxy on loopback: an allowed name's address is asked
         // of the proxy (which refuses), so nothing past loopback is reached.
-        let (proxy, mut heard) = heard_server(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+        let (proxy, mut heard) = mute_server(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
         let mut egress = AgentEgress::new();
         egress
             .allow("https://*")
@@ -1514,7 +1488,7 @@ mod tests {
     #[tokio::test]
     async fn a_direct_connection_goes_where_the_resolver_says() {
         let (server, mut heard) =
-            heard_server(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await;
+            mute_server(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await;
         let port = server.port();
         let mut egress = AgentEgress::new();
         egress
