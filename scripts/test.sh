@@ -30,6 +30,7 @@ venv="$target/venv"
 export VD_CRED_BROKER_CACHE_DIR="$target/test-cache/vd-cred-broker"
 
 python3 scripts/one-build.py
+python3 scripts/check-links.py
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 requirements=$(inputs_digest "$("$venv/bin/python" --version)" python/requirements-test.txt)

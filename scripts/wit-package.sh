@@ -17,7 +17,7 @@
 #      wasm form fetched is byte-identical.
 #   5. The registry's semver gate: the same contract with a case added to
 #      `credential-error` at the next patch version is refused (see the
-#      README's version policy).
+#      version policy in docs/packaging.md).
 #
 # Only the `vibedata` namespace is mapped, to the local registry; the package
 # refers to no other (no WASI), so no step has anything to look up on the
