@@ -40,6 +40,8 @@
 //! The crate compiles on every target (for docs and workspace builds); off
 //! `wasm32` there is nothing to import, and every call panics.
 
+#![deny(missing_docs)]
+
 /// The raw `credential-user` imports, as `wit_bindgen::generate!` makes them:
 /// `bindings::vibedata::cred_broker::token_credential`. A component of your
 /// own that exports types from this interface can share them with

@@ -408,8 +408,8 @@ pub fn decide(addr: SocketAddr, cx: &Vetting<'_>) -> Verdict {
 /// One refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// `scheme://host[:port]` as the agent wrote it, without any user-info
-    /// ([`crate::origin::shown`]).
+    /// `scheme://host[:port]` as the agent wrote it, never its user-info,
+    /// path or query.
     pub target: String,
     /// The refused address, for a refusal at connect time.
     pub address: Option<SocketAddr>,

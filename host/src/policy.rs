@@ -93,7 +93,7 @@ impl Traffic {
     }
 
     /// Requests let through to the broker (or helper) for `audience` so far
-    /// (counted once [`Traffic::count_by_audience`] asked for them).
+    /// (counted only for a shared instance, whose charges need them).
     pub fn sent_for(&self, audience: &str) -> u64 {
         let counts = self.by_audience.lock().unwrap();
         counts.get(audience).copied().unwrap_or(0)
