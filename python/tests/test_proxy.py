@@ -156,9 +156,9 @@ def test_proxy_credentials_are_sent_as_the_original_sends_them(clean_env, tmp_pa
 
 
 def test_the_rust_no_proxy_table_is_what_requests_decides(monkeypatch):
-    """host/src/proxy.rs's NO_PROXY table (also run by `cargo test`),
+    """host/src/outbound/proxy.rs's NO_PROXY table (also run by `cargo test`),
     checked against requests 2.34 itself."""
-    source = (REPO / "host" / "src" / "proxy.rs").read_text()
+    source = (REPO / "host" / "src" / "outbound" / "proxy.rs").read_text()
     table = source.split("NO_PROXY_TABLE")[1].split("];")[0]
     rows = re.findall(r'\(\s*"((?:[^"\\]|\\.)*)",\s*"([^"]*)",\s*(true|false),?\s*\)', table)
     assert len(rows) > 20

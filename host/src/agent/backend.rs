@@ -7,11 +7,11 @@ use anyhow::Result;
 use vd_cred_broker::CredentialError;
 use wasmtime::component::ResourceAny;
 
-use crate::policy::Traffic;
-use crate::sandbox::Sandbox;
-use crate::shared::{SharedCredential, SharedHandle};
-use crate::withheld::Withheld;
-use crate::{CredentialOptions, TokenInfoResult, TokenRequestOptions};
+use crate::outbound::broker_only::Traffic;
+use crate::sandboxes::Sandbox;
+use crate::sandboxes::Withheld;
+use crate::sandboxes::shared::{SharedCredential, SharedHandle};
+use crate::sandboxes::{CredentialOptions, TokenInfoResult, TokenRequestOptions};
 
 /// The credential behind a linked agent.
 pub(crate) enum Backend {
@@ -128,7 +128,7 @@ impl Backend {
     }
 
     /// How the credential's host names are looked up.
-    pub(crate) fn resolver(&self) -> crate::Resolver {
+    pub(crate) fn resolver(&self) -> crate::outbound::Resolver {
         match self {
             Backend::Own(sandbox) => sandbox.resolver(),
             Backend::Shared(shared) => shared.resolver(),
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn agents_timeouts_fall_into_few_buckets() {
         let timeout = |ms| {
-            let mut options = crate::default_options();
+            let mut options = crate::sandboxes::default_options();
             options.timeout_ms = ms;
             shared_options(&options).timeout_ms
         };

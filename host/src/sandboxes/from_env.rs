@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::host::Host;
-use crate::policy::BrokerOnly;
-use crate::proxy::{ENV_PROXY_VARS, Proxies};
-use crate::sandbox::SandboxBuilder;
-use crate::tls::TrustedRoots;
+use crate::engine::Host;
+use crate::outbound::TrustedRoots;
+use crate::outbound::broker_only::BrokerOnly;
+use crate::outbound::proxy::{ENV_PROXY_VARS, Proxies};
+use crate::sandboxes::sandbox::SandboxBuilder;
 
 /// The environment variables naming a PEM file of CA certificates to trust
 /// for an https broker, on top of the public web roots: OpenSSL's and

@@ -29,8 +29,8 @@ use tracing::{Instrument, Span};
 use vd_cred_broker::{CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime_wasi_http::Error;
 
-use crate::client::Sent;
-use crate::origin::shown;
+use crate::outbound::client::Sent;
+use crate::outbound::origin::shown;
 
 /// The target of every span and event of this crate's.
 pub const TARGET: &str = "vd_cred_host";

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use vd_cred_broker::{CredentialError, ENV_BROKER_URL, ENV_CREDENTIAL_FILE};
 
-use crate::policy::RUNTIME_ACCESS_URL;
+use crate::outbound::broker_only::RUNTIME_ACCESS_URL;
 
 /// The strings to withhold, each with the words that replace it.
 #[derive(Debug, Clone, Default)]

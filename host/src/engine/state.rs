@@ -9,7 +9,7 @@ use wasmtime::{Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::policy::BrokerOnly;
+use crate::outbound::broker_only::BrokerOnly;
 
 /// The per-instance state: WASI, wasi:http, the broker-only HTTP policy,
 /// the store's limits and the running call's deadline.

@@ -42,12 +42,14 @@ use vd_cred_broker::cache::BearerDigest;
 use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime_wasi::HostWallClock;
 
-use crate::p3::Calls;
-use crate::policy::Traffic;
-use crate::sandbox::{CALL_MARGIN, Live, Recipe, SandboxBuilder};
-use crate::state::State;
-use crate::withheld::Withheld;
-use crate::{CredentialOptions, TokenInfoResult, TokenRequestOptions, TokenResult};
+use crate::engine::State;
+use crate::engine::p3::Calls;
+use crate::outbound::broker_only::Traffic;
+use crate::sandboxes::sandbox::{CALL_MARGIN, Live, Recipe, SandboxBuilder};
+use crate::sandboxes::sandbox::{
+    CredentialOptions, TokenInfoResult, TokenRequestOptions, TokenResult,
+};
+use crate::sandboxes::withheld::Withheld;
 
 /// A credential opened in a [`SharedCredential`]: valid in the instance
 /// generation it was opened in (after a trap, open it again). Credentials
@@ -89,7 +91,7 @@ struct Inner {
     withheld: Withheld,
     broker_urls: Vec<String>,
     /// How the credential's host names are looked up.
-    resolver: crate::Resolver,
+    resolver: crate::outbound::Resolver,
     clock: Arc<dyn HostWallClock + Sync>,
     /// Credentials opened for [`SharedCredential::open_shared`], by options.
     opened: tokio::sync::Mutex<Vec<(String, SharedHandle)>>,
@@ -291,7 +293,7 @@ impl SharedCredential {
     /// `credential.get-token(scopes)` on `handle`, alongside any other calls.
     pub async fn get_token(&self, handle: &SharedHandle, scopes: &[&str]) -> Result<TokenResult> {
         let info = self.token(Some(*handle), scopes, None).await?;
-        Ok(info.map(|i| crate::AccessToken {
+        Ok(info.map(|i| crate::sandboxes::sandbox::AccessToken {
             token: i.token,
             expires_on: i.expires_on,
         }))
@@ -376,7 +378,7 @@ impl SharedCredential {
     }
 
     /// How the credential's host names are looked up.
-    pub(crate) fn resolver(&self) -> crate::Resolver {
+    pub(crate) fn resolver(&self) -> crate::outbound::Resolver {
         self.inner.resolver.clone()
     }
 }
@@ -391,7 +393,7 @@ pub struct Returned {
 
 impl Returned {
     /// What `info` is, for comparing.
-    pub fn of(info: &crate::AccessTokenInfo) -> Returned {
+    pub fn of(info: &crate::sandboxes::sandbox::AccessTokenInfo) -> Returned {
         Returned {
             token: BearerDigest::of(&vd_cred_broker::Secret::new(info.token.clone())),
             expires_on: info.expires_on,

@@ -9,9 +9,9 @@ use anyhow::Result;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::CredBrokerPre;
-use crate::precompiled::{self, Source};
-use crate::state::{State, link};
+use crate::engine::bindings::CredBrokerPre;
+use crate::engine::precompiled::{self, Source};
+use crate::engine::state::{State, link};
 
 /// The release credential component this crate was built with (the WASI
 /// 0.2 build).
@@ -54,7 +54,7 @@ impl Build {
 #[derive(Clone)]
 pub(crate) enum Pre {
     P2(CredBrokerPre<State>),
-    P3(crate::p3::bindings::CredBrokerPre<State>),
+    P3(crate::engine::p3::bindings::CredBrokerPre<State>),
 }
 
 /// How a [`Host`] is set up.
@@ -248,8 +248,8 @@ impl Host {
     /// Link an already compiled component.
     /// Its engine must have epoch interruption on ([`engine_config`]).
     pub fn from_component(engine: Engine, component: Component, source: Source) -> Result<Host> {
-        let pre = match crate::p3::is_p3(&engine, &component) {
-            true => Pre::P3(crate::p3::link(&engine, &component)?),
+        let pre = match crate::engine::p3::is_p3(&engine, &component) {
+            true => Pre::P3(crate::engine::p3::link(&engine, &component)?),
             false => Pre::P2(CredBrokerPre::new(link(&engine, &component)?)?),
         };
         tick(&engine)?;

@@ -18,11 +18,11 @@ use hyper::Uri;
 use hyper::body::{Body, Frame};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::client::{Connections, Sent, Setup, UnixRoute};
-use crate::origin::shown;
-use crate::proxy::Proxies;
-use crate::resolver::Resolver;
-use crate::tls::TrustedRoots;
+use crate::outbound::client::{Connections, Sent, Setup, UnixRoute};
+use crate::outbound::origin::shown;
+use crate::outbound::proxy::Proxies;
+use crate::outbound::resolver::Resolver;
+use crate::outbound::tls::TrustedRoots;
 
 type ResponseFuture = Box<dyn Future<Output = std::result::Result<Sent, Error>> + Send>;
 
@@ -60,7 +60,7 @@ pub struct Traffic {
     by_audience: Mutex<HashMap<String, u64>>,
     counts_audiences: AtomicBool,
     /// The answers to the current call's requests, for its span.
-    pub(crate) requests: crate::trace::Requests,
+    pub(crate) requests: crate::outbound::trace::Requests,
 }
 
 /// [`Traffic`]'s allowance when nothing is held back.
@@ -119,8 +119,8 @@ impl Traffic {
     }
 
     /// [`Traffic::sent`] and [`Traffic::held_back`] now, for a call's span.
-    pub(crate) fn counts(&self) -> crate::trace::Counts {
-        crate::trace::Counts {
+    pub(crate) fn counts(&self) -> crate::outbound::trace::Counts {
+        crate::outbound::trace::Counts {
             sent: self.sent(),
             held_back: self.held_back(),
         }
@@ -363,7 +363,7 @@ impl WasiHttpHooks for BrokerOnly {
                 ..Setup::credential(&self.roots, unix)
             })
         });
-        let watched = crate::trace::Request::of(&request, &self.traffic.requests);
+        let watched = crate::outbound::trace::Request::of(&request, &self.traffic.requests);
         let tapped = to_broker && self.traffic.counts_audiences.load(Ordering::Acquire);
         let request = match tapped {
             true => request.map(|body| {

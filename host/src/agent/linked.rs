@@ -41,9 +41,9 @@ use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_
 use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::HostMonotonicClock;
 
-use crate::backend::{Backend, Opened};
-use crate::sandbox::{Sandbox, default_options};
-use crate::shared::{Returned, SharedCredential};
+use crate::agent::backend::{Backend, Opened};
+use crate::sandboxes::shared::{Returned, SharedCredential};
+use crate::sandboxes::{Sandbox, default_options};
 
 /// Host bindings for the `credential-user` world: the import side of
 /// `token-credential`, whose `credential` resource is a [`LinkedHandle`]
@@ -57,6 +57,12 @@ pub mod bindings {
         with: { "vibedata:cred-broker/token-credential.credential": super::LinkedHandle },
     });
 }
+
+// The WIT `credential-error` of the import, to and from the core's
+// `CredentialError` (the exports' own are in `engine/error.rs`).
+vd_cred_broker::wit_error_conversions!(
+    crate::agent::linked::bindings::vibedata::cred_broker::token_credential
+);
 
 use bindings::vibedata::cred_broker::token_credential as wit;
 
@@ -233,7 +239,7 @@ type ErrorHook = Arc<dyn Fn(&ErrorEvent<'_>) + Send + Sync>;
 /// One `credential` the agent opened: its options, and the credential in
 /// the backend (opened again after the instance was replaced).
 struct Handle {
-    options: crate::CredentialOptions,
+    options: crate::sandboxes::CredentialOptions,
     resource: Option<(u64, Opened)>,
 }
 
@@ -258,7 +264,7 @@ pub struct LinkedCredential {
     policy: Arc<AgentPolicy>,
     broker_urls: Arc<[String]>,
     /// How the credential looks its broker up.
-    resolver: crate::Resolver,
+    resolver: crate::outbound::Resolver,
 }
 
 /// What a [`LinkedCredential`] shares between its handles.
@@ -267,7 +273,7 @@ struct Linked {
     /// With a shared instance: the last token handed to the agent per
     /// audience, served while fresh when the agent is over its mint budget
     /// (a shared instance's requests cannot be held back for one agent).
-    last: HashMap<String, crate::AccessTokenInfo>,
+    last: HashMap<String, crate::sandboxes::AccessTokenInfo>,
     policy: Arc<AgentPolicy>,
     audiences: AudienceMap,
     handles: Slab<Handle>,
@@ -404,7 +410,7 @@ impl LinkedCredential {
 
     /// How the credential looks host names up (its sandbox's
     /// [`crate::SandboxBuilder::resolver`]).
-    pub(crate) fn resolver(&self) -> &crate::Resolver {
+    pub(crate) fn resolver(&self) -> &crate::outbound::Resolver {
         &self.resolver
     }
 
@@ -438,7 +444,7 @@ impl LinkedCredential {
         &self,
         scope: &str,
         rejected: Option<&str>,
-    ) -> Result<(crate::AccessTokenInfo, TokenSource), CredentialError> {
+    ) -> Result<(crate::sandboxes::AccessTokenInfo, TokenSource), CredentialError> {
         let mut linked = self.linked.lock().await;
         let scopes = vec![scope.to_string()];
         let fresh = rejected.is_some_and(|rejected| {
@@ -539,7 +545,10 @@ impl Linked {
 
     /// Request options the credential takes at most `scope_bytes` of:
     /// larger ones are refused here, before they reach its memory.
-    fn check_request(&self, options: &crate::TokenRequestOptions) -> Result<(), CredentialError> {
+    fn check_request(
+        &self,
+        options: &crate::sandboxes::TokenRequestOptions,
+    ) -> Result<(), CredentialError> {
         let most = self.policy.limits.scope_bytes;
         if options.claims.as_ref().is_some_and(|c| c.len() > most) {
             return Err(CredentialError::Unsupported(format!(
@@ -565,7 +574,7 @@ impl Linked {
             &self.policy.agent_id,
             audience,
             error.kind(),
-            crate::trace::error_status(&error),
+            crate::outbound::trace::error_status(&error),
         );
         if let Some(hook) = &self.on_error {
             hook(&ErrorEvent {
@@ -661,7 +670,7 @@ impl Linked {
     /// generation it belongs to.
     async fn open_in_sandbox(
         &mut self,
-        options: &crate::CredentialOptions,
+        options: &crate::sandboxes::CredentialOptions,
         fresh: bool,
     ) -> Result<(u64, Opened), Fault> {
         match self.credential.open(options, fresh).await {
@@ -691,8 +700,8 @@ impl Linked {
         &mut self,
         key: Option<u32>,
         scopes: Vec<String>,
-        options: &crate::TokenRequestOptions,
-    ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
+        options: &crate::sandboxes::TokenRequestOptions,
+    ) -> wasmtime::Result<Result<crate::sandboxes::AccessTokenInfo, CredentialError>> {
         let span = agent_call(&self.policy.agent_id, key.is_some());
         tracing::Instrument::instrument(self.forward_traced(key, scopes, options), span).await
     }
@@ -702,8 +711,8 @@ impl Linked {
         &mut self,
         key: Option<u32>,
         scopes: Vec<String>,
-        options: &crate::TokenRequestOptions,
-    ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
+        options: &crate::sandboxes::TokenRequestOptions,
+    ) -> wasmtime::Result<Result<crate::sandboxes::AccessTokenInfo, CredentialError>> {
         if !self.policy.reveal_tokens {
             let refusal = CredentialError::Unsupported(format!(
                 "agent {} may not read tokens: the host adds them to the agent's requests to \
@@ -735,8 +744,8 @@ impl Linked {
         &mut self,
         caller: Caller,
         scopes: Vec<String>,
-        options: &crate::TokenRequestOptions,
-    ) -> Result<(crate::AccessTokenInfo, TokenSource, String), Fault> {
+        options: &crate::sandboxes::TokenRequestOptions,
+    ) -> Result<(crate::sandboxes::AccessTokenInfo, TokenSource, String), Fault> {
         let audience = self
             .audience_for(&scopes)
             .and_then(|a| self.check_request(options).map(|()| a))
@@ -810,9 +819,9 @@ impl Linked {
         caller: Caller,
         resource: Option<Opened>,
         scopes: Vec<String>,
-        options: &crate::TokenRequestOptions,
+        options: &crate::sandboxes::TokenRequestOptions,
         audience: String,
-    ) -> Result<(crate::AccessTokenInfo, TokenSource, String), Fault> {
+    ) -> Result<(crate::sandboxes::AccessTokenInfo, TokenSource, String), Fault> {
         if !self.may_mint(&audience) {
             let now = shared.now_unix();
             let fresh = self.last.get(&audience).filter(|info| {
@@ -956,8 +965,8 @@ impl Fault {
 }
 
 /// The request options an agent passed, as the credential's.
-fn request_options(o: wit::TokenRequestOptions) -> crate::TokenRequestOptions {
-    crate::TokenRequestOptions {
+fn request_options(o: wit::TokenRequestOptions) -> crate::sandboxes::TokenRequestOptions {
+    crate::sandboxes::TokenRequestOptions {
         claims: o.claims,
         tenant_id: o.tenant_id,
         enable_cae: o.enable_cae,
@@ -969,7 +978,7 @@ fn request_options(o: wit::TokenRequestOptions) -> crate::TokenRequestOptions {
 fn agent_options(
     o: wit::CredentialOptions,
     limits: &AgentLimits,
-) -> Result<crate::CredentialOptions, CredentialError> {
+) -> Result<crate::sandboxes::CredentialOptions, CredentialError> {
     let mut refused = Vec::new();
     for (set, name) in [
         (o.broker_url.is_some(), "broker-url"),
@@ -1004,14 +1013,14 @@ fn agent_options(
     Ok(options)
 }
 
-fn to_token(info: crate::AccessTokenInfo) -> wit::AccessToken {
+fn to_token(info: crate::sandboxes::AccessTokenInfo) -> wit::AccessToken {
     wit::AccessToken {
         token: info.token,
         expires_on: info.expires_on,
     }
 }
 
-fn to_token_info(info: crate::AccessTokenInfo) -> wit::AccessTokenInfo {
+fn to_token_info(info: crate::sandboxes::AccessTokenInfo) -> wit::AccessTokenInfo {
     wit::AccessTokenInfo {
         token: info.token,
         expires_on: info.expires_on,
@@ -1020,8 +1029,8 @@ fn to_token_info(info: crate::AccessTokenInfo) -> wit::AccessTokenInfo {
     }
 }
 
-fn no_request_options() -> crate::TokenRequestOptions {
-    crate::TokenRequestOptions {
+fn no_request_options() -> crate::sandboxes::TokenRequestOptions {
+    crate::sandboxes::TokenRequestOptions {
         claims: None,
         tenant_id: None,
         enable_cae: false,
@@ -1055,8 +1064,8 @@ impl LinkedCredential {
         &self,
         key: Option<u32>,
         scopes: Vec<String>,
-        options: crate::TokenRequestOptions,
-    ) -> wasmtime::Result<Result<crate::AccessTokenInfo, CredentialError>> {
+        options: crate::sandboxes::TokenRequestOptions,
+    ) -> wasmtime::Result<Result<crate::sandboxes::AccessTokenInfo, CredentialError>> {
         self.detached(move |mut linked| async move { linked.forward(key, scopes, &options).await })
             .await?
     }
@@ -1157,7 +1166,7 @@ pub fn add_to_linker<T: Send + 'static>(
 /// The span of one token call of an agent's on its linked credential
 /// (`credential`: on a credential it opened, else the free functions).
 fn agent_call(agent_id: &str, credential: bool) -> tracing::Span {
-    tracing::info_span!(target: crate::trace::TARGET, "vd_cred.agent_call", agent_id, credential)
+    tracing::info_span!(target: crate::outbound::trace::TARGET, "vd_cred.agent_call", agent_id, credential)
 }
 
 /// A token handed to an agent (what [`crate::linked::TokenEvent`] says):
@@ -1166,11 +1175,11 @@ fn agent_token(agent_id: &str, audience: &str, expires_on: u64, source: TokenSou
     match source {
         TokenSource::Minted => {
             let source = "minted";
-            tracing::info!(target: crate::trace::TARGET, agent_id, audience, expires_on, source, "token handed to agent");
+            tracing::info!(target: crate::outbound::trace::TARGET, agent_id, audience, expires_on, source, "token handed to agent");
         }
         TokenSource::Cached => {
             let source = "cached";
-            tracing::debug!(target: crate::trace::TARGET, agent_id, audience, expires_on, source, "token handed to agent");
+            tracing::debug!(target: crate::outbound::trace::TARGET, agent_id, audience, expires_on, source, "token handed to agent");
         }
     }
 }
@@ -1184,7 +1193,7 @@ fn agent_error(
     status: Option<u16>,
 ) {
     let audience = audience.unwrap_or("");
-    tracing::warn!(target: crate::trace::TARGET, agent_id, audience, error_kind, status, "agent call failed: {error_kind}");
+    tracing::warn!(target: crate::outbound::trace::TARGET, agent_id, audience, error_kind, status, "agent call failed: {error_kind}");
 }
 
 #[cfg(test)]
@@ -1192,7 +1201,7 @@ mod tests {
     use super::*;
 
     fn returned(token: &str, expires_on: u64) -> Returned {
-        Returned::of(&crate::AccessTokenInfo {
+        Returned::of(&crate::sandboxes::AccessTokenInfo {
             token: token.into(),
             expires_on,
             token_type: "Bearer".into(),

@@ -68,10 +68,10 @@ use tokio::sync::oneshot;
 use vd_cred_broker::{AudienceMap, CredentialError, DEFAULT_AUDIENCES, normalize_scope};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use crate::caps::{Slot, holding};
-use crate::client::{Connections, Sent};
-use crate::linked::{LinkedCredential, TokenSource};
-use crate::origin::{Origin, normal_host};
+use crate::agent::linked::{LinkedCredential, TokenSource};
+use crate::outbound::{Connections, Sent};
+use crate::outbound::{Origin, normal_host};
+use crate::outbound::{Slot, holding};
 
 /// The rules [`Injection::defaults`] starts from: every Azure data-plane
 /// and management host the original's audiences serve over HTTP (Azure SQL
@@ -351,7 +351,7 @@ impl Injection {
         let (answer, answered) = oneshot::channel();
         let trip = async move {
             let mut answer = answer;
-            let target = crate::origin::shown(request.uri());
+            let target = crate::outbound::shown(request.uri());
             let (mut parts, body) = request.into_parts();
             let removed = remove_authorization(&mut parts.headers);
             let mut trip = Trip::default();
@@ -643,7 +643,7 @@ fn challenge(response: &hyper::Response<WasiBody>) -> Option<Challenge> {
 
 /// The span of one agent request the host adds a token to.
 fn inject_span(agent_id: &str, audience: &str, destination: &str) -> tracing::Span {
-    tracing::info_span!(target: crate::trace::TARGET, "vd_cred.inject", agent_id, audience, destination)
+    tracing::info_span!(target: crate::outbound::trace::TARGET, "vd_cred.inject", agent_id, audience, destination)
 }
 
 /// One agent request the host added a token to, or tried to (what
@@ -661,7 +661,7 @@ fn injected(event: &InjectEvent<'_>) {
     macro_rules! at {
         ($level:expr) => {
             tracing::event!(
-                target: crate::trace::TARGET,
+                target: crate::outbound::trace::TARGET,
                 $level,
                 agent_id,
                 audience,

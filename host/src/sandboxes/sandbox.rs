@@ -17,15 +17,15 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, HostWallClock, WasiCtx};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use crate::bindings::CredBroker;
-use crate::bindings::exports::vibedata::cred_broker::token_credential as wit;
-use crate::host::{Host, Pre};
-use crate::policy::{BrokerOnly, RUNTIME_ACCESS_URL, Traffic};
-use crate::proxy::Proxies;
-use crate::resolver::Resolver;
-use crate::state::State;
-use crate::tls::TrustedRoots;
-use crate::withheld::Withheld;
+use crate::engine::State;
+use crate::engine::bindings::CredBroker;
+use crate::engine::bindings::exports::vibedata::cred_broker::token_credential as wit;
+use crate::engine::{Host, Pre};
+use crate::outbound::Resolver;
+use crate::outbound::TrustedRoots;
+use crate::outbound::broker_only::{BrokerOnly, RUNTIME_ACCESS_URL, Traffic};
+use crate::outbound::proxy::Proxies;
+use crate::sandboxes::withheld::Withheld;
 
 /// The most memory the credential's instance may grow to, by default.
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
@@ -279,7 +279,7 @@ impl Default for Records {
 /// A live instance of the credential, of either build.
 pub(crate) enum Live {
     P2(CredBroker, Store<State>),
-    P3(crate::p3::Instance),
+    P3(crate::engine::p3::Instance),
 }
 
 impl Live {
@@ -343,7 +343,7 @@ impl Recipe {
         let mut store = self.store()?;
         Ok(match &self.pre {
             Pre::P2(pre) => Live::P2(pre.instantiate_async(&mut store).await?, store),
-            Pre::P3(pre) => Live::P3(crate::p3::Instance::new(pre, store).await?),
+            Pre::P3(pre) => Live::P3(crate::engine::p3::Instance::new(pre, store).await?),
         })
     }
 
@@ -504,7 +504,7 @@ impl Sandbox {
     /// its requests, outcome and duration recorded when it ends.
     async fn traced<T, E: Into<vd_cred_broker::CredentialError>>(
         &mut self,
-        op: crate::trace::Op,
+        op: crate::outbound::trace::Op,
         scopes: &[String],
         credential: bool,
         call: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<Result<T, E>>,
@@ -515,7 +515,8 @@ impl Sandbox {
         };
         let traffic = self.traffic();
         let (requests, counts) = (&traffic.requests, traffic.counts());
-        let traced = crate::trace::Call::start(op, scopes, mode, credential, requests, counts);
+        let traced =
+            crate::outbound::trace::Call::start(op, scopes, mode, credential, requests, counts);
         let result = tracing::Instrument::instrument(self.call(call), traced.span())
             .await
             .map(|r| r.map_err(Into::into));
@@ -527,7 +528,7 @@ impl Sandbox {
     /// The free function `get-token`: a credential from the environment, one call.
     pub async fn get_token(&mut self, scopes: &[&str]) -> Result<TokenResult> {
         let scopes = owned(scopes);
-        let op = crate::trace::Op::GetToken;
+        let op = crate::outbound::trace::Op::GetToken;
         self.traced(op, &scopes.clone(), false, async |live| match live {
             Live::P2(i, store) => {
                 let iface = i.vibedata_cred_broker_token_credential();
@@ -549,7 +550,7 @@ impl Sandbox {
         if let Some(ms) = options.timeout_ms {
             self.longest_timeout = self.longest_timeout.max(Duration::from_millis(ms.into()));
         }
-        let op = crate::trace::Op::Open;
+        let op = crate::outbound::trace::Op::Open;
         let options = options.clone();
         self.traced(op, &[], true, async |live| match live {
             Live::P2(i, store) => {
@@ -569,7 +570,7 @@ impl Sandbox {
         scopes: &[&str],
     ) -> Result<TokenResult> {
         let scopes = owned(scopes);
-        let op = crate::trace::Op::GetToken;
+        let op = crate::outbound::trace::Op::GetToken;
         self.traced(op, &scopes.clone(), true, async |live| match live {
             Live::P2(i, store) => {
                 let iface = i.vibedata_cred_broker_token_credential().credential();
@@ -591,7 +592,7 @@ impl Sandbox {
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
-        let op = crate::trace::Op::GetTokenInfo;
+        let op = crate::outbound::trace::Op::GetTokenInfo;
         let options = options.clone();
         self.traced(op, &scopes.clone(), false, async |live| match live {
             Live::P2(i, store) => {
@@ -615,7 +616,7 @@ impl Sandbox {
         options: &TokenRequestOptions,
     ) -> Result<TokenInfoResult> {
         let scopes = owned(scopes);
-        let op = crate::trace::Op::GetTokenInfo;
+        let op = crate::outbound::trace::Op::GetTokenInfo;
         let options = options.clone();
         self.traced(op, &scopes.clone(), true, async |live| match live {
             Live::P2(i, store) => {
@@ -626,7 +627,7 @@ impl Sandbox {
                 Ok(info.map_err(Into::into))
             }
             Live::P3(i) => {
-                let call = async |a: &_, c: crate::p3::Calls| {
+                let call = async |a: &_, c: crate::engine::p3::Calls| {
                     c.credential_get_token_info(a, credential, scopes, &options)
                         .await
                 };

@@ -91,16 +91,16 @@ use anyhow::{Result, bail};
 use hyper::Uri;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::caps::{Caps, Limit, Slot, holding};
-use crate::client::{Connections, Sent, Setup, Vet, VetRefusal};
-use crate::inject::{Injection, injects_method};
-pub use crate::origin::Origin;
-use crate::origin::shown;
-use crate::origin::{default_port, literal_ip, normal_host};
-use crate::policy::helper_host;
-use crate::proxy::Proxies;
-use crate::resolver::Resolver;
-use crate::tls::TrustedRoots;
+use crate::agent::inject::{Injection, injects_method};
+pub use crate::outbound::Origin;
+use crate::outbound::Resolver;
+use crate::outbound::TrustedRoots;
+use crate::outbound::broker_only::helper_host;
+use crate::outbound::proxy::Proxies;
+use crate::outbound::shown;
+use crate::outbound::{Caps, Limit, Slot, holding};
+use crate::outbound::{Connections, Sent, Setup, Vet, VetRefusal};
+use crate::outbound::{default_port, literal_ip, normal_host};
 
 /// The largest request body an agent may send unless
 /// [`AgentEgress::max_request_body`] says otherwise (the body is held in
@@ -432,7 +432,7 @@ struct Log {
 
 impl Refusals {
     fn refuse(&self, target: String, address: Option<SocketAddr>, reason: Reason) {
-        tracing::debug!(target: crate::trace::TARGET, destination = target, reason = %reason, "agent request refused");
+        tracing::debug!(target: crate::outbound::trace::TARGET, destination = target, reason = %reason, "agent request refused");
         let mut log = self.0.lock().unwrap();
         log.counts[reason.index()] += 1;
         if log.recent.len() == REFUSALS_KEPT {
@@ -533,7 +533,7 @@ impl AgentEgress {
     /// are looked up as the credential looks them up (its sandbox's
     /// [`crate::SandboxBuilder::resolver`]), so the broker's name is found
     /// where the credential finds it.
-    pub fn for_agent_of(linked: &crate::linked::LinkedCredential) -> Result<Self> {
+    pub fn for_agent_of(linked: &crate::agent::linked::LinkedCredential) -> Result<Self> {
         let mut egress = AgentEgress::new();
         egress.resolver = linked.resolver().clone();
         for url in linked.broker_urls() {
@@ -838,7 +838,7 @@ impl WasiHttpHooks for AgentEgress {
                 resolver: self.resolver.clone(),
                 caps: Some(self.caps.clone()),
                 withhold: Some(Arc::new(|why: &str| {
-                    tracing::warn!(target: crate::trace::TARGET, why, "an agent's request failed at the host's proxy");
+                    tracing::warn!(target: crate::outbound::trace::TARGET, why, "an agent's request failed at the host's proxy");
                 })),
             }));
         }
@@ -898,8 +898,8 @@ async fn holding_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RUNTIME_ACCESS_URL;
-    use crate::client::tests::mute_server;
+    use crate::outbound::RUNTIME_ACCESS_URL;
+    use crate::outbound::mute_server;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -74,11 +74,11 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use crate::caps::{Caps, Limit, Reservation, Slot, held_bytes};
-use crate::proxy::{Proxies, ProxyUrl};
-use crate::resolver::Resolver;
-use crate::tls::{TrustedRoots, explain};
-use crate::tunnel::{Tunnel, refused_by, to_proxy, tunnel};
+use crate::outbound::caps::{Caps, Limit, Reservation, Slot, held_bytes};
+use crate::outbound::proxy::{Proxies, ProxyUrl};
+use crate::outbound::resolver::Resolver;
+use crate::outbound::tls::{TrustedRoots, explain};
+use crate::outbound::tunnel::{Tunnel, refused_by, to_proxy, tunnel};
 
 /// A response and the future that drives its connection, as
 /// `WasiHttpHooks::send_request` returns them.
@@ -250,7 +250,7 @@ impl Connections {
     ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
         let this = self.clone();
         async move {
-            let target = crate::origin::shown(request.uri());
+            let target = crate::outbound::origin::shown(request.uri());
             let (parts, body) = request.into_parts();
             let body = this.collect(body, &target).await?;
             this.send_collected(parts, body, options).await
@@ -279,7 +279,7 @@ impl Connections {
             _ => None,
         }
         .cloned();
-        let target = crate::origin::shown(&parts.uri);
+        let target = crate::outbound::origin::shown(&parts.uri);
         async move {
             let timeouts = Timeouts::from(options);
             let deadline = tokio::time::Instant::now() + timeouts.head;
@@ -480,7 +480,7 @@ impl tower_service::Service<Uri> for Connector {
             // is dropped.
             let slot = match &this.caps {
                 Some(caps) => Some(
-                    caps.take(Limit::Connections, &crate::origin::shown(&uri))
+                    caps.take(Limit::Connections, &crate::outbound::origin::shown(&uri))
                         .ok_or(ConnectError::Limit)?,
                 ),
                 None => None,

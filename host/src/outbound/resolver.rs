@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
-use crate::origin::normal_host;
-use crate::proxy::inet_aton;
+use crate::outbound::origin::normal_host;
+use crate::outbound::proxy::inet_aton;
 
 /// What a [`Resolver::from_fn`] function returns.
 type Lookup = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;

@@ -1,13 +1,13 @@
 //! A connection to an HTTP proxy, and a CONNECT tunnel through it: what
-//! [`crate::client`] uses when [`crate::proxy`] names a proxy for a request.
+//! [`crate::outbound::client`] uses when [`crate::proxy`] names a proxy for a request.
 //! Errors are sentences that name the proxy (never its credentials) and
 //! what to do.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::ProxyUrl;
-use crate::resolver::Resolver;
+use crate::outbound::proxy::ProxyUrl;
+use crate::outbound::resolver::Resolver;
 
 /// A TCP connection to `proxy`, its host name looked up by `resolver`.
 pub(crate) async fn to_proxy(proxy: &ProxyUrl, resolver: &Resolver) -> Result<TcpStream, String> {

@@ -1,0 +1,28 @@
+//! Engine: the wasmtime engine and the credential component, compiled once
+//! (or loaded from the precompiled cache) and linked, from which every
+//! sandbox is instantiated; the store's state; the WASI 0.3 build's
+//! bindings. Its threat model is the component itself: it runs with the
+//! limits, the epoch interruption and the WASI the host links, and reaches
+//! the network only through [`crate::policy`].
+//!
+//! - `bindings.rs`: the `cred-broker` world's [`bindings`], from `bindgen!`.
+//! - `error.rs`: the WIT `credential-error` to and from the core's.
+//! - `host.rs`: [`Host`], one engine and the credential component.
+//! - `p3.rs`: the credential's WASI 0.3 build ([`crate::p3`]).
+//! - `precompiled.rs`: compile once, cache the machine code
+//!   ([`crate::precompiled`]).
+//! - `state.rs`: what a store holds ([`State`]) and the shared linker.
+
+pub mod bindings;
+mod error;
+mod host;
+pub mod p3;
+pub mod precompiled;
+mod state;
+
+pub(crate) use host::Pre;
+pub use host::{
+    Build, COMPONENT, COMPONENT_P3, COMPONENT_P3_WASM, COMPONENT_WASM, EPOCH_TICK, Host,
+    HostOptions, engine_config, engine_config_for, yield_on_epoch,
+};
+pub use state::{State, link};
