@@ -29,7 +29,15 @@ mkdir -p "$target"
 venv="$target/venv"
 export VD_CRED_BROKER_CACHE_DIR="$target/test-cache/vd-cred-broker"
 
-python3 scripts/one-build.py
+# The one-build forecast reads only the manifests and the lockfile: run
+# again when one of them changes.
+manifests=$(inputs_digest "$(cargo -V)" Cargo.lock \
+    $(find . -name Cargo.toml -not -path './target*' -not -path '*/node_modules/*'))
+if ! fresh "$target/one-build" "$manifests"; then
+    python3 scripts/one-build.py
+    touch "$target/one-build"
+    stamp "$target/one-build" "$manifests"
+fi
 python3 scripts/check-links.py
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
