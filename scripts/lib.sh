@@ -27,11 +27,18 @@ print(found)
 ' "$name"
 }
 
-# Build host-test (its build script builds both credential components and
-# the test guests) and print its executable's path. Extra arguments go to
-# `cargo build`.
+# Build host-test (the mock broker and the other test servers; its build
+# script builds both credential components and the test guests) and print
+# its executable's path. Extra arguments go to `cargo build`.
 build_host_test() {
     cargo_executable host-test build --package host-test "$@"
+}
+
+# Build the command line, vd-cred (with the demo, so host-test and both
+# components too), and print its executable's path. Extra arguments go to
+# `cargo build`.
+build_cli() {
+    cargo_executable vd-cred build --package vd-cred-cli "$@"
 }
 
 # inputs_digest WORDS PATH...: one SHA-256 over WORDS (tool versions, say)

@@ -3,15 +3,16 @@
 the test wheel.
 
 Cargo resolves a crate's features per invocation, over the packages it
-builds: `cargo run -p host-test` (the demo), `cargo test --workspace` (the
-tests) and maturin's build of `vd-cred-python` (the test wheel) each get
-their own set, and a crate built with other features is built again, with
-everything above it (wasmtime takes minutes on two cores). host-test's and
-vd-cred-python's manifests ask for what the workspace's tests resolve (see
+builds: `cargo run -p vd-cred-cli` (the demo), `cargo build -p host-test`
+(the mock broker, for the Python tests and jco), `cargo test --workspace`
+(the tests) and maturin's build of `vd-cred-python` (the test wheel) each
+get their own set, and a crate built with other features is built again, with
+everything above it (wasmtime takes minutes on two cores). The CLI's,
+host-test's and vd-cred-python's manifests ask for what the workspace's tests resolve (see
 their comments); this check says when they stop agreeing.
 
-It compares `cargo tree`'s features for the demo's and the test wheel's
-packages with the tests' and fails naming each crate that one of them
+It compares `cargo tree`'s features for the demo's, the mock broker's and
+the test wheel's packages with the tests' and fails naming each crate that one of them
 resolves with other features. Crates only one of them has (pyo3, say) do not
 count. Run from the repository's root (scripts/test.sh does).
 """
@@ -68,7 +69,8 @@ def resolved(*args):
 def main():
     tests = resolved("--workspace", "--exclude", "vd-cred-python", "--edges", "normal,build,dev")
     others = {
-        "the demo (cargo run -p host-test)": ["--package", "host-test"],
+        "the demo (cargo run -p vd-cred-cli)": ["--package", "vd-cred-cli"],
+        "the mock broker (cargo build -p host-test)": ["--package", "host-test"],
         "the test wheel (python/, --features test-hooks)": [
             "--package",
             "vd-cred-python",

@@ -63,10 +63,11 @@ if ! fresh "$VD_PY_AGENT_WASM" "$py"; then
     stamp "$VD_PY_AGENT_WASM" "$py"
 fi
 
-# host-test: the run-agent the agents' tests spawn, and the mock broker the
-# Python tests drive (the demo's build of it).
+# vd-cred: the run-agent the agents' tests spawn (the demo's build of it);
+# host-test: the mock broker the Python tests drive.
+VD_CLI_BIN=$(build_cli)
 VD_HOST_TEST_BIN=$(build_host_test)
-export VD_HOST_TEST_BIN
+export VD_CLI_BIN VD_HOST_TEST_BIN
 
 # Every test binary, built by one cargo invocation (`--workspace --exclude
 # vd-cred-python` each time: one feature set, one build), then run side by
@@ -108,7 +109,7 @@ rm -rf "$logs"
 mkdir -p "$logs"
 # The 0.3 pass skips the modules whose verdict does not depend on the
 # build under test: concurrent (the 0.3 build always), agents_lang
-# (run-agent's 0.2 build), composition (the reader composed with the 0.2
+# (vd-cred run-agent's 0.2 build), composition (the reader composed with the 0.2
 # build), hostile_http (the host's bounds on an agent's own HTTP; the
 # credential only serves tokens beside the floods, as in the modules that
 # do run).

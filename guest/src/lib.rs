@@ -4,7 +4,7 @@
 //! An agent built for `wasm32-wasip2` with this crate imports
 //! `vibedata:cred-broker/token-credential` (the `credential-user` world of
 //! `wit/world.wit`). Whatever meets that import hands it tokens: the host's
-//! linked credential (`vd-cred-host`, `host-test run-agent`), or the
+//! linked credential (`vd-cred-host`, `vd-cred run-agent`), or the
 //! credential component plugged in by composition (`wac plug`). The agent
 //! never sees the intent bearer or the broker.
 //!

@@ -13,13 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::{self, TestAgent};
 use host_test::azure::MockAzure;
 use host_test::fast_broker::FastBroker;
 use host_test::rss_kib;
 use host_test::tls::{TestCa, Validity};
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential};
+use vd_cred_host::runner::AgentBuilder;
 use vd_cred_host::{Host, TrustedRoots};
 
 const VAULT: &str = "https://vault.azure.net/.default";

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::{self, TestAgent};
 use host_test::{MockBroker, rss_kib};
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential};
+use vd_cred_host::runner::AgentBuilder;
 use vd_cred_host::{Host, Sandbox, default_options};
 
 const VAULT: &str = "https://vault.azure.net/.default";

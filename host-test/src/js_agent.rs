@@ -1,7 +1,7 @@
 //! The JavaScript agent (`examples/js-agent`, componentized with
 //! componentize-js): plain `fetch` through wasi:http, no credential code
 //! (its `mint` export, which uses the credential import, is exercised
-//! through `host-test run-agent` in tests/end_to_end/agents_lang.rs).
+//! through `vd-cred run-agent` in tests/end_to_end/agents_lang.rs).
 //! Built by `examples/js-agent/build.sh` (scripts/test.sh builds it into
 //! cargo's target directory), not by cargo: it needs Node.js.
 
@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store};
 
-use crate::agent::{AgentBuilder, AgentState, link};
 use vd_cred_host::linked::LinkedCredential;
+use vd_cred_host::runner::{AgentBuilder, AgentState, link};
 
 mod bindings {
     wasmtime::component::bindgen!({

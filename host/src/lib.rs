@@ -3,10 +3,7 @@
 // Without the agent route, the lower layers' items that serve only it
 // (origins, caps, resolvers) go unused and their (and the README's) links to
 // it have no target; with it (the default), the lints still check them.
-#![cfg_attr(
-    not(feature = "agent"),
-    allow(dead_code, unused_imports, rustdoc::broken_intra_doc_links)
-)]
+#![cfg_attr(not(feature = "agent"), allow(rustdoc::broken_intra_doc_links))]
 
 // The layers, lowest first; each imports only from its own folder or those
 // below it: `outbound` (HTTP out, the credential's egress policy), `engine`
@@ -19,9 +16,9 @@ mod outbound;
 mod sandboxes;
 
 #[cfg(feature = "agent")]
-pub use agent::{egress, inject, linked};
+pub use agent::{egress, inject, linked, runner};
 pub use engine::{bindings, p3, precompiled};
-pub use outbound::broker_only as policy;
+pub use outbound::broker_only;
 pub use outbound::{proxy, trace};
 pub use sandboxes::{from_env, shared};
 

@@ -1,6 +1,6 @@
 //! Rust agents built on the guest crate (`vd-cred-guest`): the wstd example
 //! agent (`examples/wstd-agent`) gets a Key Vault token through the crate and
-//! reads a secret with wstd's HTTP client, run as `host-test run-agent` runs
+//! reads a secret with wstd's HTTP client, run as `vd-cred run-agent` runs
 //! an agent (its credential import linked by the host, the call WAVE-encoded).
 //!
 //! Key Vault is the TLS mock with a throw-away CA on loopback; the vault's
@@ -9,12 +9,12 @@
 use std::sync::OnceLock;
 
 use host_test::agent::wstd_agent::WSTD_AGENT_WASM;
-use host_test::agent::{self, AgentBuilder, AgentState};
 use host_test::azure::MockAzure;
 use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+use vd_cred_host::runner::{self, AgentBuilder, AgentState};
 use wasmtime::component::{Component, InstancePre, Val};
 
 use crate::{Fixture, VAULT, rand_u64};
@@ -30,7 +30,7 @@ fn wstd_agent() -> &'static (Component, InstancePre<AgentState>) {
         let engine = crate::host().engine();
         let (component, _) =
             vd_cred_host::precompiled::load(engine, std::path::Path::new(WSTD_AGENT_WASM)).unwrap();
-        let pre = agent::link(engine, &component).unwrap();
+        let pre = runner::link(engine, &component).unwrap();
         (component, pre)
     })
 }
@@ -77,7 +77,7 @@ impl Vault {
         let (component, pre) = wstd_agent();
         let engine = crate::host().engine();
         let (mut store, instance) = builder.instantiate(engine, pre, linked).await.unwrap();
-        agent::invoke(component, &instance, &mut store, call)
+        vd_cred_cli::invoke(component, &instance, &mut store, call)
             .await
             .unwrap()
     }

@@ -1,6 +1,6 @@
 //! Agents written in Python (`examples/py-agent`, componentize-py) and
 //! JavaScript (`examples/js-agent`, componentize-js) minting through
-//! `host-test run-agent`, run as a process the way a user runs it: the host
+//! `vd-cred run-agent`, run as a process the way a user runs it: the host
 //! links each agent's `token-credential` import to the credential in its own
 //! sandbox, with an `--allow` list. A token for the allowed audience; for
 //! another scope `scope-not-allowed`, rendered by the agent in its own
@@ -8,8 +8,8 @@
 //!
 //! The agents are built outside cargo (scripts/test.sh builds both into
 //! cargo's target directory and names them in `VD_PY_AGENT_WASM` and
-//! `VD_JS_AGENT_WASM`); `host-test` is built here with `cargo build
-//! --package host-test` unless `VD_HOST_TEST_BIN` names it.
+//! `VD_JS_AGENT_WASM`); `vd-cred` is built here with `cargo build
+//! --package vd-cred-cli` unless `VD_CLI_BIN` names it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,13 +91,13 @@ impl Lang {
     }
 }
 
-/// The `host-test` binary: `VD_HOST_TEST_BIN`, else built (once per test
-/// process; a no-op when fresh) with `cargo build --package host-test`, as
+/// The `vd-cred` binary: `VD_CLI_BIN`, else built (once per test process;
+/// a no-op when fresh) with `cargo build --package vd-cred-cli`, as
 /// scripts/test.sh builds it.
-fn host_test_bin() -> &'static Path {
+fn vd_cred_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("VD_HOST_TEST_BIN") {
+        if let Some(bin) = std::env::var_os("VD_CLI_BIN") {
             return PathBuf::from(bin);
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
@@ -130,23 +130,23 @@ fn host_test_bin() -> &'static Path {
             .args([
                 "build",
                 "--package",
-                "host-test",
+                "vd-cred-cli",
                 "--message-format=json-render-diagnostics",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stderr(Stdio::inherit())
             .output()
-            .expect("running cargo build --package host-test");
+            .expect("running cargo build --package vd-cred-cli");
         assert!(
             out.status.success(),
-            "cargo build --package host-test failed"
+            "cargo build --package vd-cred-cli failed"
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "host-test")
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "vd-cred")
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo build --package host-test names no host-test executable")
+            .expect("cargo build --package vd-cred-cli names no vd-cred executable")
     })
 }
 
@@ -156,11 +156,11 @@ struct Run {
     stderr: String,
 }
 
-/// `host-test run-agent <wasm> --allow <allow> --invoke 'mint([<scope>])'...`
+/// `vd-cred run-agent <wasm> --allow <allow> --invoke 'mint([<scope>])'...`
 /// with the fixture's broker and bearer file, and nothing else of this
 /// process's environment that the credential reads.
 fn run_agent(f: &Fixture, wasm: &Path, allow: &str, scopes: &[&str]) -> Run {
-    let mut command = Command::new(host_test_bin());
+    let mut command = Command::new(vd_cred_bin());
     command.arg("run-agent").arg(wasm).args(["--allow", allow]);
     for scope in scopes {
         command.args(["--invoke", &format!("mint([{scope:?}])")]);
@@ -178,7 +178,7 @@ fn run_agent(f: &Fixture, wasm: &Path, allow: &str, scopes: &[&str]) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawning host-test run-agent");
+        .expect("spawning vd-cred run-agent");
     // Both pipes are read while the child runs (a child that fills a pipe
     // nobody reads blocks on it).
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
@@ -332,7 +332,7 @@ fn run_agent_never_runs_planted_machine_code_and_refuses_a_preopen_over_its_cach
     let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
     std::fs::set_permissions(&planted, private).unwrap();
     let run = |extra: &[&str]| {
-        let mut command = Command::new(host_test_bin());
+        let mut command = Command::new(vd_cred_bin());
         command.arg("run-agent").arg(&wasm).args(extra);
         for name in vd_cred_host::from_env::ENV_VARS {
             command.env_remove(name);
@@ -344,7 +344,7 @@ fn run_agent_never_runs_planted_machine_code_and_refuses_a_preopen_over_its_cach
             .env("VD_RUNTIME_ACCESS_SOCKET", f.dir.path().join("none.sock"))
             .env(vd_cred_host::precompiled::ENV_CACHE_DIR, &cache)
             .output()
-            .expect("spawning host-test run-agent")
+            .expect("spawning vd-cred run-agent")
     };
     for round in ["compiled", "cached"] {
         let out = run(&[]);

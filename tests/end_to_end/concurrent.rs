@@ -182,9 +182,9 @@ async fn the_shared_instance_keeps_the_sandbox() {
 mod linked {
     use std::sync::{Arc, Mutex};
 
-    use host_test::agent::AgentBuilder;
     use host_test::agent::test_agent::{self, CredentialError as W, TestAgent};
     use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
+    use vd_cred_host::runner::AgentBuilder;
 
     use super::*;
 
@@ -337,9 +337,9 @@ mod linked {
 async fn a_refused_mint_counts_against_the_agents_budget() {
     // The intent grants no storage: every storage call is refused by the
     // broker. With one mint a minute, the second never reaches it.
-    use host_test::agent::AgentBuilder;
     use host_test::agent::test_agent::{self, CredentialError as W};
     use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential};
+    use vd_cred_host::runner::AgentBuilder;
     let f = Fixture::new();
     f.broker
         .set_default(Reply::json(403, r#"{"detail":"not in this intent"}"#));

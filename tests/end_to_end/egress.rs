@@ -5,11 +5,11 @@
 //! connected; link-local and metadata refusals are pinned as decisions of the
 //! policy (`vd_cred_host::egress` unit tests), never by connecting.
 
-use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::{self, TestAgent};
 use host_test::{MockBroker, Reply};
 use vd_cred_host::egress::{Reason, Refusal};
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+use vd_cred_host::runner::AgentBuilder;
 
 use crate::Fixture;
 

@@ -5,13 +5,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::{
     self, CredentialError as W, CredentialOptions, TestAgent, TokenRequestOptions,
 };
 use host_test::{Reply, TestClock};
 use vd_cred_host::Sandbox;
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
+use vd_cred_host::runner::AgentBuilder;
 
 use crate::{Fixture, GUEST_FILE, VAULT};
 

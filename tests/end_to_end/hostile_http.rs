@@ -9,11 +9,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::TestAgent;
 use host_test::sink::Sink;
 use vd_cred_host::egress::{EgressLimits, Reason};
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+use vd_cred_host::runner::AgentBuilder;
 
 use crate::{Fixture, VAULT};
 

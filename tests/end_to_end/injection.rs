@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use host_test::agent::test_agent::{self, TestAgent};
-use host_test::agent::{AgentBuilder, AgentState};
 use host_test::azure::{MockAzure, Scripted};
 use host_test::tls::{TestCa, Validity};
 use host_test::{MockBroker, Reply};
@@ -17,6 +16,7 @@ use vd_cred_broker::CredentialError;
 use vd_cred_host::egress::Reason;
 use vd_cred_host::inject::InjectOutcome;
 use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
+use vd_cred_host::runner::{AgentBuilder, AgentState};
 use wasmtime::component::InstancePre;
 
 use crate::Fixture;

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use host_test::agent::test_agent::{
     self, CredentialError as W, CredentialOptions, TestAgent, TokenRequestOptions,
 };
-use host_test::agent::{AgentBuilder, AgentState};
 use host_test::{MockBroker, Reply};
 use vd_cred_broker::CredentialError as E;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential, TokenSource};
+use vd_cred_host::runner::{AgentBuilder, AgentState};
 use wasmtime::component::InstancePre;
 
 use crate::{Fixture, GUEST_FILE, VAULT};

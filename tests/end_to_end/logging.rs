@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::{self, TestAgent};
 use host_test::azure::MockAzure;
 use host_test::tls::{TestCa, Validity};
@@ -20,6 +19,7 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+use vd_cred_host::runner::AgentBuilder;
 
 use crate::{Fixture, VAULT, options};
 

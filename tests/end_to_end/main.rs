@@ -165,7 +165,7 @@ pub const OVERRUN_LIMIT: Duration = vd_cred_host::CALL_MARGIN;
 /// egress as `builder` says, its `token-credential` import linked to
 /// `linked`: the one way the suite makes a linked test agent.
 pub async fn linked_agent(
-    builder: host_test::agent::AgentBuilder,
+    builder: vd_cred_host::runner::AgentBuilder,
     linked: vd_cred_host::linked::LinkedCredential,
 ) -> host_test::agent::test_agent::TestAgent {
     host_test::agent::test_agent::TestAgent::new(

@@ -155,7 +155,7 @@ async fn bad_or_missing_lane_or_revision_fails_before_any_request() {
 }
 
 /// A mock helper on a real Unix socket in a temp dir, and a sandbox built the
-/// way `host-test get-token` builds it from its environment.
+/// way `vd-cred get-token` builds it from its environment.
 struct Helper {
     _dir: tempfile::TempDir,
     mock: MockBroker,
@@ -189,7 +189,7 @@ impl Helper {
         }
     }
 
-    /// `get-token` in a fresh sandbox built the way `host-test get-token` builds it.
+    /// `get-token` in a fresh sandbox built the way `vd-cred get-token` builds it.
     async fn get_token(&self, scopes: &[&str]) -> vd_cred_host::TokenResult {
         self.builder()
             .build()

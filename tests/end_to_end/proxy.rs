@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use host_test::MockBroker;
-use host_test::agent::AgentBuilder;
 use host_test::agent::test_agent::TestAgent;
 use host_test::proxy::TestProxy;
 use host_test::tls::{TestCa, Validity};
 use vd_cred_broker::CredentialError as E;
 use vd_cred_host::from_env::Setup;
 use vd_cred_host::linked::{AgentPolicy, LinkedCredential};
+use vd_cred_host::runner::AgentBuilder;
 use vd_cred_host::{Proxies, Sandbox, TrustedRoots};
 
 use crate::{Fixture, VAULT, options};

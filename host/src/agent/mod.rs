@@ -10,8 +10,11 @@
 //! - `inject.rs`: the host adds the token to the agent's requests
 //!   ([`crate::inject`]).
 //! - `linked.rs`: the host-linked credential ([`crate::linked`]).
+//! - `runner.rs`: a ready-made store for an agent, with all of the above
+//!   ([`crate::runner`]).
 
 mod backend;
 pub mod egress;
 pub mod inject;
 pub mod linked;
+pub mod runner;

@@ -3,7 +3,7 @@
 //! sandbox is instantiated; the store's state; the WASI 0.3 build's
 //! bindings. Its threat model is the component itself: it runs with the
 //! limits, the epoch interruption and the WASI the host links, and reaches
-//! the network only through [`crate::policy`].
+//! the network only through [`crate::broker_only`].
 //!
 //! - `bindings.rs`: the `cred-broker` world's [`bindings`], from `bindgen!`.
 //! - `error.rs`: the WIT `credential-error` to and from the core's.

@@ -14,20 +14,16 @@
 //! (it owns them: see [`held_bytes`]). Over a limit, the request is refused
 //! (`connection-limit-reached`) and the refusal recorded; nothing waits.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
-use wasmtime_wasi_http::{Error, WasiBody};
 
 /// Which count a refusal hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Limit {
-    /// Requests sent and not yet done with.
+    /// Requests sent and not yet done with (counted by the agent route).
+    #[cfg_attr(not(feature = "agent"), allow(dead_code))]
     RequestsInFlight,
     /// Connections open, idle ones included.
     Connections,
@@ -52,6 +48,7 @@ pub(crate) struct Caps {
 
 impl Caps {
     /// Counts starting at zero, with these limits.
+    #[cfg(feature = "agent")]
     pub(crate) fn new(
         requests: usize,
         connections: usize,
@@ -118,6 +115,7 @@ impl Caps {
     }
 
     /// Requests in flight, connections open and body bytes held, now.
+    #[cfg(feature = "agent")]
     pub(crate) fn now(&self) -> (usize, usize, usize) {
         let load = |c: &AtomicUsize| c.load(Ordering::Acquire);
         (load(&self.in_flight), load(&self.open), load(&self.held))
@@ -171,48 +169,66 @@ impl Drop for Reservation {
     }
 }
 
-/// `response` whose body holds `slot` (its request's) until the body is
-/// done with: read to its end, failed, or dropped unread.
-pub(crate) fn holding(
-    slot: Slot,
-    response: hyper::Response<WasiBody>,
-) -> hyper::Response<WasiBody> {
-    response.map(|body| {
-        SlotBody {
-            body,
-            slot: Some(slot),
-        }
-        .boxed_unsync()
-    })
-}
+#[cfg(feature = "agent")]
+pub(crate) use held_answer::holding;
 
-/// An answer's body holding its request's slot until it ends.
-struct SlotBody {
-    body: WasiBody,
-    slot: Option<Slot>,
-}
+/// An agent's answers, each holding its request's slot (the agent route's
+/// egress only).
+#[cfg(feature = "agent")]
+mod held_answer {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
-impl Body for SlotBody {
-    type Data = Bytes;
-    type Error = Error;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::body::{Body, Frame};
+    use wasmtime_wasi_http::{Error, WasiBody};
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.slot = None;
-        }
-        polled
+    use super::Slot;
+
+    /// `response` whose body holds `slot` (its request's) until the body is
+    /// done with: read to its end, failed, or dropped unread.
+    pub(crate) fn holding(
+        slot: Slot,
+        response: hyper::Response<WasiBody>,
+    ) -> hyper::Response<WasiBody> {
+        response.map(|body| {
+            SlotBody {
+                body,
+                slot: Some(slot),
+            }
+            .boxed_unsync()
+        })
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+    /// An answer's body holding its request's slot until it ends.
+    struct SlotBody {
+        body: WasiBody,
+        slot: Option<Slot>,
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+    impl Body for SlotBody {
+        type Data = Bytes;
+        type Error = Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+            let polled = Pin::new(&mut self.body).poll_frame(cx);
+            if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+                self.slot = None;
+            }
+            polled
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.body.is_end_stream()
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            self.body.size_hint()
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! - `broker_only.rs`: the credential's egress policy, [`BrokerOnly`]: only
 //!   the broker's origin or the runtime-access helper's (public as
-//!   [`crate::policy`]).
+//!   [`crate::broker_only`]).
 //! - `caps.rs`: what one agent's HTTP holds at once, against its limits.
 //! - `client.rs`: the pooled HTTP/1.1 client that sends what a policy lets
 //!   through.
@@ -30,11 +30,17 @@ pub mod trace;
 mod tunnel;
 
 pub use broker_only::RUNTIME_ACCESS_URL;
-pub(crate) use caps::{Caps, Limit, Slot, holding};
 #[cfg(test)]
 pub(crate) use client::tests::mute_server;
-pub(crate) use client::{Connections, Sent, Setup, Vet, VetRefusal};
-pub use origin::Origin;
-pub(crate) use origin::{default_port, literal_ip, normal_host, shown};
 pub use resolver::Resolver;
 pub use tls::TrustedRoots;
+
+// What only the agent route's egress uses (the `agent` feature).
+#[cfg(feature = "agent")]
+pub(crate) use caps::{Caps, Limit, Slot, holding};
+#[cfg(feature = "agent")]
+pub(crate) use client::{Connections, Sent, Setup, Vet, VetRefusal};
+#[cfg(feature = "agent")]
+pub use origin::Origin;
+#[cfg(feature = "agent")]
+pub(crate) use origin::{default_port, literal_ip, normal_host, shown};

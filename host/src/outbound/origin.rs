@@ -4,7 +4,7 @@
 //! match on it, so that a name spelled otherwise (upper case, a trailing
 //! dot, an IPv4 literal in another form) is the same name to both.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use hyper::Uri;
 
@@ -35,6 +35,7 @@ pub(crate) fn normal_host(host: &str) -> Option<String> {
 }
 
 /// The default port of `scheme` (`http`, `https`), `None` for any other.
+#[cfg(feature = "agent")]
 pub(crate) fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
         "http" => Some(80),
@@ -44,15 +45,17 @@ pub(crate) fn default_port(scheme: &str) -> Option<u16> {
 }
 
 /// The IP address a normalised host names literally, if it does.
-pub(crate) fn literal_ip(host: &str) -> Option<IpAddr> {
+#[cfg(feature = "agent")]
+pub(crate) fn literal_ip(host: &str) -> Option<std::net::IpAddr> {
     host.trim_start_matches('[')
         .trim_end_matches(']')
-        .parse::<IpAddr>()
+        .parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| ip.to_canonical())
 }
 
 /// A request's origin: scheme, normalised host, port (made explicit).
+#[cfg(feature = "agent")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     /// `http` or `https`.
@@ -63,6 +66,7 @@ pub struct Origin {
     pub port: u16,
 }
 
+#[cfg(feature = "agent")]
 impl Origin {
     /// The origin of `uri`; `None` without an http(s) scheme and a usable host.
     pub fn of(uri: &Uri) -> Option<Origin> {
@@ -74,6 +78,7 @@ impl Origin {
     }
 }
 
+#[cfg(feature = "agent")]
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)

@@ -27,7 +27,7 @@ type Lookup = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 /// [`crate::SandboxBuilder::resolver`],
 /// [`crate::egress::AgentEgress::resolver`] (which
 /// [`crate::egress::AgentEgress::for_agent_of`] starts with the credential's),
-/// [`crate::policy::BrokerOnly::resolver`].
+/// [`crate::broker_only::BrokerOnly::resolver`].
 ///
 /// An IP address is never looked up, in any form the system's resolver
 /// takes for one (`127.0.0.1`, `[::1]`, and the forms `inet_aton` takes:

@@ -1,5 +1,5 @@
 //! The sandbox a process builds from its own environment, the way the
-//! original credential finds its inputs: `host-test get-token` and the Python
+//! original credential finds its inputs: `vd-cred get-token` and the Python
 //! package both use it.
 
 use std::path::{Path, PathBuf};

@@ -689,6 +689,7 @@ impl Sandbox {
 
     /// How the credential's host names are looked up (for an agent's
     /// egress policy to look the broker up the same way).
+    #[cfg(feature = "agent")]
     pub(crate) fn resolver(&self) -> Resolver {
         self.recipe.resolver()
     }

@@ -90,7 +90,8 @@ struct Inner {
     traffic: Arc<Traffic>,
     withheld: Withheld,
     broker_urls: Vec<String>,
-    /// How the credential's host names are looked up.
+    /// How the credential's host names are looked up (for an agent's egress).
+    #[cfg_attr(not(feature = "agent"), allow(dead_code))]
     resolver: crate::outbound::Resolver,
     clock: Arc<dyn HostWallClock + Sync>,
     /// Credentials opened for [`SharedCredential::open_shared`], by options.
@@ -378,6 +379,7 @@ impl SharedCredential {
     }
 
     /// How the credential's host names are looked up.
+    #[cfg(feature = "agent")]
     pub(crate) fn resolver(&self) -> crate::outbound::Resolver {
         self.inner.resolver.clone()
     }
