@@ -17,6 +17,19 @@
 //! - [`ClosedPort`] is a loopback port held where nothing listens.
 //! - [`rss_kib`], [`peak_rss_kib`] and [`reset_peak_rss`] read and reset
 //!   this process's memory (Linux), for the tests and the benchmarks alike.
+//! - [`agent`] is the test agent (typed calls for every attack the tests
+//!   make) and [`js_agent`] the JavaScript one, both run in
+//!   [`vd_cred_host::runner`]'s store.
+//! - [`azure::MockAzure`] is a mock Key Vault and Storage; [`proxy`] a
+//!   loopback HTTP proxy, counted and recorded.
+//! - [`original`] runs the original Python credential beside the component,
+//!   [`plain_host`] the credential in a host configured as most embedders
+//!   leave it, and [`wave`] times a wave of concurrent calls: for the
+//!   benchmarks.
+//!
+//! `src/main.rs` is the `host-test` binary: the mock broker, the mock Azure
+//! services and the benchmark broker as processes, for other runtimes'
+//! tests. The product's command line is `vd-cred` (`cli/`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

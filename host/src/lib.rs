@@ -1,14 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
-// Without the agent route, the lower layers' items that serve only it
-// (origins, caps, resolvers) go unused and their (and the README's) links to
-// it have no target; with it (the default), the lints still check them.
+// Without the agent route, the README's and the lower layers' doc links to
+// it have no target (the items that serve only it are gated item by item).
 #![cfg_attr(not(feature = "agent"), allow(rustdoc::broken_intra_doc_links))]
 
 // The layers, lowest first; each imports only from its own folder or those
 // below it: `outbound` (HTTP out, the credential's egress policy), `engine`
 // (engine, component, store), `sandboxes` (credential instances), `agent`
-// (linked credential, agent egress, injection; the `agent` feature).
+// (linked credential, agent egress, injection, the agent's store; the
+// `agent` feature).
 #[cfg(feature = "agent")]
 mod agent;
 mod engine;

@@ -5,6 +5,29 @@
 //! The suite runs against the WASI 0.2 build, or with `VD_E2E_BUILD=p3` the
 //! WASI 0.3 build (`scripts/test.sh` runs both); `concurrent` holds what
 //! only the 0.3 build does.
+//!
+//! The credential through the component:
+//! - `protocol`, `modes`: exactly what the original sends (broker 0.1, 0.2,
+//!   the runtime-access helper) and how it reads the answer.
+//! - `errors`, `hostile`, `secrets`: every error case; malformed and hostile
+//!   input failing closed; no bearer or token in any text.
+//! - `lifetime`, `rotation`, `retries`, `keepalive`: the cache and refresh on
+//!   the host's clock, the bearer re-read, retries in one deadline, the kept
+//!   connection.
+//! - `sandbox`, `tls`, `proxy`, `from_env`: what the sandbox holds, an https
+//!   broker with a private CA, proxies as `requests` uses them, the set-up
+//!   from a process's environment.
+//! - `logging`, `soak`: the host's spans and events; sustained faults.
+//! - `concurrent`: many calls in one 0.3 instance.
+//!
+//! Agents:
+//! - `linked`, `egress`, `injection`: the linked credential from inside a
+//!   test agent, the agent's own HTTP, tokens it never holds.
+//! - `hostile_agent`, `hostile_http`: an agent attacking the linked route and
+//!   the host through its own HTTP.
+//! - `agents`, `agents_lang`, `composition`: agents in Rust, Python and
+//!   JavaScript (through `vd-cred run-agent`), and the Key Vault example
+//!   composed with the credential.
 
 mod agents;
 mod agents_lang;
