@@ -1,8 +1,7 @@
 //! Scope normalisation and the resource -> audience map.
 
-use std::collections::BTreeMap;
-
 use crate::CredentialError;
+use crate::sorted_map::SortedMap;
 
 /// The broker's six audiences, keyed by normalised resource.
 pub const DEFAULT_AUDIENCES: [(&str, &str); 6] = [
@@ -50,18 +49,17 @@ pub fn normalize_scope(scope: &str) -> &str {
 /// Which broker audience each resource maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudienceMap {
-    // BTreeMap: `known_resources` comes out sorted for free.
-    entries: BTreeMap<String, String>,
+    // Sorted: `known_resources` comes out sorted for free.
+    entries: SortedMap<String>,
 }
 
 impl Default for AudienceMap {
     fn default() -> Self {
-        AudienceMap {
-            entries: DEFAULT_AUDIENCES
-                .iter()
-                .map(|(r, a)| (r.to_string(), a.to_string()))
-                .collect(),
+        let mut entries = SortedMap::default();
+        for (r, a) in DEFAULT_AUDIENCES {
+            entries.insert(r.to_string(), a.to_string());
         }
+        AudienceMap { entries }
     }
 }
 

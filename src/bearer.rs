@@ -171,11 +171,22 @@ pub fn preopen_relative<'a>(
         }
     }
     let (i, _, rest) = best?;
-    let relative: Vec<&str> = rest.split('/').filter(|c| !c.is_empty()).collect();
-    if relative.is_empty() || relative.iter().any(|c| *c == ".." || *c == ".") {
+    // The components joined by `/` (by hand: `[&str]::join` would be one
+    // more copy of the join code in the component).
+    let mut relative = String::new();
+    for c in rest.split('/').filter(|c| !c.is_empty()) {
+        if c == ".." || c == "." {
+            return None;
+        }
+        if !relative.is_empty() {
+            relative.push('/');
+        }
+        relative.push_str(c);
+    }
+    if relative.is_empty() {
         return None;
     }
-    Some((i, relative.join("/")))
+    Some((i, relative))
 }
 
 #[cfg(test)]

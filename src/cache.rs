@@ -1,11 +1,10 @@
 //! The token cache and its policy: per audience, bound to the bearer that
 //! minted each token, refreshed ahead of expiry. Pure: the caller passes `now`.
 
-use std::collections::BTreeMap;
-
 use sha2::{Digest, Sha256};
 
 use crate::Secret;
+use crate::sorted_map::SortedMap;
 
 /// Tokens are not served in their last five minutes (azure-core's margin).
 pub const EXPIRY_MARGIN_SECS: u64 = 300;
@@ -101,7 +100,7 @@ pub enum Lookup {
 /// Cached tokens by audience.
 #[derive(Debug, Default, Clone)]
 pub struct TokenCache {
-    entries: BTreeMap<String, Entry>,
+    entries: SortedMap<Entry>,
 }
 
 impl TokenCache {

@@ -359,7 +359,7 @@ impl Credential {
     }
 
     fn unreachable(&self, url: &str, error: SendError) -> CredentialError {
-        let ms = self.settings.timeout.as_millis();
+        let ms = millis_text(self.settings.timeout);
         if let (
             Mode::Helper { .. },
             SendError::TimedOut | SendError::Failed(_) | SendError::Tls(_) | SendError::Denied,
@@ -400,6 +400,18 @@ impl Credential {
     }
 }
 
+/// `duration.as_millis()` in decimal, without formatting a `u128` (whose
+/// formatting code is 1.7 KB of the component): the seconds' digits, then
+/// the milliseconds' three.
+fn millis_text(duration: Duration) -> String {
+    let (secs, millis) = (duration.as_secs(), duration.subsec_millis());
+    if secs == 0 {
+        millis.to_string()
+    } else {
+        format!("{secs}{millis:03}")
+    }
+}
+
 /// Failures after which a still-valid cached token may be served: the broker
 /// was unreachable or failed. A rejection (401/403: the intent was revoked or
 /// is out of scope) and a malformed answer are not.
@@ -416,6 +428,22 @@ mod tests {
     use super::*;
     use crate::ready;
     use std::collections::VecDeque;
+
+    #[test]
+    fn millis_text_is_as_millis() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_millis(999),
+            Duration::from_millis(1000),
+            Duration::from_millis(10_000),
+            Duration::from_millis(u32::MAX.into()),
+            Duration::from_nanos(1_000_999_999),
+            Duration::new(u64::MAX, 999_999_999),
+        ] {
+            assert_eq!(millis_text(d), d.as_millis().to_string(), "{d:?}");
+        }
+    }
 
     /// A scripted platform: answers in order, a settable clock, recorded sends and sleeps.
     struct Fake {

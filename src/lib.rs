@@ -29,6 +29,7 @@ mod ready;
 pub mod retry;
 mod secret;
 mod settings;
+mod sorted_map;
 mod wasi_glue;
 
 #[cfg(all(target_arch = "wasm32", feature = "wasip2"))]
