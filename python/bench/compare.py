@@ -1,9 +1,13 @@
 """Side by side, in one run, against one fast loopback broker: the original
 ``vibedata-studio-azure-cred-broker`` 0.2.0 and this package.
 
-    python python/bench/compare.py --broker target/debug/host-test [--wheel target/wheels/x.whl]
+    python python/bench/compare.py --broker <host-test> [--wheel <x.whl>] [--cli <vd-cred>] [--agent <agent.wasm>]
 
-(``scripts/bench-python.sh`` builds the release wheel and runs this.) The broker
+(``scripts/bench-python.sh`` builds the release wheel and the command line as
+``cargo run -p vd-cred-cli`` does, and runs this.) With ``--cli``, the rows of
+"Starting a process" too: ``vd-cred get-token`` as a whole process against the
+original's, and with ``--agent`` (the Python agent), ``vd-cred run-agent``
+first (its own empty cache each time) and later. The broker
 is ``host-test fast-broker``: one write per answer, TCP_NODELAY; its own round
 trip is measured first, so the rows show the clients, not the broker. Prints a
 Markdown table of medians (p90 in brackets).
@@ -97,6 +101,67 @@ def new_process(which, n):
     return walls, inside
 
 
+CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def whole_process(argv, env=None):
+    """Wall seconds of one process, and its peak RSS in KiB (this run's
+    children only: each is waited for alone)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{argv[:3]} failed: {proc.stderr.read().decode()}")
+    return wall, usage.ru_maxrss
+
+
+def process_rows(cli, agent, n):
+    """`vd-cred get-token` and the original's whole process, paired run for
+    run, with the three CA variables set to the system's bundle (the
+    original's `requests` reads them; ours reads a bundle only for https);
+    then `run-agent` if an agent is given."""
+    env = dict(os.environ)
+    bundle = "no system bundle found: CA variables unset"
+    if os.path.exists(SYSTEM_BUNDLE):
+        env.update({name: SYSTEM_BUNDLE for name in CA_VARS})
+        bundle = f"CA variables set to {SYSTEM_BUNDLE}"
+    original = [sys.executable, "-c", FIRST_TOKEN, "original", VAULT]
+    ours = [cli, "get-token", VAULT]
+    whole_process(original, env)
+    whole_process(ours, env)
+    o, c, ratios = [], [], []
+    for _ in range(n):
+        o.append(whole_process(original, env)[0])
+        c.append(whole_process(ours, env)[0])
+        ratios.append(c[-1] / o[-1])
+    rows = [
+        ("new process: the original's, python -c, import and get_token", stats(o), bundle),
+        ("new process: `vd-cred get-token` (this build of the CLI)", stats(c), bundle),
+        ("`vd-cred get-token` / the original's process", f"{statistics.median(ratios):.3f}x", "median of the pairs"),
+    ]
+    if agent:
+        call = ["--allow", "https://vault.azure.net", "--invoke", f'mint(["{VAULT}"])']
+        first, peaks = [], []
+        for _ in range(3):
+            with tempfile.TemporaryDirectory() as cache:
+                wall, peak = whole_process([cli, "run-agent", agent, *call], {**env, "VD_CRED_BROKER_CACHE_DIR": cache})
+            first.append(wall)
+            peaks.append(peak)
+        rows.append(("`vd-cred run-agent` the agent, first run: compiles it", stats(first), f"{max(peaks) // 1024} MiB peak, own empty cache each run"))
+        with tempfile.TemporaryDirectory() as cache:
+            later_env = {**env, "VD_CRED_BROKER_CACHE_DIR": cache}
+            whole_process([cli, "run-agent", agent, *call], later_env)
+            later, peaks = [], []
+            for _ in range(10):
+                wall, peak = whole_process([cli, "run-agent", agent, *call], later_env)
+                later.append(wall)
+                peaks.append(peak)
+        rows.append(("`vd-cred run-agent` the agent, later runs: from the cache", stats(later), f"{max(peaks) // 1024} MiB peak"))
+    return rows
+
+
 def start_broker(host_test):
     """``host-test fast-broker`` and a bearer file, with the environment
     pointing both credentials at them: (the broker's process, its URL)."""
@@ -122,6 +187,9 @@ def main():
     parser.add_argument("--broker", required=True, help="the host-test binary (fast-broker)")
     parser.add_argument("--wheel", help="the wheel to report the size of")
     parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--cli", help="the vd-cred binary, for the process rows")
+    parser.add_argument("--agent", help="an agent component exporting mint(scopes), for the run-agent rows")
+    parser.add_argument("--processes", type=int, default=20, help="paired process runs")
     args = parser.parse_args()
 
     broker, url = start_broker(args.broker)
@@ -166,6 +234,8 @@ def main():
     rows.append(("new process: import to first token, this package", stats(pi), "precompiled component from the user cache"))
     rows.append(("new process: whole process, original", stats(ow), "python -c, interpreter start included"))
     rows.append(("new process: whole process, this package", stats(pw), ""))
+    if args.cli:
+        rows += process_rows(args.cli, args.agent, args.processes)
     if args.wheel:
         rows.append(("wheel size", f"{os.path.getsize(args.wheel):,} bytes", os.path.basename(args.wheel)))
 

@@ -1,7 +1,11 @@
 """Every error kind from Python: the original's exception type, ``.kind``,
 ``.status``, the component's message, and never a secret."""
 
+import decimal
 import json
+import subprocess
+import sys
+from fractions import Fraction
 
 import pytest
 
@@ -45,6 +49,8 @@ def test_missing_settings_fail_at_construction_naming_the_variable(env):
     [
         ({"timeout": 0}, "timeout"),
         ({"timeout": "10"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"timeout": decimal.Decimal("10")}, "timeout"),
         ({"broker_url": "http://broker.example.com/api"}, "allow-insecure-http"),
         ({"audience_map": [("a", "b")]}, "audience_map"),
     ],
@@ -53,6 +59,24 @@ def test_bad_arguments_are_configuration_errors(env, kwargs, says):
     with pytest.raises(ValueError) as excinfo:
         StudioAzureCredBroker(**kwargs)
     check(excinfo, ConfigurationError, ValueError, "configuration", says=[says])
+
+
+def test_a_timeout_is_any_real_number_of_seconds(env):
+    """As the original's check (``numbers.Real``): a ``Fraction`` is one, a
+    ``Decimal`` is not (above), and ``numbers`` is imported only to ask."""
+    StudioAzureCredBroker(timeout=Fraction(5, 2))
+    StudioAzureCredBroker(timeout=2.5)
+    StudioAzureCredBroker(timeout=3)
+
+
+def test_importing_the_package_does_not_import_numbers():
+    code = (
+        "import sys, azure.core.credentials; before = 'numbers' in sys.modules; "
+        "import vd_cred_broker; print(before, 'numbers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # azure.core (pinned) does not import it either, so the check means something.
+    assert out.stdout.split() == ["False", "False"], out.stdout
 
 
 @pytest.mark.parametrize(

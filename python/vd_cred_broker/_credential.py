@@ -1,7 +1,6 @@
 """The synchronous credential."""
 
 import logging
-import numbers
 import os
 import re
 import sys
@@ -85,8 +84,20 @@ def _logged(credential: object, method: str, call: Callable[[], _T]) -> _T:
     return result
 
 
+def _is_real(value: Any) -> bool:
+    """``isinstance(value, numbers.Real)``, with ``numbers`` imported only for
+    a value that is neither ``int`` nor ``float`` (a NumPy float, a
+    ``Fraction``): importing it costs every process more than the rest of
+    this module."""
+    if isinstance(value, (int, float)):
+        return True
+    import numbers
+
+    return isinstance(value, numbers.Real)
+
+
 def _timeout_ms(timeout: Any) -> int:
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+    if isinstance(timeout, bool) or not _is_real(timeout):
         raise ConfigurationError(
             f"timeout must be a number of seconds (int or float), not {type(timeout).__name__}"
         )
