@@ -32,9 +32,10 @@ def _in_credential_chain() -> bool:
 
 
 # A URL's user-info and query or fragment (a configuration error quotes the
-# URL it was given): never logged.
-_USERINFO = re.compile(r"(://)[^/\s\"'@]*@")
-_QUERY = re.compile(r"(://[^\s\"'?#]*)[?#][^\s\"']*")
+# URL it was given): never logged. Compiled on the first failure logged, not
+# at import (compiling them was a fifth of this module's import).
+_USERINFO = r"(://)[^/\s\"'@]*@"
+_QUERY = r"(://[^\s\"'?#]*)[?#][^\s\"']*"
 
 
 def _described(error: BaseException) -> str:
@@ -42,13 +43,16 @@ def _described(error: BaseException) -> str:
     ``kind``, else its type's name) and its message, with any URL's user-info
     and query removed. The message never holds the bearer or a token."""
     kind = getattr(error, "kind", None) or type(error).__name__
-    message = _QUERY.sub(r"\1?...", _USERINFO.sub(r"\1...@", str(error)))
+    message = re.sub(_QUERY, r"\1?...", re.sub(_USERINFO, r"\1...@", str(error)))
     return f"[{kind}] {message}"
 
 
 def _log_succeeded(credential: object, method: str) -> None:
     """azure-identity's record for a token had: ``"<Class>.<method> succeeded"``
-    at INFO (DEBUG within a credential chain)."""
+    at INFO (DEBUG within a credential chain). Nothing is looked up when INFO
+    is not enabled (nor is DEBUG then), as on every call of a quiet process."""
+    if not _LOGGER.isEnabledFor(logging.INFO):
+        return
     level = logging.DEBUG if _in_credential_chain() else logging.INFO
     _LOGGER.log(level, "%s.%s succeeded", type(credential).__name__, method)
 
@@ -146,11 +150,11 @@ def _audience_map(value: Any) -> List[Tuple[str, str]]:
 
 
 def _scopes(scopes: Tuple[Any, ...]) -> List[str]:
-    bad = next((s for s in scopes if not isinstance(s, str)), None)
-    if bad is not None:
-        raise ConfigurationError(
-            f"scopes must be strings such as 'https://vault.azure.net/.default', got {bad!r}"
-        )
+    for scope in scopes:
+        if not isinstance(scope, str):
+            raise ConfigurationError(
+                f"scopes must be strings such as 'https://vault.azure.net/.default', got {scope!r}"
+            )
     return list(scopes)
 
 
@@ -266,11 +270,14 @@ class StudioAzureCredBroker:
         **kwargs: Any,
     ) -> AccessToken:
         """An ``AccessToken`` for ``scopes`` (e.g. ``https://vault.azure.net/.default``)."""
-        token, expires_on, _ = _logged(
-            self,
-            "get_token",
-            lambda: self._call(self._native.get_token_info, scopes, claims, tenant_id, enable_cae),
-        )
+        # `_logged`, unrolled: this is the call every consumer makes, often
+        # (a cached one takes microseconds, of which a closure is a share).
+        try:
+            token, expires_on, _ = self._call(self._native.get_token_info, scopes, claims, tenant_id, enable_cae)
+        except Exception as e:
+            _log_failed(self, "get_token", e)
+            raise
+        _log_succeeded(self, "get_token")
         return AccessToken(token, expires_on)
 
     def get_token_info(
@@ -290,10 +297,13 @@ class StudioAzureCredBroker:
         if self._revision_error:
             raise ConfigurationError(self._revision_error)
         scopes = _scopes(scopes)
-        claims = _optional_str("claims", claims, 'a claims challenge\'s JSON')
-        tenant_id = _optional_str("tenant_id", tenant_id, "00000000-0000-0000-0000-000000000000")
+        if claims is not None:
+            claims = _optional_str("claims", claims, 'a claims challenge\'s JSON')
+        if tenant_id is not None:
+            tenant_id = _optional_str("tenant_id", tenant_id, "00000000-0000-0000-0000-000000000000")
         try:
-            return native_call(scopes, claims=claims, tenant_id=tenant_id, enable_cae=bool(enable_cae))
+            # Positional: the extension parses them faster than keywords.
+            return native_call(scopes, claims, tenant_id, bool(enable_cae))
         except _native.NativeError as e:
             raise from_native(e) from None
 
