@@ -47,14 +47,7 @@ pub async fn run(scope: &str, component: Option<&str>) -> Result<ExitCode> {
     );
 
     let started = Instant::now();
-    let mut sandbox = host
-        .sandbox()
-        .env("VD_CREDENTIAL_BROKER_URL", broker.url())
-        .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
-        .bearer_dir(dir.path(), "/run/vd")
-        .broker_url(broker.url())
-        .build()
-        .await?;
+    let mut sandbox = sandbox(host, &broker, dir.path()).await?;
     let instantiated = started.elapsed();
     let started = Instant::now();
     let result = sandbox.get_token(&[scope]).await?;
@@ -103,20 +96,29 @@ pub async fn run(scope: &str, component: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A credential sandbox against the mock broker, the bearer's directory
+/// preopened read-only at `/run/vd`.
+async fn sandbox(
+    host: &Host,
+    broker: &MockBroker,
+    bearer_dir: &std::path::Path,
+) -> Result<vd_cred_host::Sandbox> {
+    host.sandbox()
+        .env("VD_CREDENTIAL_BROKER_URL", broker.url())
+        .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
+        .bearer_dir(bearer_dir, "/run/vd")
+        .broker_url(broker.url())
+        .build()
+        .await
+}
+
 /// The demo's second part: an agent component whose credential import the
 /// host links to a credential in a sandbox of its own, allowed only Key Vault.
 async fn agent_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &Host) -> Result<()> {
     use host_test::agent::test_agent::{self, TestAgent};
     use vd_cred_host::linked::{AgentPolicy, LinkedCredential, TokenSource};
 
-    let sandbox = host
-        .sandbox()
-        .env("VD_CREDENTIAL_BROKER_URL", broker.url())
-        .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
-        .bearer_dir(bearer_dir, "/run/vd")
-        .broker_url(broker.url())
-        .build()
-        .await?;
+    let sandbox = sandbox(host, broker, bearer_dir).await?;
     let linked = LinkedCredential::new(sandbox, AgentPolicy::new("demo-agent").allow(["vault"]))
         .on_token(|e| {
             let source = match e.source {
@@ -173,14 +175,7 @@ async fn inject_demo(broker: &MockBroker, bearer_dir: &std::path::Path, host: &H
     vault.accept(vec!["mock-*".into()]);
     let mut roots = vd_cred_host::TrustedRoots::public();
     roots.add_pem(ca.pem().as_bytes())?;
-    let sandbox = host
-        .sandbox()
-        .env("VD_CREDENTIAL_BROKER_URL", broker.url())
-        .env("VD_CREDENTIAL_FILE", "/run/vd/credential")
-        .bearer_dir(bearer_dir, "/run/vd")
-        .broker_url(broker.url())
-        .build()
-        .await?;
+    let sandbox = sandbox(host, broker, bearer_dir).await?;
     let policy = AgentPolicy::new("vault-reader")
         .allow(["vault"])
         .reveal_tokens(false);
