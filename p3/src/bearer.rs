@@ -8,6 +8,18 @@
 //! to the host, which follows symbolic links and `..` inside the preopen and
 //! refuses a way out (`not-permitted`). The type is checked before the file
 //! is opened, so a FIFO never blocks.
+//!
+//! After a first read the file stays open, as the WASI 0.2 build keeps it
+//! (`src/bearer_wasi.rs`), and a later call costs `metadata-hash-at` on the
+//! path (device and inode: a rename, a link swap or a removal changes it or
+//! fails) and one read of the kept file from its start (which sees a rewrite
+//! in place). Anything else (a changed hash, a failed read, content that
+//! does not parse) drops the kept file and reads from the path again, with
+//! every check and message of the first read. Calls running at once share
+//! the kept file (`Rc`): its reads each start at offset 0.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use vd_cred_broker::{
     BearerFileError, CredentialError, MAX_BEARER_BYTES, Secret, bearer_file_error, parse_bearer,
@@ -20,8 +32,82 @@ use wasip3::wit_bindgen::StreamResult;
 
 use crate::preopen::locate;
 
+/// A bearer file kept open after a read, with where it was found.
+struct Kept {
+    path: String,
+    dir: Descriptor,
+    relative: String,
+    file: Descriptor,
+    /// The open file's identity, as `metadata-hash` reported it.
+    hash: (u64, u64),
+    /// The length read last time, to size the next read.
+    len: Cell<u64>,
+}
+
+/// At most this many bearer paths are kept open (the oldest goes first).
+const MAX_KEPT: usize = 8;
+
+thread_local! {
+    static KEPT: RefCell<Vec<Rc<Kept>>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Read and check the bearer at `path`, as the core's `read_bearer` does.
 pub async fn read(path: &str) -> Result<Secret, CredentialError> {
+    let kept = KEPT.with_borrow(|all| all.iter().find(|k| k.path == path).cloned());
+    if let Some(kept) = kept {
+        if let Some(bearer) = read_kept(&kept).await {
+            return Ok(bearer);
+        }
+        KEPT.with_borrow_mut(|all| all.retain(|k| !Rc::ptr_eq(k, &kept)));
+    }
+    read_path(path).await
+}
+
+/// The bearer through the kept file, or `None` when the path no longer names
+/// it or anything about the read is off (the caller reads from the path).
+async fn read_kept(kept: &Kept) -> Option<Secret> {
+    let hash = kept
+        .dir
+        .metadata_hash_at(PathFlags::SYMLINK_FOLLOW, kept.relative.clone())
+        .await
+        .ok()?;
+    if (hash.lower, hash.upper) != kept.hash {
+        return None;
+    }
+    let bytes = read_all(&kept.file, kept.len.get()).await.ok()?;
+    kept.len.set(bytes.len() as u64);
+    parse_bearer(&bytes).ok()
+}
+
+/// Keep `file`, just read from `relative` in `dir`, open for `path`'s later
+/// reads; nothing when its identity cannot be had.
+async fn keep(path: &str, dir: Descriptor, relative: String, file: Descriptor, len: usize) {
+    let Ok(hash) = file.metadata_hash().await else {
+        return;
+    };
+    let kept = Rc::new(Kept {
+        path: path.to_string(),
+        dir,
+        relative,
+        file,
+        hash: (hash.lower, hash.upper),
+        len: Cell::new(len as u64),
+    });
+    KEPT.with_borrow_mut(|all| {
+        // A call that ran beside this one may have kept the path already.
+        if all.iter().any(|k| k.path == path) {
+            return;
+        }
+        if all.len() >= MAX_KEPT {
+            all.remove(0);
+        }
+        all.push(kept);
+    });
+}
+
+/// Read and check the bearer at `path` through its preopen, every check
+/// made; keep the file open for the next call.
+async fn read_path(path: &str) -> Result<Secret, CredentialError> {
     let fail = |why| bearer_file_error(path, why);
     let mut preopens = get_directories();
     let guests: Vec<&str> = preopens.iter().map(|(_, guest)| guest.as_str()).collect();
@@ -48,7 +134,7 @@ pub async fn read(path: &str) -> Result<Secret, CredentialError> {
     let file = dir
         .open_at(
             PathFlags::SYMLINK_FOLLOW,
-            relative,
+            relative.clone(),
             OpenFlags::empty(),
             DescriptorFlags::READ,
         )
@@ -57,7 +143,9 @@ pub async fn read(path: &str) -> Result<Secret, CredentialError> {
     let bytes = read_all(&file, stat.size)
         .await
         .map_err(|e| fail(file_error(e)))?;
-    parse_bearer(&bytes).map_err(|why| fail(BearerFileError::Content(why)))
+    let bearer = parse_bearer(&bytes).map_err(|why| fail(BearerFileError::Content(why)))?;
+    keep(path, dir, relative, file, bytes.len()).await;
+    Ok(bearer)
 }
 
 /// A filesystem error as the core's reader classifies the same `errno`
