@@ -4,6 +4,7 @@
 //! this is wasi:filesystem in the component and the real filesystem natively.
 
 use std::io::{ErrorKind, Read};
+use std::rc::Rc;
 
 use crate::{CredentialError, Secret};
 
@@ -146,6 +147,57 @@ pub fn parse_bearer(bytes: &[u8]) -> Result<Secret, String> {
     Ok(Secret::new(bearer.to_string()))
 }
 
+/// At most this many bearer paths are kept open by [`KeptFiles`].
+pub const MAX_KEPT_FILES: usize = 8;
+
+/// The bearer files a build's reader keeps open between calls, by path
+/// (each build's `T` holds its own descriptors): one per path, at most
+/// [`MAX_KEPT_FILES`], the oldest dropped first. Handed out as [`Rc`]s, so
+/// that calls running at once (the WASI 0.3 build) read through the same
+/// file, and one found stale is forgotten by identity, never a newer one
+/// kept for the same path meanwhile.
+pub struct KeptFiles<T> {
+    kept: Vec<(String, Rc<T>)>,
+}
+
+impl<T> KeptFiles<T> {
+    /// None kept.
+    pub const fn new() -> Self {
+        KeptFiles { kept: Vec::new() }
+    }
+
+    /// The file kept for `path`.
+    pub fn get(&self, path: &str) -> Option<Rc<T>> {
+        self.kept
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, file)| file.clone())
+    }
+
+    /// Keep `file` for `path`, unless one is kept for it already (a call
+    /// that ran beside this one kept it first).
+    pub fn keep(&mut self, path: &str, file: T) {
+        if self.kept.iter().any(|(p, _)| p == path) {
+            return;
+        }
+        if self.kept.len() >= MAX_KEPT_FILES {
+            self.kept.remove(0);
+        }
+        self.kept.push((path.to_string(), Rc::new(file)));
+    }
+
+    /// Forget `file` (the path no longer names it, or its read failed).
+    pub fn forget(&mut self, file: &Rc<T>) {
+        self.kept.retain(|(_, kept)| !Rc::ptr_eq(kept, file));
+    }
+}
+
+impl<T> Default for KeptFiles<T> {
+    fn default() -> Self {
+        KeptFiles::new()
+    }
+}
+
 /// Which of the `preopens` (guest paths) holds the absolute `path`, and the
 /// path relative to it: the longest matching preopen, compared by whole
 /// components. `None` for a relative path, no match, or a `..` or `.`
@@ -192,6 +244,26 @@ pub fn preopen_relative<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_files_are_one_per_path_bounded_and_forgotten_by_identity() {
+        let mut kept = KeptFiles::new();
+        kept.keep("/run/vd/a", 1);
+        kept.keep("/run/vd/a", 2); // kept already: the first stays
+        assert_eq!(kept.get("/run/vd/a").as_deref(), Some(&1));
+        let stale = kept.get("/run/vd/a").unwrap();
+        kept.forget(&stale);
+        assert_eq!(kept.get("/run/vd/a"), None);
+        kept.keep("/run/vd/a", 3);
+        kept.forget(&stale); // not the one kept now
+        assert_eq!(kept.get("/run/vd/a").as_deref(), Some(&3));
+        for i in 0..MAX_KEPT_FILES {
+            kept.keep(&format!("/run/vd/{i}"), 10 + i);
+        }
+        assert_eq!(kept.get("/run/vd/a"), None, "the oldest went first");
+        assert_eq!(kept.get("/run/vd/0").as_deref(), Some(&10));
+        assert_eq!(kept.kept.len(), MAX_KEPT_FILES);
+    }
 
     #[test]
     fn paths_are_matched_to_the_longest_preopen_by_component() {

@@ -13,57 +13,53 @@
 //!   trusted to reveal: wasmtime's leaves size and times out, and file times
 //!   can stand still between two writes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use wasi::filesystem::preopens::get_directories;
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
 
 use crate::bearer::{preopen_relative, read_bearer, unavailable};
-use crate::{CredentialError, MAX_BEARER_BYTES, Secret, parse_bearer};
+use crate::{CredentialError, KeptFiles, MAX_BEARER_BYTES, Secret, parse_bearer};
 
 /// A bearer file kept open, with where it was found.
 struct Kept {
-    path: String,
     dir: Descriptor,
     relative: String,
     file: Descriptor,
     /// The open file's identity, as `metadata-hash-at` reports it for the path.
     hash: (u64, u64),
     /// The length read last time, to size the next read.
-    len: u64,
+    len: Cell<u64>,
 }
 
 thread_local! {
-    static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
+    static KEPT: RefCell<KeptFiles<Kept>> = const { RefCell::new(KeptFiles::new()) };
 }
 
 /// Read and check the bearer at `path`, as [`read_bearer`] does.
 pub fn read(path: &str) -> Result<Secret, CredentialError> {
-    if let Some(result) = KEPT.with_borrow_mut(|kept| read_kept(kept, path)) {
-        return result;
+    if let Some(kept) = KEPT.with_borrow(|all| all.get(path)) {
+        if let Some(result) = read_kept(&kept, path) {
+            return result;
+        }
+        KEPT.with_borrow_mut(|all| all.forget(&kept));
     }
     let bearer = read_bearer(path)?;
-    if let Some(k) = keep(path) {
-        KEPT.with_borrow_mut(|kept| kept.push(k));
+    if let Some(kept) = keep(path) {
+        KEPT.with_borrow_mut(|all| all.keep(path, kept));
     }
     Ok(bearer)
 }
 
 /// The bearer through the kept file, or `None` when the path no longer names
-/// it (the entry is dropped and the caller reads from the path).
-fn read_kept(kept: &mut Vec<Kept>, path: &str) -> Option<Result<Secret, CredentialError>> {
-    let i = kept.iter().position(|k| k.path == path)?;
-    let k = &mut kept[i];
+/// it (the caller forgets the file and reads from the path).
+fn read_kept(k: &Kept, path: &str) -> Option<Result<Secret, CredentialError>> {
     let same = k
         .dir
         .metadata_hash_at(PathFlags::SYMLINK_FOLLOW, &k.relative)
         .is_ok_and(|h| (h.lower, h.upper) == k.hash);
-    let bytes = same.then(|| read_all(&k.file, k.len)).flatten();
-    let Some(bytes) = bytes else {
-        kept.swap_remove(i);
-        return None;
-    };
-    k.len = bytes.len() as u64;
+    let bytes = same.then(|| read_all(&k.file, k.len.get())).flatten()?;
+    k.len.set(bytes.len() as u64);
     Some(parse_bearer(&bytes).map_err(|why| unavailable(path, &why)))
 }
 
@@ -103,11 +99,10 @@ fn keep(path: &str) -> Option<Kept> {
     // difference and reads from the path.
     let hash = file.metadata_hash().ok()?;
     Some(Kept {
-        path: path.to_string(),
         dir,
         relative,
         file,
         hash: (hash.lower, hash.upper),
-        len: 0,
+        len: Cell::new(0),
     })
 }

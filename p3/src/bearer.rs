@@ -16,13 +16,13 @@
 //! in place). Anything else (a changed hash, a failed read, content that
 //! does not parse) drops the kept file and reads from the path again, with
 //! every check and message of the first read. Calls running at once share
-//! the kept file (`Rc`): its reads each start at offset 0.
+//! the kept file (the core's `KeptFiles`): its reads each start at offset 0.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 
 use vd_cred_broker::{
-    BearerFileError, CredentialError, MAX_BEARER_BYTES, Secret, bearer_file_error, parse_bearer,
+    BearerFileError, CredentialError, KeptFiles, MAX_BEARER_BYTES, Secret, bearer_file_error,
+    parse_bearer,
 };
 use wasip3::filesystem::preopens::get_directories;
 use wasip3::filesystem::types::{
@@ -34,7 +34,6 @@ use crate::preopen::locate;
 
 /// A bearer file kept open after a read, with where it was found.
 struct Kept {
-    path: String,
     dir: Descriptor,
     relative: String,
     file: Descriptor,
@@ -44,21 +43,17 @@ struct Kept {
     len: Cell<u64>,
 }
 
-/// At most this many bearer paths are kept open (the oldest goes first).
-const MAX_KEPT: usize = 8;
-
 thread_local! {
-    static KEPT: RefCell<Vec<Rc<Kept>>> = const { RefCell::new(Vec::new()) };
+    static KEPT: RefCell<KeptFiles<Kept>> = const { RefCell::new(KeptFiles::new()) };
 }
 
 /// Read and check the bearer at `path`, as the core's `read_bearer` does.
 pub async fn read(path: &str) -> Result<Secret, CredentialError> {
-    let kept = KEPT.with_borrow(|all| all.iter().find(|k| k.path == path).cloned());
-    if let Some(kept) = kept {
+    if let Some(kept) = KEPT.with_borrow(|all| all.get(path)) {
         if let Some(bearer) = read_kept(&kept).await {
             return Ok(bearer);
         }
-        KEPT.with_borrow_mut(|all| all.retain(|k| !Rc::ptr_eq(k, &kept)));
+        KEPT.with_borrow_mut(|all| all.forget(&kept));
     }
     read_path(path).await
 }
@@ -85,24 +80,14 @@ async fn keep(path: &str, dir: Descriptor, relative: String, file: Descriptor, l
     let Ok(hash) = file.metadata_hash().await else {
         return;
     };
-    let kept = Rc::new(Kept {
-        path: path.to_string(),
+    let kept = Kept {
         dir,
         relative,
         file,
         hash: (hash.lower, hash.upper),
         len: Cell::new(len as u64),
-    });
-    KEPT.with_borrow_mut(|all| {
-        // A call that ran beside this one may have kept the path already.
-        if all.iter().any(|k| k.path == path) {
-            return;
-        }
-        if all.len() >= MAX_KEPT {
-            all.remove(0);
-        }
-        all.push(kept);
-    });
+    };
+    KEPT.with_borrow_mut(|all| all.keep(path, kept));
 }
 
 /// Read and check the bearer at `path` through its preopen, every check

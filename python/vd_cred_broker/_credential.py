@@ -77,10 +77,12 @@ def _log_failed(credential: object, method: str, error: BaseException) -> None:
     )
 
 
-def _logged(credential: object, method: str, call: Callable[[], _T]) -> _T:
-    """``call()``, its outcome logged as azure-identity logs its credentials'."""
+def _logged(credential: object, method: str, call: Callable[..., _T], *args: Any) -> _T:
+    """``call(*args)``, its outcome logged as azure-identity logs its
+    credentials'. The arguments are passed rather than closed over: a cached
+    ``get_token`` takes microseconds, and a closure made per call is a share."""
     try:
-        result = call()
+        result = call(*args)
     except Exception as e:
         _log_failed(credential, method, e)
         raise
@@ -270,20 +272,16 @@ class StudioAzureCredBroker:
         **kwargs: Any,
     ) -> AccessToken:
         """An ``AccessToken`` for ``scopes`` (e.g. ``https://vault.azure.net/.default``)."""
-        # `_logged`, unrolled: this is the call every consumer makes, often
-        # (a cached one takes microseconds, of which a closure is a share).
-        try:
-            token, expires_on, _ = self._call(self._native.get_token_info, scopes, claims, tenant_id, enable_cae)
-        except Exception as e:
-            _log_failed(self, "get_token", e)
-            raise
-        _log_succeeded(self, "get_token")
+        token, expires_on, _ = _logged(
+            self, "get_token", self._call, self._native.get_token_info, scopes, claims, tenant_id, enable_cae
+        )
         return AccessToken(token, expires_on)
 
     def get_token_info(
         self, *scopes: str, options: Optional[Dict[str, Any]] = None
     ) -> AccessTokenInfo:
         """An ``AccessTokenInfo`` for ``scopes``, with ``refresh_on`` when the token has one."""
+        # `_options` inside the logged call: a bad `options` is logged as a failure.
         token, expires_on, refresh_on = _logged(
             self,
             "get_token_info",
