@@ -11,7 +11,8 @@
 //! file is used only when this host wrote it, and nobody but the effective
 //! user (or root) can have put it there.
 //!
-//! **Written by this host.** Every cache file ends with an HMAC-SHA256 tag
+//! **Written by this host.** Every cache file ends with a 32-byte tag (BLAKE3
+//! in its keyed mode, a MAC)
 //! over its name and its code, made with a key of 32 random bytes the host
 //! keeps beside the cache directory, not in it (`<cache dir>.key`:
 //! `~/.cache/vd-cred-broker.key` by default; created mode 0600, and used
@@ -64,8 +65,6 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
 
@@ -105,29 +104,31 @@ pub const CACHE_ENV_VARS: [&str; 3] = [ENV_CACHE_DIR, "XDG_CACHE_HOME", "HOME"];
 
 /// The cache file name for a component called `name` with these bytes under
 /// `engine`: `<name>.<digest>.cwasm`, the digest the first 128 bits of a
-/// SHA-256 over the bytes and the engine's compatibility hash, so that no
+/// BLAKE3 digest over the bytes and the engine's compatibility hash, so that no
 /// other component (an agent's, made to collide) can have the credential's
 /// name, and with it the credential's sealed file.
 pub fn cache_file_name(engine: &Engine, name: &str, wasm_bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let mut digest = Sha256::new();
-    digest.update((wasm_bytes.len() as u64).to_le_bytes());
+    let mut digest = blake3::Hasher::new();
+    digest.update(&(wasm_bytes.len() as u64).to_le_bytes());
     digest.update(wasm_bytes);
     engine
         .precompile_compatibility_hash()
         .hash(&mut HashInto(&mut digest));
     let digest = digest.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("{name}.{hex}.cwasm")
 }
 
-/// A [`Hasher`] that feeds what is hashed into a SHA-256 (the engine's
-/// compatibility hash is only `Hash`).
-struct HashInto<'a>(&'a mut Sha256);
+/// A [`Hasher`] that feeds what is hashed into a BLAKE3 digest (the
+/// engine's compatibility hash is only `Hash`).
+struct HashInto<'a>(&'a mut blake3::Hasher);
 
 impl Hasher for HashInto<'_> {
     fn write(&mut self, bytes: &[u8]) {
-        sha2::Digest::update(self.0, bytes);
+        self.0.update(bytes);
     }
 
     fn finish(&self) -> u64 {
@@ -324,20 +325,21 @@ impl Key {
         Some(Key(bytes.try_into().ok()?))
     }
 
-    fn mac(&self, name: &OsStr, code: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
+    /// BLAKE3 in its keyed mode (a MAC) over the name and the code.
+    fn mac(&self, name: &OsStr, code: &[u8]) -> blake3::Hash {
+        let mut mac = blake3::Hasher::new_keyed(&self.0);
         mac.update(name.as_encoded_bytes());
         mac.update(&[0]);
         mac.update(code);
-        mac
+        mac.finalize()
     }
 
     /// `code` with its tag, as a cache file called `name` holds it.
     fn seal(&self, name: &OsStr, code: &[u8]) -> Vec<u8> {
-        let tag = self.mac(name, code).finalize().into_bytes();
+        let tag = self.mac(name, code);
         let mut file = Vec::with_capacity(code.len() + TAG_BYTES);
         file.extend_from_slice(code);
-        file.extend_from_slice(&tag);
+        file.extend_from_slice(tag.as_bytes());
         file
     }
 
@@ -345,9 +347,9 @@ impl Key {
     /// key's (checked in constant time).
     fn open(&self, name: &OsStr, mut file: Vec<u8>) -> Option<Vec<u8>> {
         let at = file.len().checked_sub(TAG_BYTES)?;
-        let tag = file.split_off(at);
-        self.mac(name, &file).verify_slice(&tag).ok()?;
-        Some(file)
+        let tag: [u8; TAG_BYTES] = file.split_off(at).try_into().ok()?;
+        // `blake3::Hash`'s equality is constant-time.
+        (self.mac(name, &file) == blake3::Hash::from_bytes(tag)).then_some(file)
     }
 }
 
@@ -770,6 +772,11 @@ mod tests {
             // Sealed for another name (another component's file, moved).
             let key = Key::beside(&f.cache).unwrap();
             f.plant(&key.seal(OsStr::new("other.cwasm"), &f.code), 0o600);
+            assert_eq!(f.source(), Source::Compiled);
+            // One byte of the code changed, its tag kept.
+            let mut changed = f.sealed.to_vec();
+            changed[f.sealed.len() / 2] ^= 1;
+            f.plant(&changed, 0o600);
             assert_eq!(f.source(), Source::Compiled);
             // Truncated.
             f.plant(&f.sealed[..f.sealed.len() - 1], 0o600);
