@@ -201,7 +201,7 @@ async fn an_agent_cannot_widen_its_credential_through_open() {
     assert_eq!(f.broker.request_count() + other.request_count(), 0);
     // What an agent may set: timeout-ms and disable-cache.
     let mut o = options();
-    o.timeout_ms = Some(2_000);
+    o.timeout_ms = Some(60_000);
     o.disable_cache = true;
     a.token(&o, &[VAULT], 2).await.unwrap().unwrap();
     assert_eq!(f.broker.request_count(), 2, "disable-cache: two mints");
