@@ -3,6 +3,7 @@
 //! The file is read afresh on every call (Studio rotates it). Through `std::fs`
 //! this is wasi:filesystem in the component and the real filesystem natively.
 
+use std::cell::Cell;
 use std::io::{ErrorKind, Read};
 use std::rc::Rc;
 
@@ -145,6 +146,23 @@ pub fn parse_bearer(bytes: &[u8]) -> Result<Secret, String> {
         );
     }
     Ok(Secret::new(bearer.to_string()))
+}
+
+/// A bearer file a build's reader keeps open after reading it, with where it
+/// was found (`D`: the build's `wasi:filesystem` descriptor). A later call
+/// reads it again only while the path's `metadata-hash-at` still matches
+/// [`hash`](Self::hash).
+pub struct KeptFile<D> {
+    /// The preopen that holds the path.
+    pub dir: D,
+    /// The path, relative to [`dir`](Self::dir).
+    pub relative: String,
+    /// The open file.
+    pub file: D,
+    /// The open file's identity, as its `metadata-hash` reported it.
+    pub hash: (u64, u64),
+    /// The length read last time, to size the next read.
+    pub len: Cell<u64>,
 }
 
 /// At most this many bearer paths are kept open by [`KeptFiles`].

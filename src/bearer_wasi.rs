@@ -19,18 +19,10 @@ use wasi::filesystem::preopens::get_directories;
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
 
 use crate::bearer::{preopen_relative, read_bearer, unavailable};
-use crate::{CredentialError, KeptFiles, MAX_BEARER_BYTES, Secret, parse_bearer};
+use crate::{CredentialError, KeptFile, KeptFiles, MAX_BEARER_BYTES, Secret, parse_bearer};
 
 /// A bearer file kept open, with where it was found.
-struct Kept {
-    dir: Descriptor,
-    relative: String,
-    file: Descriptor,
-    /// The open file's identity, as `metadata-hash-at` reports it for the path.
-    hash: (u64, u64),
-    /// The length read last time, to size the next read.
-    len: Cell<u64>,
-}
+type Kept = KeptFile<Descriptor>;
 
 thread_local! {
     static KEPT: RefCell<KeptFiles<Kept>> = const { RefCell::new(KeptFiles::new()) };

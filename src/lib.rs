@@ -43,8 +43,8 @@ pub use audience::{
     AudienceMap, DEFAULT_AUDIENCES, SECRET_STORE_AUDIENCES, normalize_scope, scope_class,
 };
 pub use bearer::{
-    BearerFileError, KeptFiles, MAX_BEARER_BYTES, MAX_KEPT_FILES, bearer_file_error, parse_bearer,
-    preopen_relative, read_bearer,
+    BearerFileError, KeptFile, KeptFiles, MAX_BEARER_BYTES, MAX_KEPT_FILES, bearer_file_error,
+    parse_bearer, preopen_relative, read_bearer,
 };
 pub use cache::TokenInfo;
 pub use credential::{AccessToken, Answer, Credential, Platform, SendError, TokenRequestOptions};

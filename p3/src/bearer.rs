@@ -21,8 +21,8 @@
 use std::cell::{Cell, RefCell};
 
 use vd_cred_broker::{
-    BearerFileError, CredentialError, KeptFiles, MAX_BEARER_BYTES, Secret, bearer_file_error,
-    parse_bearer,
+    BearerFileError, CredentialError, KeptFile, KeptFiles, MAX_BEARER_BYTES, Secret,
+    bearer_file_error, parse_bearer,
 };
 use wasip3::filesystem::preopens::get_directories;
 use wasip3::filesystem::types::{
@@ -33,15 +33,7 @@ use wasip3::wit_bindgen::StreamResult;
 use crate::preopen::locate;
 
 /// A bearer file kept open after a read, with where it was found.
-struct Kept {
-    dir: Descriptor,
-    relative: String,
-    file: Descriptor,
-    /// The open file's identity, as `metadata-hash` reported it.
-    hash: (u64, u64),
-    /// The length read last time, to size the next read.
-    len: Cell<u64>,
-}
+type Kept = KeptFile<Descriptor>;
 
 thread_local! {
     static KEPT: RefCell<KeptFiles<Kept>> = const { RefCell::new(KeptFiles::new()) };
