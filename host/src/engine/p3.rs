@@ -7,6 +7,7 @@
 //! one instance at once ([`crate::shared`]).
 
 use anyhow::Result;
+use futures::FutureExt;
 use wasmtime::component::{Accessor, Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store};
 
@@ -73,19 +74,17 @@ impl Calls {
             .map_err(Into::into))
     }
 
-    /// The free `get-token-info`.
-    pub async fn get_token_info(
-        &self,
-        a: &Accessor<State>,
+    /// The free `get-token-info` (its future as small as
+    /// [`Calls::credential_get_token_info`]'s).
+    pub fn get_token_info<'a>(
+        &'a self,
+        a: &'a Accessor<State>,
         scopes: Vec<String>,
         options: &wit::TokenRequestOptions,
-    ) -> wasmtime::Result<Core<wit::AccessTokenInfo>> {
-        Ok(self
-            .0
+    ) -> impl Future<Output = wasmtime::Result<Core<wit::AccessTokenInfo>>> + Send + 'a {
+        self.0
             .call_get_token_info(a, scopes, request_options(options))
-            .await?
-            .map(token_info)
-            .map_err(Into::into))
+            .map(|info| Ok(info?.map(token_info).map_err(Into::into)))
     }
 
     /// `credential.open`.
@@ -118,21 +117,23 @@ impl Calls {
             .map_err(Into::into))
     }
 
-    /// `credential.get-token-info`.
-    pub async fn credential_get_token_info(
-        &self,
-        a: &Accessor<State>,
+    /// `credential.get-token-info`. The future holds the call and little
+    /// else: a shared instance keeps one per call in flight.
+    pub fn credential_get_token_info<'a>(
+        &'a self,
+        a: &'a Accessor<State>,
         credential: ResourceAny,
         scopes: Vec<String>,
         options: &wit::TokenRequestOptions,
-    ) -> wasmtime::Result<Core<wit::AccessTokenInfo>> {
-        Ok(self
-            .0
-            .credential()
-            .call_get_token_info(a, credential, scopes, request_options(options))
-            .await?
-            .map(token_info)
-            .map_err(Into::into))
+    ) -> impl Future<Output = wasmtime::Result<Core<wit::AccessTokenInfo>>> + Send + 'a {
+        let options = request_options(options);
+        async move {
+            let credential_calls = self.0.credential();
+            credential_calls
+                .call_get_token_info(a, credential, scopes, options)
+                .await
+        }
+        .map(|info| Ok(info?.map(token_info).map_err(Into::into)))
     }
 
     /// `describe-error`.

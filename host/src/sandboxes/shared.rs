@@ -30,13 +30,15 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use vd_cred_broker::cache::BearerDigest;
 use wasmtime::component::{Accessor, ResourceAny};
@@ -488,10 +490,7 @@ async fn drive(
                                 ids += 1;
                                 let deadline = (Instant::now() + job.limit(limit), ids);
                                 deadlines.insert(deadline);
-                                let calls = calls.clone();
-                                running.push(Box::pin(async move {
-                                    (deadline, serve(job, a, calls, number, owner).await)
-                                }));
+                                running.push(serve(job, a, &calls, number, owner, deadline));
                             }
                             None => return Exit::Closed,
                         },
@@ -561,19 +560,27 @@ impl Job {
     }
 }
 
-/// Run one job's call and answer it: whether the call trapped.
-async fn serve(job: Job, a: &Accessor<State>, calls: Calls, number: u64, owner: u64) -> bool {
-    let stale = |handle: &SharedHandle| {
-        (handle.generation != number).then(|| {
-            CoreError::Configuration(
-                "this credential was opened in an instance the host has since replaced (a \
-                 call trapped): open it again"
-                    .into(),
-            )
-        })
-    };
+/// When a call in flight must end: the instant, and a number that tells
+/// two calls with the same instant apart.
+type Deadline = (Instant, u64);
+
+/// A call in flight in the event loop: when it ends, its deadline and
+/// whether it trapped (its caller is answered by then).
+type Running<'a> = Pin<Box<dyn Future<Output = (Deadline, bool)> + Send + 'a>>;
+
+/// Start one job's call. The future is kept small (the call, where its
+/// answer goes, its deadline): a shared instance holds one per call in
+/// flight, a thousand at once in a wave of agents.
+fn serve<'a>(
+    job: Job,
+    a: &'a Accessor<State>,
+    calls: &'a Calls,
+    number: u64,
+    owner: u64,
+    deadline: Deadline,
+) -> Running<'a> {
     match job {
-        Job::Open { options, reply } => {
+        Job::Open { options, reply } => Box::pin(async move {
             let timeout = options
                 .timeout_ms
                 .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()));
@@ -588,33 +595,51 @@ async fn serve(job: Job, a: &Accessor<State>, calls: Calls, number: u64, owner: 
             });
             let trapped = opened.is_err();
             let _ = reply.send(opened);
-            trapped
-        }
+            (deadline, trapped)
+        }),
         Job::Token {
             handle,
             scopes,
             options,
             reply,
         } => {
-            if let Some(error) = handle.as_ref().and_then(stale) {
-                let _ = reply.send(Ok(Err(error)));
-                return false;
+            if let Some(h) = &handle
+                && h.generation != number
+            {
+                let stale = CoreError::Configuration(
+                    "this credential was opened in an instance the host has since replaced (a \
+                     call trapped): open it again"
+                        .into(),
+                );
+                let _ = reply.send(Ok(Err(stale)));
+                return Box::pin(std::future::ready((deadline, false)));
             }
             let options = options.unwrap_or_else(no_options);
-            let result = match handle {
-                Some(h) => {
-                    calls
-                        .credential_get_token_info(a, h.resource, scopes, &options)
-                        .await
-                }
-                None => calls.get_token_info(a, scopes, &options).await,
-            };
-            let trapped = result.is_err();
-            let _ = reply.send(result);
-            trapped
+            match handle {
+                Some(h) => answer(
+                    calls.credential_get_token_info(a, h.resource, scopes, &options),
+                    reply,
+                    deadline,
+                ),
+                None => answer(calls.get_token_info(a, scopes, &options), reply, deadline),
+            }
         }
-        Job::Drop { .. } => false,
+        Job::Drop { .. } => Box::pin(std::future::ready((deadline, false))),
     }
+}
+
+/// `call`, answered to `reply` when it ends (mapped, not awaited in an
+/// `async` block, which would hold the call's future twice).
+fn answer<'a>(
+    call: impl Future<Output = wasmtime::Result<TokenInfoResult>> + Send + 'a,
+    reply: oneshot::Sender<wasmtime::Result<TokenInfoResult>>,
+    deadline: Deadline,
+) -> Running<'a> {
+    Box::pin(call.map(move |result| {
+        let trapped = result.is_err();
+        let _ = reply.send(result);
+        (deadline, trapped)
+    }))
 }
 
 fn no_options() -> TokenRequestOptions {
