@@ -9,14 +9,18 @@
 //!   all N call `get-token` at once;
 //! - 0.3, one shared instance: one instance, one credential opened in it, and
 //!   N agents (tasks, each with a clone of the [`SharedCredential`] and the
-//!   handle); all N call `get-token` at once.
+//!   handle); all N call `get-token` at once;
+//! - 0.3, sharded: as many shared instances as the machine has cores
+//!   ([`Shards`]), the credential opened in each, every agent assigned one.
 //!
 //! The first wave's wall time, p50 / p99 per call (from the common release),
-//! the mints the broker saw; then a second wave, every token cached. Memory
+//! the mints the broker saw; then [`CACHED_WAVES`] more, every token cached,
+//! of which the one with the median wall time is shown (one wave's wall
+//! time moves by half from run to run on a busy machine). Memory
 //! per agent is the host's RSS growth from before the configuration was
-//! built to after both waves, over N (and its anonymous part alone); for the
-//! shared instance, also the instance's own fixed cost (built, credential
-//! opened, no agent yet) and the per-agent part without it. The engines and
+//! built to after the waves, over N (and its anonymous part alone); for the
+//! shared instances, also their own fixed cost (built, credential opened in
+//! each, no agent yet) and the per-agent part without it. The engines and
 //! compiled components are loaded, and one call of each build made, before
 //! any baseline: no row counts them. Prints a Markdown table; asserts nothing
 //! about time.
@@ -29,6 +33,7 @@ use host_test::wave::{Wave, show};
 use host_test::{rss_anon_kib, rss_kib};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
+use vd_cred_host::shards::Shards;
 use vd_cred_host::shared::{SharedCredential, SharedHandle};
 use vd_cred_host::{
     Build, COMPONENT_P3_WASM, COMPONENT_WASM, Host, HostOptions, Sandbox, default_options,
@@ -37,6 +42,8 @@ use wasmtime::component::ResourceAny;
 
 const VAULT: &str = "https://vault.azure.net/.default";
 const SIZES: [usize; 3] = [1, 100, 1000];
+/// How many cached waves each row runs (the median is shown).
+const CACHED_WAVES: usize = 5;
 const LATENCIES: [Duration; 2] = [Duration::ZERO, Duration::from_millis(20)];
 const GUEST_DIR: &str = "/run/vd";
 const GUEST_FILE: &str = "/run/vd/credential";
@@ -124,17 +131,34 @@ struct P3Agent {
     handle: SharedHandle,
 }
 
-async fn p3_shared(host: &Host, url: &str, bearer: &std::path::Path) -> P3Agent {
-    let shared = host
+async fn p3_shards(host: &Host, url: &str, bearer: &std::path::Path, shards: usize) -> Shards {
+    let shards = host
         .sandbox()
         .env("VD_CREDENTIAL_BROKER_URL", url)
         .env("VD_CREDENTIAL_FILE", GUEST_FILE)
         .bearer_dir(bearer, GUEST_DIR)
         .broker_url(url)
-        .build_shared()
+        .build_shards(shards)
         .await
         .unwrap();
-    let handle = shared.open(&default_options()).await.unwrap().unwrap();
+    for shard in shards.shards() {
+        shard
+            .open_shared(&default_options())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    shards
+}
+
+/// A new agent: the shard it is assigned, and the credential opened there.
+async fn p3_agent(shards: &Shards) -> P3Agent {
+    let shared = shards.assign();
+    let handle = shared
+        .open_shared(&default_options())
+        .await
+        .unwrap()
+        .unwrap();
     P3Agent { shared, handle }
 }
 
@@ -189,9 +213,25 @@ where
     )
 }
 
+/// [`CACHED_WAVES`] waves one after another: the one of median wall time.
+async fn cached_waves<A, F>(mut agents: Vec<A>, call: fn(A) -> F) -> (Vec<A>, Wave)
+where
+    A: Send + 'static,
+    F: Future<Output = (A, String)> + Send + 'static,
+{
+    let mut waves = Vec::with_capacity(CACHED_WAVES);
+    for _ in 0..CACHED_WAVES {
+        let (back, one) = wave(agents, call).await;
+        agents = back;
+        waves.push(one);
+    }
+    waves.sort_by_key(|w| w.wall);
+    (agents, waves.swap_remove(CACHED_WAVES / 2))
+}
+
 /// What one (build, N, latency) configuration measured.
 struct Row {
-    build: &'static str,
+    build: String,
     n: usize,
     latency: Duration,
     first: Wave,
@@ -200,7 +240,7 @@ struct Row {
     cached_mints: usize,
     /// Connections the broker accepted for the configuration.
     connections: usize,
-    /// Growth from the baseline to after both waves, agents still alive.
+    /// Growth from the baseline to after the waves, agents still alive.
     growth: Memory,
     /// The same after giving freed heap back (`malloc_trim`): what stays.
     retained: Memory,
@@ -279,7 +319,7 @@ fn p2_row(
     let before = broker.requests();
     let (agents, first) = runtime.block_on(wave(agents, p2_call));
     let mints = broker.requests() - before;
-    let (agents, cached) = runtime.block_on(wave(agents, p2_call));
+    let (agents, cached) = runtime.block_on(cached_waves(agents, p2_call));
     let cached_mints = broker.requests() - before - mints;
     let growth = memory() - base;
     let peak = peak_kib().filter(|_| peaked).map(|p| p - base.rss);
@@ -287,7 +327,7 @@ fn p2_row(
     let retained = memory() - base;
     drop(agents);
     Row {
-        build: "0.2, an instance per agent",
+        build: "0.2, an instance per agent".into(),
         n,
         latency,
         first,
@@ -302,6 +342,7 @@ fn p2_row(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn p3_row(
     runtime: &Runtime,
     host: &Host,
@@ -309,30 +350,42 @@ fn p3_row(
     bearer: &std::path::Path,
     n: usize,
     latency: Duration,
+    shards: usize,
 ) -> Row {
     let url = broker.url();
     settle(runtime);
     let base = memory();
     let peaked = host_test::reset_peak_rss();
     let connected = broker.connections();
-    let one = runtime.block_on(p3_shared(host, &url, bearer));
+    let built = runtime.block_on(p3_shards(host, &url, bearer, shards));
     let fixed = memory() - base;
-    let agents: Vec<P3Agent> = (0..n).map(|_| one.clone()).collect();
+    let agents: Vec<P3Agent> = runtime.block_on(async {
+        let mut agents = Vec::with_capacity(n);
+        for _ in 0..n {
+            agents.push(p3_agent(&built).await);
+        }
+        agents
+    });
     let before = broker.requests();
     let (agents, first) = runtime.block_on(wave(agents, p3_call));
     let mints = broker.requests() - before;
-    let (agents, cached) = runtime.block_on(wave(agents, p3_call));
+    let (agents, cached) = runtime.block_on(cached_waves(agents, p3_call));
     let cached_mints = broker.requests() - before - mints;
     let growth = memory() - base;
     let peak = peak_kib().filter(|_| peaked).map(|p| p - base.rss);
     trim_heap();
     let retained = memory() - base;
-    assert_eq!(one.shared.calls_in_progress(), 0, "every call answered");
-    assert_eq!(one.shared.generation(), 0, "no call trapped");
+    for shard in built.shards() {
+        assert_eq!(shard.calls_in_progress(), 0, "every call answered");
+        assert_eq!(shard.generation(), 0, "no call trapped");
+    }
     drop(agents);
-    drop(one); // the instance's task ends once every clone is gone
+    drop(built); // an instance's task ends once every clone is gone
     Row {
-        build: "0.3, one shared instance",
+        build: match shards {
+            1 => "0.3, one shared instance".into(),
+            k => format!("0.3, {k} shared instances (shards)"),
+        },
         n,
         latency,
         first,
@@ -393,23 +446,29 @@ fn main() {
             let a = p2_agent(&p2, &url, bearer).await;
             let (_a, token) = p2_call(a).await;
             assert!(!token.is_empty());
-            let b = p3_shared(&p3, &url, bearer).await;
-            let (_b, token) = p3_call(b).await;
+            let shards = p3_shards(&p3, &url, bearer, 1).await;
+            let (_b, token) = p3_call(p3_agent(&shards).await).await;
             assert!(!token.is_empty());
         });
     }
 
     let mut rows = vec![
-        "| build | agents | broker latency | first wave: wall | p50 | p99 | mints seen (first / cached wave) | RSS KiB/agent | anon KiB/agent | cached wave: wall | cached p99 | peak RSS KiB/agent | anon KiB/agent retained (after malloc_trim) | instance fixed cost, KiB (RSS / anon) | broker connections |".to_string(),
+        "| build | agents | broker latency | first wave: wall | p50 | p99 | mints seen (first / cached waves) | RSS KiB/agent | anon KiB/agent | cached wave (median of 5): wall | cached p99 | peak RSS KiB/agent | anon KiB/agent retained (after malloc_trim) | instance fixed cost, KiB (RSS / anon) | broker connections |".to_string(),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |".to_string(),
     ];
+    // One shard per core, as the sharded rows build.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for latency in LATENCIES {
         let broker = FastBroker::with_latency(latency).unwrap();
         for n in SIZES {
             let row = p2_row(&runtime, &p2, &broker, bearer, n, latency);
             rows.push(row.markdown());
-            let row = p3_row(&runtime, &p3, &broker, bearer, n, latency);
+            let row = p3_row(&runtime, &p3, &broker, bearer, n, latency, 1);
             rows.push(row.markdown());
+            if cores > 1 {
+                let row = p3_row(&runtime, &p3, &broker, bearer, n, latency, cores);
+                rows.push(row.markdown());
+            }
         }
     }
     for row in rows {
@@ -418,16 +477,17 @@ fn main() {
     println!();
     println!(
         "RSS / anon KiB per agent: the process's growth from before the configuration was built \
-         to after both waves (agents alive), over the agents, as fleet.rs measures it (heap the \
+         to after the waves (agents alive), over the agents, as fleet.rs measures it (heap the \
          waves freed but malloc kept is counted). Retained: the same after malloc_trim gave free \
          heap back. Peak: the process's peak RSS (VmHWM, reset at the baseline) over the \
-         baseline, over the agents. For the shared instance the first figure includes the \
-         instance's own fixed cost (built, credential opened, before any agent: its column); \
+         baseline, over the agents. For the shared instances the first figure includes their \
+         own fixed cost (built, credential opened in each, before any agent: its column); \
          the one in brackets is (growth - fixed cost) / agents, what each agent adds; peak \
          includes the fixed cost. The process holds the harness too: a tokio task per agent \
          during a wave (its future is about 0.5 KiB) and the fast broker, in-process, with a \
-         thread and buffers per connection (N connections for the 0.2 rows, one for the 0.3 \
-         rows: its column). Engines and compiled components are loaded, and one call of each \
+         thread and buffers per connection (N connections for the 0.2 rows, one per instance \
+         for the 0.3 rows: its column). The sharded rows build one shared instance per core \
+         and assign each agent the one the fewest agents hold. Engines and compiled components are loaded, and one call of each \
          build made, before every baseline: no row counts them."
     );
     println!("run took {:.1} s", started.elapsed().as_secs_f64());

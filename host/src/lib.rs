@@ -20,7 +20,7 @@ pub use agent::{egress, inject, linked, runner};
 pub use engine::{bindings, p3, precompiled};
 pub use outbound::broker_only;
 pub use outbound::{proxy, trace};
-pub use sandboxes::{from_env, shared};
+pub use sandboxes::{from_env, shards, shared};
 
 pub use engine::{
     Build, COMPONENT, COMPONENT_P3, COMPONENT_P3_WASM, COMPONENT_WASM, EPOCH_TICK, Host,

@@ -1,5 +1,6 @@
 //! What only the WASI 0.3 build does: many calls at once in one instance
-//! ([`vd_cred_host::shared::SharedCredential`]). The broker holds its
+//! ([`vd_cred_host::shared::SharedCredential`]), and a bearer's agents
+//! spread over a few ([`vd_cred_host::shards::Shards`]). The broker holds its
 //! answer until the test lets it go, so every verdict follows from what was
 //! waiting when, never from how fast the machine is.
 
@@ -252,6 +253,84 @@ mod linked {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_on_a_shard_is_charged_for_its_own_shards_mint_only() {
+        // Two agents on two shards, both first calls at the broker at once:
+        // each shard mints once, and each agent is charged its shard's mint
+        // alone. With two mints a minute, each may then mint once more (had
+        // an agent been charged both mints, its second would be refused).
+        let f = Fixture::new();
+        f.broker.set_default(Reply::Named {
+            delay: Duration::ZERO,
+        });
+        let shards = f
+            .builder_on(Host::shared_p3())
+            .build_shards(2)
+            .await
+            .unwrap();
+        let events = Events::default();
+        let two_mints = AgentLimits {
+            mints_per_minute: 2,
+            ..AgentLimits::default()
+        };
+        let mut agents = Vec::new();
+        for i in 0..2 {
+            let policy = AgentPolicy::new(format!("agent-{i}"))
+                .allow(["vault"])
+                .limits(two_mints);
+            agents.push(agent(&f, &shards.assign(), policy, &events).await);
+        }
+        let holders: Vec<usize> = shards.shards().iter().map(|s| s.holders()).collect();
+        assert_eq!(holders, [2, 2], "one agent on each shard");
+        let first = f.broker.hold(1);
+        let second = f.broker.hold(2);
+        let calls: Vec<_> = agents
+            .into_iter()
+            .map(|mut a| {
+                tokio::spawn(async move {
+                    let mut patient = test_agent::no_options();
+                    patient.timeout_ms = Some(60_000);
+                    let token = a.token(&patient, &[VAULT], 1).await;
+                    (a, token)
+                })
+            })
+            .collect();
+        until("both shards' mints at the broker", || {
+            f.broker.request_count() == 2
+        })
+        .await;
+        first.release();
+        second.release();
+        let mut agents = Vec::new();
+        let mut tokens = Vec::new();
+        for call in calls {
+            let (a, token) = call.await.unwrap();
+            tokens.push(token.unwrap().unwrap().token);
+            agents.push(a);
+        }
+        tokens.sort();
+        assert_eq!(tokens, ["mock-vault-1", "mock-vault-2"]);
+        // An hour on (the sandboxes' clock), both tokens have expired.
+        f.clock.advance(Duration::from_secs(3600));
+        for a in &mut agents {
+            let token = a.token(&test_agent::no_options(), &[VAULT], 1).await;
+            let token = token
+                .unwrap()
+                .unwrap_or_else(|e| panic!("not allowed to mint: {e:?}"));
+            assert!(token.token == "mock-vault-3" || token.token == "mock-vault-4");
+        }
+        assert_eq!(f.broker.request_count(), 4);
+        for shard in shards.shards() {
+            assert_eq!(shard.traffic().sent(), 2, "each shard sent its own two");
+        }
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 4);
+        assert!(
+            events.iter().all(|(_, s)| *s == TokenSource::Minted),
+            "each agent is told it minted each time: {events:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_agent_keeps_its_policy_and_budget() {
         let f = Fixture::new();
         f.broker.set_default(Reply::Named {
@@ -363,6 +442,72 @@ async fn a_refused_mint_counts_against_the_agents_budget() {
         "over budget"
     );
     assert_eq!(f.broker.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_give_a_new_agent_the_shard_fewest_agents_hold() {
+    use vd_cred_host::shards::{MAX_SHARDS, Shards};
+    let f = Fixture::new();
+    let shards = f
+        .builder_on(Host::shared_p3())
+        .build_shards(2)
+        .await
+        .unwrap();
+    // Agents per shard: its holders but the one `Shards` keeps.
+    let agents =
+        |s: &Shards| -> Vec<usize> { s.shards().iter().map(|s| s.holders() - 1).collect() };
+    assert_eq!(agents(&shards), [0, 0]);
+    let a = shards.assign();
+    assert_eq!(agents(&shards), [1, 0]);
+    let b = shards.assign();
+    assert_eq!(agents(&shards), [1, 1]);
+    let c = shards.assign();
+    assert_eq!(agents(&shards), [2, 1], "a tie goes to the first shard");
+    drop((a, c));
+    let d = shards.assign();
+    assert_eq!(
+        agents(&shards),
+        [1, 1],
+        "agents that went gave their place back"
+    );
+    // Each shard is an instance of its own, with its own cache and counts.
+    f.broker.set_default(Reply::Named {
+        delay: Duration::ZERO,
+    });
+    for shard in [&b, &d, &b, &d] {
+        let credential = shard.open_shared(&options()).await.unwrap().unwrap();
+        shard
+            .get_token(&credential, &[VAULT])
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        f.broker.request_count(),
+        2,
+        "a mint per shard, then its cache"
+    );
+    assert_eq!(b.traffic().sent(), 1);
+    assert_eq!(d.traffic().sent(), 1);
+    for wrong in [0, MAX_SHARDS + 1] {
+        let error = f
+            .builder_on(Host::shared_p3())
+            .build_shards(wrong)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            error.to_string().contains("build between 1 and 64"),
+            "{error}"
+        );
+    }
+    let error = f
+        .builder_on(Host::shared())
+        .build_shards(2)
+        .await
+        .err()
+        .expect("the 0.2 build is refused");
+    assert!(error.to_string().contains("WASI 0.3 build"), "{error}");
 }
 
 /// The fixture's shared instance with `memory_limit` bytes of memory.

@@ -1,7 +1,7 @@
 //! Sandboxes: instances of the credential, one per agent or per test
 //! ([`Sandbox`]) or one WASI 0.3 instance serving many callers
-//! ([`crate::shared`]), each with its own store, environment, preopen, clock
-//! and egress policy. Its threat model is a caller (an agent, a test) that
+//! ([`crate::shared`]; a few of them, by [`crate::shards`]), each with its
+//! own store, environment, preopen, clock and egress policy. Its threat model is a caller (an agent, a test) that
 //! must get tokens but never the credential's inputs: the broker URL, the
 //! bearer file and the helper's socket stay inside, and errors are
 //! [`Withheld`] from them.
@@ -12,10 +12,13 @@
 //!   instance and its options.
 //! - `shared.rs`: one 0.3 instance serving many callers at once
 //!   ([`crate::shared`]).
+//! - `shards.rs`: a bearer's agents spread over a few such instances
+//!   ([`crate::shards`]).
 //! - `withheld.rs`: what an agent is not told ([`Withheld`]).
 
 pub mod from_env;
 mod sandbox;
+pub mod shards;
 pub mod shared;
 mod withheld;
 

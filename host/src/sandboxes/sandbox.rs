@@ -72,6 +72,7 @@ pub struct SandboxBuilder<'h> {
 }
 
 /// What goes into a sandbox's store: its environment, grants and limits.
+#[derive(Clone)]
 struct Plan {
     env: Vec<(String, String)>,
     preopen: Option<(PathBuf, String)>,
@@ -295,6 +296,17 @@ impl Recipe {
     /// Whether this is the 0.3 build.
     pub(crate) fn is_p3(&self) -> bool {
         matches!(self.pre, Pre::P3(_))
+    }
+
+    /// The same recipe with records of its own: another instance made from
+    /// it has the same grants and limits, and its own counts and output.
+    pub(crate) fn twin(&self) -> Recipe {
+        Recipe {
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            plan: self.plan.clone(),
+            records: Records::default(),
+        }
     }
 
     /// The policy's counts, kept across the instances the recipe makes.

@@ -344,6 +344,13 @@ impl SharedCredential {
         .await
     }
 
+    /// How many [`SharedCredential`] values (this one and its clones)
+    /// share the instance: its agents, and whatever else holds one (a
+    /// [`Shards`](crate::shards::Shards) holds one of each of its shards).
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// Calls sent to the instance and not yet answered.
     pub fn calls_in_progress(&self) -> usize {
         self.inner.in_progress.load(Ordering::Acquire)
