@@ -183,7 +183,7 @@ async fn the_shared_instance_keeps_the_sandbox() {
 mod linked {
     use std::sync::{Arc, Mutex};
 
-    use host_test::agent::test_agent::{self, CredentialError as W, TestAgent};
+    use host_test::agent::test_agent::{self, AccessToken, CredentialError as W, TestAgent};
     use vd_cred_host::linked::{AgentLimits, AgentPolicy, LinkedCredential, TokenSource};
     use vd_cred_host::runner::AgentBuilder;
 
@@ -207,6 +207,25 @@ mod linked {
         crate::linked_agent(builder, linked).await
     }
 
+    /// A task per agent, each asking for a vault token with a minute's
+    /// `timeout-ms` (the broker holds the request until the test releases
+    /// it): the agent back, and what it got (a trap fails the task).
+    fn patient_vault_calls(
+        agents: Vec<TestAgent>,
+    ) -> Vec<tokio::task::JoinHandle<(TestAgent, Result<AccessToken, W>)>> {
+        agents
+            .into_iter()
+            .map(|mut a| {
+                tokio::spawn(async move {
+                    let mut patient = test_agent::no_options();
+                    patient.timeout_ms = Some(60_000);
+                    let token = a.token(&patient, &[VAULT], 1).await;
+                    (a, token.expect("the agent's call trapped"))
+                })
+            })
+            .collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_agents_one_instance_one_mint() {
         let f = Fixture::new();
@@ -221,17 +240,7 @@ mod linked {
             agents.push(agent(&f, &shared, policy, &events).await);
         }
         let held = f.broker.hold(1);
-        let calls: Vec<_> = agents
-            .into_iter()
-            .map(|mut a| {
-                tokio::spawn(async move {
-                    let mut patient = test_agent::no_options();
-                    patient.timeout_ms = Some(60_000);
-                    let token = a.token(&patient, &[VAULT], 1).await;
-                    (a, token)
-                })
-            })
-            .collect();
+        let calls = patient_vault_calls(agents);
         until(
             "20 agents' calls in the instance, one at the broker",
             || shared.calls_in_progress() == 20 && f.broker.request_count() == 1,
@@ -240,7 +249,7 @@ mod linked {
         held.release();
         for call in calls {
             let (_, token) = call.await.unwrap();
-            assert_eq!(token.unwrap().unwrap().token, "mock-vault-1");
+            assert_eq!(token.unwrap().token, "mock-vault-1");
         }
         assert_eq!(f.broker.request_count(), 1, "one mint for 20 agents");
         let events = events.lock().unwrap();
@@ -283,17 +292,7 @@ mod linked {
         assert_eq!(holders, [2, 2], "one agent on each shard");
         let first = f.broker.hold(1);
         let second = f.broker.hold(2);
-        let calls: Vec<_> = agents
-            .into_iter()
-            .map(|mut a| {
-                tokio::spawn(async move {
-                    let mut patient = test_agent::no_options();
-                    patient.timeout_ms = Some(60_000);
-                    let token = a.token(&patient, &[VAULT], 1).await;
-                    (a, token)
-                })
-            })
-            .collect();
+        let calls = patient_vault_calls(agents);
         until("both shards' mints at the broker", || {
             f.broker.request_count() == 2
         })
@@ -304,7 +303,7 @@ mod linked {
         let mut tokens = Vec::new();
         for call in calls {
             let (a, token) = call.await.unwrap();
-            tokens.push(token.unwrap().unwrap().token);
+            tokens.push(token.unwrap().token);
             agents.push(a);
         }
         tokens.sort();

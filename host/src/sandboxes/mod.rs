@@ -1,10 +1,10 @@
 //! Sandboxes: instances of the credential, one per agent or per test
 //! ([`Sandbox`]) or one WASI 0.3 instance serving many callers
 //! ([`crate::shared`]; a few of them, by [`crate::shards`]), each with its
-//! own store, environment, preopen, clock and egress policy. Its threat model is a caller (an agent, a test) that
-//! must get tokens but never the credential's inputs: the broker URL, the
-//! bearer file and the helper's socket stay inside, and errors are
-//! [`Withheld`] from them.
+//! own store, environment, preopen, clock and egress policy. Its threat
+//! model is a caller (an agent, a test) that must get tokens but never the
+//! credential's inputs: the broker URL, the bearer file and the helper's
+//! socket stay inside, and errors are [`Withheld`] from them.
 //!
 //! - `from_env.rs`: the sandbox a process builds from its own environment
 //!   ([`crate::from_env`]).

@@ -475,7 +475,7 @@ async fn drive(
                     if running.is_empty() && !drops.is_empty() {
                         return Exit::Drop;
                     }
-                    let next = deadlines.first().map(|(at, _): &(Instant, u64)| *at);
+                    let next = deadlines.first().map(|(at, _): &Deadline| *at);
                     let overdue = async {
                         match next {
                             Some(at) => tokio::time::sleep_until(at.into()).await,
