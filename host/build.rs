@@ -5,7 +5,9 @@
 //! to dependents' build scripts, the way wasmtime's `test-programs` builds its
 //! guests. The guest gets its own target directory (`<target>/guest`) so the
 //! nested cargo never waits on the outer one's lock, and so debug, test,
-//! clippy, release and the Python extension share one guest build.
+//! clippy, release and the Python extension share one guest build. It also
+//! writes each component's digest (`$OUT_DIR/digests.rs`), from which the
+//! precompiled cache names its file.
 
 #[path = "build/guest.rs"]
 mod guest;
@@ -27,6 +29,7 @@ fn main() {
     let p3 = p3_target.join("wasm32-unknown-unknown/release/vd_cred_broker_p3.wasm");
     assert!(p3.exists(), "guest build produced no {}", p3.display());
     println!("cargo:rustc-env=VD_CRED_BROKER_P3_WASM={}", p3.display());
+    write_digests(&[("COMPONENT_DIGEST", &wasm), ("COMPONENT_P3_DIGEST", &p3)]);
     for path in [
         "src",
         "wit",
@@ -38,4 +41,22 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
+}
+
+/// `$OUT_DIR/digests.rs`: each embedded component's digest as
+/// `precompiled::component_digest` makes it (BLAKE3 over the length, as 8
+/// little-endian bytes, then the bytes), so that a host loading the
+/// embedded component names its cache file without hashing it again.
+fn write_digests(components: &[(&str, &std::path::Path)]) {
+    let mut out = String::new();
+    for (name, path) in components {
+        let bytes = std::fs::read(path).expect("read the built component");
+        let mut digest = blake3::Hasher::new();
+        digest.update(&(bytes.len() as u64).to_le_bytes());
+        digest.update(&bytes);
+        let digest = digest.finalize();
+        out += &format!("const {name}: [u8; 32] = {:?};\n", digest.as_bytes());
+    }
+    let dir = std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR");
+    std::fs::write(std::path::Path::new(&dir).join("digests.rs"), out).expect("write digests.rs");
 }

@@ -40,12 +40,16 @@ pub enum Build {
     P3,
 }
 
+// COMPONENT_DIGEST and COMPONENT_P3_DIGEST: the build script's
+// `precompiled::component_digest` of each.
+include!(concat!(env!("OUT_DIR"), "/digests.rs"));
+
 impl Build {
-    /// The embedded component of this build, and its cache name.
-    fn embedded(self) -> (&'static [u8], &'static str) {
+    /// The embedded component of this build, its cache name and its digest.
+    pub(crate) fn embedded(self) -> (&'static [u8], &'static str, &'static [u8; 32]) {
         match self {
-            Build::P2 => (COMPONENT, "vd_cred_broker"),
-            Build::P3 => (COMPONENT_P3, "vd_cred_broker_p3"),
+            Build::P2 => (COMPONENT, "vd_cred_broker", &COMPONENT_DIGEST),
+            Build::P3 => (COMPONENT_P3, "vd_cred_broker_p3", &COMPONENT_P3_DIGEST),
         }
     }
 }
@@ -200,9 +204,9 @@ impl Host {
             true => options.cache_dir.or_else(precompiled::user_cache_dir),
             false => None,
         };
-        let (bytes, name) = options.build.embedded();
+        let (bytes, name, digest) = options.build.embedded();
         let (component, source) =
-            precompiled::load_bytes(&engine, name, bytes, cache_dir.as_deref())?;
+            precompiled::load_digested(&engine, name, bytes, Some(digest), cache_dir.as_deref())?;
         Host::from_component(engine, component, source)
     }
 

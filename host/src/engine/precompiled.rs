@@ -104,13 +104,29 @@ pub const CACHE_ENV_VARS: [&str; 3] = [ENV_CACHE_DIR, "XDG_CACHE_HOME", "HOME"];
 
 /// The cache file name for a component called `name` with these bytes under
 /// `engine`: `<name>.<digest>.cwasm`, the digest the first 128 bits of a
-/// BLAKE3 digest over the bytes and the engine's compatibility hash, so that no
-/// other component (an agent's, made to collide) can have the credential's
-/// name, and with it the credential's sealed file.
+/// BLAKE3 digest over the bytes' [`component_digest`] and the engine's
+/// compatibility hash, so that no other component (an agent's, made to
+/// collide) can have the credential's name, and with it the credential's
+/// sealed file.
 pub fn cache_file_name(engine: &Engine, name: &str, wasm_bytes: &[u8]) -> String {
+    cache_file_name_for(engine, name, &component_digest(wasm_bytes))
+}
+
+/// A component's digest, from which its cache file is named: BLAKE3 over
+/// its length (8 bytes, little-endian) and its bytes. The build script works
+/// it out for the embedded components, so loading one hashes only the
+/// engine's compatibility hash.
+pub fn component_digest(wasm_bytes: &[u8]) -> [u8; 32] {
     let mut digest = blake3::Hasher::new();
     digest.update(&(wasm_bytes.len() as u64).to_le_bytes());
     digest.update(wasm_bytes);
+    *digest.finalize().as_bytes()
+}
+
+/// [`cache_file_name`] from the component's [`component_digest`].
+fn cache_file_name_for(engine: &Engine, name: &str, component: &[u8; 32]) -> String {
+    let mut digest = blake3::Hasher::new();
+    digest.update(component);
     engine
         .precompile_compatibility_hash()
         .hash(&mut HashInto(&mut digest));
@@ -165,11 +181,24 @@ pub fn load_bytes(
     bytes: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<(Component, Source)> {
-    let cached = cache_dir.and_then(|dir| {
+    let digest = cache_dir.map(|_| component_digest(bytes));
+    load_digested(engine, name, bytes, digest.as_ref(), cache_dir)
+}
+
+/// [`load_bytes`] with the bytes' [`component_digest`] already known (an
+/// embedded component's, from the build script).
+pub(crate) fn load_digested(
+    engine: &Engine,
+    name: &str,
+    bytes: &[u8],
+    digest: Option<&[u8; 32]>,
+    cache_dir: Option<&Path>,
+) -> Result<(Component, Source)> {
+    let cached = cache_dir.zip(digest).and_then(|(dir, digest)| {
         note_cache_dir(dir);
         create_private_dir(dir);
         let key = Key::beside(dir)?;
-        Some((dir.join(cache_file_name(engine, name, bytes)), key))
+        Some((dir.join(cache_file_name_for(engine, name, digest)), key))
     });
     let cached = cached.as_ref().map(|(path, key)| (path.as_path(), key));
     load_cached(engine, bytes, cached).with_context(|| format!("compiling {name}"))
@@ -536,6 +565,17 @@ mod unix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_scripts_digest_of_each_embedded_component_is_its_own() {
+        use crate::engine::host::Build;
+        for build in [Build::P2, Build::P3] {
+            let (bytes, _, digest) = build.embedded();
+            assert_eq!(&component_digest(bytes), digest, "{build:?}");
+        }
+        let (p2, _, _) = Build::P2.embedded();
+        assert_ne!(component_digest(p2), component_digest(&p2[1..]));
+    }
 
     #[test]
     fn a_second_load_uses_the_cache_and_a_read_only_cache_still_loads() {
