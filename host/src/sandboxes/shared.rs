@@ -491,16 +491,33 @@ async fn drive(
                             }
                         }
                         () = overdue => return Exit::Trapped,
-                        job = queue.recv() => match job {
-                            Some(Job::Drop { resource }) => drops.push(resource),
-                            Some(job) => {
-                                ids += 1;
-                                let deadline = (Instant::now() + job.limit(limit), ids);
-                                deadlines.insert(deadline);
-                                running.push(serve(job, a, &calls, number, owner, deadline));
+                        job = queue.recv() => {
+                            // Take what else is queued now too (a wave of
+                            // agents queues many at once), up to a batch, so
+                            // that each job does not cost a turn of this loop.
+                            let Some(mut job) = job else {
+                                return Exit::Closed;
+                            };
+                            let mut taken = 1;
+                            loop {
+                                match job {
+                                    Job::Drop { resource } => drops.push(resource),
+                                    job => {
+                                        ids += 1;
+                                        let deadline = (Instant::now() + job.limit(limit), ids);
+                                        deadlines.insert(deadline);
+                                        running.push(serve(job, a, &calls, number, owner, deadline));
+                                    }
+                                }
+                                if taken == BATCH {
+                                    break;
+                                }
+                                match queue.try_recv() {
+                                    Ok(next) => (job, taken) = (next, taken + 1),
+                                    Err(_) => break,
+                                }
                             }
-                            None => return Exit::Closed,
-                        },
+                        }
                     }
                 }
             })
@@ -541,6 +558,9 @@ async fn drive(
         };
     }
 }
+
+/// The most jobs the event loop takes from its queue in one turn.
+const BATCH: usize = 64;
 
 /// Why the event loop was left.
 enum Exit {
