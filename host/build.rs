@@ -12,6 +12,9 @@
 #[path = "build/guest.rs"]
 mod guest;
 
+#[path = "src/engine/digest.rs"]
+mod digest;
+
 fn main() {
     let root = guest::workspace_root();
     let guest_target = guest::guest_target_dir();
@@ -43,19 +46,16 @@ fn main() {
     }
 }
 
-/// `$OUT_DIR/digests.rs`: each embedded component's digest as
-/// `precompiled::component_digest` makes it (BLAKE3 over the length, as 8
-/// little-endian bytes, then the bytes), so that a host loading the
-/// embedded component names its cache file without hashing it again.
+/// `$OUT_DIR/digests.rs`: each embedded component's digest
+/// (`precompiled::component_digest`, from the same file), so that a host
+/// loading the embedded component names its cache file without hashing it
+/// again.
 fn write_digests(components: &[(&str, &std::path::Path)]) {
     let mut out = String::new();
     for (name, path) in components {
         let bytes = std::fs::read(path).expect("read the built component");
-        let mut digest = blake3::Hasher::new();
-        digest.update(&(bytes.len() as u64).to_le_bytes());
-        digest.update(&bytes);
-        let digest = digest.finalize();
-        out += &format!("const {name}: [u8; 32] = {:?};\n", digest.as_bytes());
+        let digest = digest::component_digest(&bytes);
+        out += &format!("const {name}: [u8; 32] = {digest:?};\n");
     }
     let dir = std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR");
     std::fs::write(std::path::Path::new(&dir).join("digests.rs"), out).expect("write digests.rs");

@@ -6,6 +6,8 @@
 //! the network only through [`crate::broker_only`].
 //!
 //! - `bindings.rs`: the `cred-broker` world's [`bindings`], from `bindgen!`.
+//! - `digest.rs`: a component's digest, for its cache file's name (the build
+//!   script's too).
 //! - `error.rs`: the WIT `credential-error` to and from the core's.
 //! - `host.rs`: [`Host`], one engine and the credential component.
 //! - `p3.rs`: the credential's WASI 0.3 build ([`crate::p3`]).
@@ -14,6 +16,7 @@
 //! - `state.rs`: what a store holds ([`State`]) and the shared linker.
 
 pub mod bindings;
+mod digest;
 mod error;
 mod host;
 pub mod p3;

@@ -68,6 +68,11 @@ use anyhow::{Context, Result};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
 
+/// A component's digest, from which its cache file is named. The build
+/// script works it out for the embedded components, so loading one hashes
+/// only the engine's compatibility hash.
+pub use super::digest::component_digest;
+
 /// How a component was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -110,17 +115,6 @@ pub const CACHE_ENV_VARS: [&str; 3] = [ENV_CACHE_DIR, "XDG_CACHE_HOME", "HOME"];
 /// sealed file.
 pub fn cache_file_name(engine: &Engine, name: &str, wasm_bytes: &[u8]) -> String {
     cache_file_name_for(engine, name, &component_digest(wasm_bytes))
-}
-
-/// A component's digest, from which its cache file is named: BLAKE3 over
-/// its length (8 bytes, little-endian) and its bytes. The build script works
-/// it out for the embedded components, so loading one hashes only the
-/// engine's compatibility hash.
-pub fn component_digest(wasm_bytes: &[u8]) -> [u8; 32] {
-    let mut digest = blake3::Hasher::new();
-    digest.update(&(wasm_bytes.len() as u64).to_le_bytes());
-    digest.update(wasm_bytes);
-    *digest.finalize().as_bytes()
 }
 
 /// [`cache_file_name`] from the component's [`component_digest`].
