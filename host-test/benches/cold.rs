@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use host_test::fast_broker::FastBroker;
+use host_test::timing::stats;
 use vd_cred_host::{CredentialOptions, Host, HostOptions, default_options};
 
 const VAULT: &str = "https://vault.azure.net/.default";
@@ -66,17 +67,12 @@ fn main() {
     println!("| phase | result |\n| --- | --- |");
     println!(
         "| first process: host load, compiling (and caching) the component | {} |",
-        show(first[0])
+        stats(vec![first[0]])
     );
     for (i, phase) in PHASES.iter().enumerate() {
-        let mut samples: Vec<Duration> = runs.iter().map(|r| r[i]).collect();
-        samples.sort();
-        let p90 = samples[(samples.len() - 1) * 9 / 10];
         println!(
-            "| {phase} | {} ({} p90, n={}) |",
-            show(samples[samples.len() / 2]),
-            show(p90),
-            samples.len()
+            "| {phase} | {} |",
+            stats(runs.iter().map(|r| r[i]).collect())
         );
     }
 }
@@ -126,12 +122,4 @@ fn child(url: &str, bearer: &Path, cache: &Path) {
     }
     let line: Vec<String> = phases.iter().map(u128::to_string).collect();
     println!("{}", line.join(" "));
-}
-
-fn show(d: Duration) -> String {
-    if d >= Duration::from_millis(10) {
-        format!("{:.1} ms", d.as_secs_f64() * 1e3)
-    } else {
-        format!("{} us", d.as_micros())
-    }
 }

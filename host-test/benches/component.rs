@@ -15,6 +15,7 @@ use host_test::native::NativePlatform;
 use host_test::original::OriginalPython;
 use host_test::plain_host::PlainHost;
 use host_test::rss_kib;
+use host_test::timing::{median, stats};
 use tokio::runtime::Runtime;
 use vd_cred_broker::{Credential, Options};
 use vd_cred_host::precompiled::Source;
@@ -27,30 +28,6 @@ const VAULT: &str = "https://vault.azure.net/.default";
 const BLOCKS: usize = 10;
 
 struct Row(String, String, String);
-
-fn stats(mut samples: Vec<Duration>) -> String {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    format!(
-        "{} ({} p90, n={})",
-        show(at(0.5)),
-        show(at(0.9)),
-        samples.len()
-    )
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn show(d: Duration) -> String {
-    match d.as_nanos() {
-        n if n >= 10_000_000 => format!("{:.1} ms", n as f64 / 1e6),
-        n if n >= 10_000 => format!("{:.0} us", n as f64 / 1e3),
-        n => format!("{:.2} us", n as f64 / 1e3),
-    }
-}
 
 fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
     (0..n)

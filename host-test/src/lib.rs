@@ -24,8 +24,8 @@
 //!   loopback HTTP proxy, counted and recorded.
 //! - [`original`] runs the original Python credential beside the component,
 //!   [`plain_host`] the credential in a host configured as most embedders
-//!   leave it, and [`wave`] times a wave of concurrent calls: for the
-//!   benchmarks.
+//!   leave it, [`wave`] times a wave of concurrent calls and [`timing`]
+//!   prints one measure's samples: for the benchmarks.
 //!
 //! `src/main.rs` is the `host-test` binary: the mock broker, the mock Azure
 //! services and the benchmark broker as processes, for other runtimes'
@@ -64,6 +64,7 @@ pub mod probe;
 pub mod proxy;
 mod server_thread;
 pub mod sink;
+pub mod timing;
 pub mod tls;
 pub mod wave;
 
