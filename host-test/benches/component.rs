@@ -14,6 +14,7 @@ use host_test::fast_broker::FastBroker;
 use host_test::native::NativePlatform;
 use host_test::original::OriginalPython;
 use host_test::plain_host::PlainHost;
+use host_test::probe::build_probe;
 use host_test::rss_kib;
 use host_test::timing::{median, stats};
 use tokio::runtime::Runtime;
@@ -249,7 +250,24 @@ fn main() {
         ("VD_CREDENTIAL_CONFIGURATION_REVISION", "1"),
     ]);
 
+    // The least a minting component can do through wasi:http in our host:
+    // the sandbox probe's POST, in the credential's sandbox, its whole
+    // answer read (kept-alive, as the credential's).
+    let mut probe = current
+        .block_on(build_probe(
+            host.sandbox()
+                .bearer_dir(env.dir.path(), "/run/vd")
+                .broker_url(&env.url),
+        ))
+        .unwrap();
+    let token_url = format!("{}/api/v1/credential-broker/token", env.url);
+    let mut post = || {
+        let answer = current.block_on(probe.http_post(&token_url, r#"{"audience":"vault"}"#));
+        assert!(answer.unwrap().unwrap().contains("fast-token"));
+    };
+
     let (mut u_ours, mut u_plain, mut u_native, mut u_original) = (vec![], vec![], vec![], vec![]);
+    let mut u_probe = vec![];
     let (mut c_ours, mut c_multi, mut c_plain, mut c_native) = (vec![], vec![], vec![], vec![]);
     let mut c_pooled = vec![];
     for _ in 0..BLOCKS {
@@ -265,6 +283,7 @@ fn main() {
                 .unwrap()
                 .unwrap()
         }));
+        u_probe.extend(time(300, &mut post));
         u_native.extend(time(300, || {
             vd_cred_broker::ready(native_uncached.get_token(&scopes, &mut native)).unwrap()
         }));
@@ -318,6 +337,14 @@ fn main() {
         format!(
             "multi-thread tokio, default WasiCtx and send_request (new connection); {}",
             versus(&u_plain)
+        ),
+    ));
+    rows.push(Row(
+        "wasi:http exchange alone, our host: a POST and its whole answer".into(),
+        stats(u_probe.clone()),
+        format!(
+            "the sandbox probe, kept-alive connection: the floor of a mint in this host; {}",
+            versus(&u_probe)
         ),
     ));
     rows.push(Row(

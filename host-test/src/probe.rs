@@ -110,4 +110,13 @@ impl Probe {
     pub async fn http_get(&mut self, url: &str) -> Result<Result<u16, String>> {
         Ok(self.iface().call_http_get(&mut self.store, url).await?)
     }
+
+    /// `POST url` with `body` from inside the sandbox, the whole answer
+    /// read: its body, or the wasi:http error code.
+    pub async fn http_post(&mut self, url: &str, body: &str) -> Result<Result<String, String>> {
+        Ok(self
+            .iface()
+            .call_http_post(&mut self.store, url, body)
+            .await?)
+    }
 }

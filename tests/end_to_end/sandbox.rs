@@ -201,6 +201,33 @@ async fn the_probe_reaches_only_the_brokers_origin() {
     assert_eq!(other.request_count(), 0);
 }
 
+/// The probe's POST (the benchmarks' floor of a mint) is a whole exchange:
+/// its body reaches the broker, the answer is read to the end, and the
+/// next one goes over the same kept-alive connection.
+#[tokio::test]
+async fn the_probes_post_sends_its_body_and_reads_the_whole_answer() {
+    let f = Fixture::new();
+    let url = format!("{}/token", f.broker.url());
+    let mut probe = host_test::probe::build_probe(f.builder()).await.unwrap();
+    for token in ["first", "second"] {
+        f.broker.push(host_test::Reply::token(token, 3600));
+        let answer = probe.http_post(&url, r#"{"audience":"vault"}"#).await;
+        let answer = answer.unwrap().unwrap();
+        assert!(answer.contains(&format!("\"{token}\"")), "{answer}");
+    }
+    let requests = f.broker.requests();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/api/v1/credential-broker/token")
+        );
+        assert_eq!(r.body, br#"{"audience":"vault"}"#);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    assert_eq!(f.broker.connection_count(), 1, "kept alive");
+}
+
 /// From inside: wasi:sockets is linked, but no raw socket or name lookup gets
 /// anywhere, not even to the broker's own address: the only way out is
 /// wasi:http through the host's policy.

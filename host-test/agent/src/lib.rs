@@ -12,9 +12,9 @@ mod probes;
 #[cfg(target_arch = "wasm32")]
 mod http {
     use wasi::http::types::{Fields, IncomingBody, Method, OutgoingBody};
-    use wasi::io::streams::StreamError;
 
     use crate::guest::exports::vibedata::test_agent::agent::HttpAnswer;
+    use crate::probes::{read_body, write_body};
 
     /// Status, headers and body of `method url`, or why there is none.
     pub fn request(
@@ -108,31 +108,6 @@ mod http {
             Ok(Ok(response)) => Some(response.status().to_string()),
             Ok(Err(code)) => Some(format!("{code:?}")),
             Err(()) => Some("taken".into()),
-        }
-    }
-
-    fn write_body(outgoing: &OutgoingBody, body: &[u8]) -> Result<(), String> {
-        if body.is_empty() {
-            return Ok(());
-        }
-        let stream = outgoing.write().map_err(|()| "body stream")?;
-        for chunk in body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| format!("writing the body: {e:?}"))?;
-        }
-        Ok(())
-    }
-
-    fn read_body(incoming: &IncomingBody) -> Result<Vec<u8>, String> {
-        let stream = incoming.stream().map_err(|()| "response body stream")?;
-        let mut body = Vec::new();
-        loop {
-            match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => body.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => return Ok(body),
-                Err(e) => return Err(format!("reading the body: {e:?}")),
-            }
         }
     }
 }

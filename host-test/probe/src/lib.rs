@@ -46,5 +46,9 @@ mod guest {
         fn http_get(url: String) -> Result<u16, String> {
             probes::http_get(url)
         }
+
+        fn http_post(url: String, body: String) -> Result<String, String> {
+            probes::http_post(url, body)
+        }
     }
 }

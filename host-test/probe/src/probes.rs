@@ -3,8 +3,9 @@
 //! lookups. Shared by the sandbox probe and the test agent (`#[path]`).
 
 use wasi::http::types::{
-    Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
+    Fields, FutureIncomingResponse, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
 };
+use wasi::io::streams::StreamError;
 
 pub fn read_file(path: String) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| e.to_string())
@@ -87,5 +88,52 @@ pub fn http_get(url: String) -> Result<u16, String> {
         Some(Ok(Ok(response))) => Ok(response.status()),
         Some(Ok(Err(code))) => Err(format!("{code:?}")),
         _ => Err("no response".into()),
+    }
+}
+
+/// `POST url` with a JSON `body`, and the whole answer's body: the
+/// exchange a minting component makes, with nothing else around it.
+pub fn http_post(url: String, body: String) -> Result<String, String> {
+    let headers = Fields::from_list(&[("content-type".into(), b"application/json".to_vec())])
+        .map_err(|e| format!("{e:?}"))?;
+    let (outgoing, pending) = start(Method::Post, &url, headers)?;
+    write_body(&outgoing, body.as_bytes())?;
+    OutgoingBody::finish(outgoing, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return Err(format!("{code:?}")),
+        _ => return Err("no response".into()),
+    };
+    let incoming = response.consume().map_err(|()| "response body")?;
+    let answer = read_body(&incoming)?;
+    drop(IncomingBody::finish(incoming));
+    String::from_utf8(answer).map_err(|e| e.to_string())
+}
+
+/// Write `body` into `outgoing` (not finished), in 4 KiB chunks.
+pub fn write_body(outgoing: &OutgoingBody, body: &[u8]) -> Result<(), String> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let stream = outgoing.write().map_err(|()| "body stream")?;
+    for chunk in body.chunks(4096) {
+        stream
+            .blocking_write_and_flush(chunk)
+            .map_err(|e| format!("writing the body: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// The whole of `incoming`'s body.
+pub fn read_body(incoming: &IncomingBody) -> Result<Vec<u8>, String> {
+    let stream = incoming.stream().map_err(|()| "response body stream")?;
+    let mut body = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => return Ok(body),
+            Err(e) => return Err(format!("reading the body: {e:?}")),
+        }
     }
 }
