@@ -2,7 +2,7 @@
 //! once, from which every sandbox is instantiated.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::engine::bindings::CredBrokerPre;
-use crate::engine::precompiled::{self, Source};
+use crate::engine::precompiled::{self, CodeMemory, Source};
 use crate::engine::state::{State, link};
 
 /// The release credential component this crate was built with (the WASI
@@ -133,6 +133,24 @@ pub fn engine_config_for(build: Build, pooling: Option<u32>) -> Config {
     config
 }
 
+/// A [`Host`]'s engine for `build` and `options`, and, where cached code can
+/// be run where it was read, the memory that publishes its code.
+pub(crate) fn host_engine(
+    build: Build,
+    options: &HostOptions,
+) -> Result<(Engine, Option<Arc<CodeMemory>>)> {
+    let mut config = engine_config_for(build, options.pooling);
+    config.parallel_compilation(options.parallel_compilation);
+    #[cfg(unix)]
+    let code = CodeMemory::available().then(CodeMemory::new);
+    #[cfg(not(unix))]
+    let code = None;
+    if let Some(code) = &code {
+        config.with_custom_code_memory(Some(code.clone()));
+    }
+    Ok((Engine::new(&config)?, code))
+}
+
 /// Tick `engine`'s epoch every [`EPOCH_TICK`] on a thread of its own, until
 /// the engine is dropped.
 fn tick(engine: &Engine) -> Result<()> {
@@ -196,17 +214,20 @@ impl Host {
 
     /// [`Host::embedded`] with explicit options.
     pub fn embedded_with(options: HostOptions) -> Result<Host> {
-        let engine = Engine::new(
-            engine_config_for(options.build, options.pooling)
-                .parallel_compilation(options.parallel_compilation),
-        )?;
+        let (engine, code) = host_engine(options.build, &options)?;
         let cache_dir = match options.precompiled_cache {
             true => options.cache_dir.or_else(precompiled::user_cache_dir),
             false => None,
         };
         let (bytes, name, digest) = options.build.embedded();
-        let (component, source) =
-            precompiled::load_digested(&engine, name, bytes, Some(digest), cache_dir.as_deref())?;
+        let (component, source) = precompiled::load_digested(
+            &engine,
+            name,
+            bytes,
+            Some(digest),
+            cache_dir.as_deref(),
+            code.as_deref(),
+        )?;
         Host::from_component(engine, component, source)
     }
 
@@ -224,16 +245,13 @@ impl Host {
         // an engine with the component model's async compiles (it refuses
         // them at once, before compiling anything).
         let compile = |build: Build| -> Result<(Engine, Component, Source)> {
-            let engine = Engine::new(
-                engine_config_for(build, options.pooling)
-                    .parallel_compilation(options.parallel_compilation),
-            )?;
+            let (engine, code) = host_engine(build, &options)?;
             let (component, source) = if options.precompiled_cache {
                 let cache_dir = options
                     .cache_dir
                     .clone()
                     .or_else(precompiled::user_cache_dir);
-                precompiled::load_file(&engine, wasm, cache_dir.as_deref())?
+                precompiled::load_file_into(&engine, wasm, cache_dir.as_deref(), code.as_deref())?
             } else {
                 let component = Component::from_file(&engine, wasm).map_err(|e| {
                     anyhow::Error::from(e).context(format!("compiling {}", wasm.display()))

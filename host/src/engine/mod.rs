@@ -6,6 +6,8 @@
 //! the network only through [`crate::broker_only`].
 //!
 //! - `bindings.rs`: the `cred-broker` world's [`bindings`], from `bindgen!`.
+//! - `code_memory.rs`: cached machine code run where it was read, in a
+//!   mapping of the host's own.
 //! - `digest.rs`: a component's digest, for its cache file's name (the build
 //!   script's too).
 //! - `error.rs`: the WIT `credential-error` to and from the core's.
@@ -16,6 +18,8 @@
 //! - `state.rs`: what a store holds ([`State`]) and the shared linker.
 
 pub mod bindings;
+#[cfg(unix)]
+mod code_memory;
 mod digest;
 mod error;
 mod host;

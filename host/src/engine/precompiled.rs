@@ -40,7 +40,10 @@
 //! opened relative to that handle with `O_NOFOLLOW`, each is `fstat`ed, and the
 //! bytes deserialized are the ones read from that very handle into memory, so
 //! nothing can be swapped in between the check and the use. Anything else is
-//! ignored and the component compiled afresh.
+//! ignored and the component compiled afresh. A [`crate::Host`]'s engine on
+//! Linux x86-64 reads the file into a private mapping of its own, checks the
+//! tag there and runs the code in place, where wasmtime would copy it into a
+//! second mapping (`code_memory.rs`).
 //!
 //! The cache is written only into a directory that passes the same check (a
 //! cache directory this module creates gets mode 0700), through a randomly
@@ -67,6 +70,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
+
+#[cfg(unix)]
+pub(crate) use super::code_memory::CodeMemory;
+#[cfg(unix)]
+use super::code_memory::Mapping;
+
+/// Off Unix no engine runs cached code in place: there is no such memory.
+#[cfg(not(unix))]
+pub(crate) enum CodeMemory {}
 
 /// A component's digest, from which its cache file is named. The build
 /// script works it out for the embedded components, so loading one hashes
@@ -159,9 +171,21 @@ pub fn load_file(
     wasm: &Path,
     cache_dir: Option<&Path>,
 ) -> Result<(Component, Source)> {
+    load_file_into(engine, wasm, cache_dir, None)
+}
+
+/// [`load_file`] into an engine whose code `code` publishes: a cache file
+/// is read into a mapping of `code`'s and run in place.
+pub(crate) fn load_file_into(
+    engine: &Engine,
+    wasm: &Path,
+    cache_dir: Option<&Path>,
+    code: Option<&CodeMemory>,
+) -> Result<(Component, Source)> {
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
     let name = wasm.file_stem().unwrap_or_default().to_string_lossy();
-    load_bytes(engine, &name, &bytes, cache_dir)
+    let digest = cache_dir.map(|_| component_digest(&bytes));
+    load_digested(engine, &name, &bytes, digest.as_ref(), cache_dir, code)
         .with_context(|| format!("compiling {}", wasm.display()))
 }
 
@@ -176,17 +200,19 @@ pub fn load_bytes(
     cache_dir: Option<&Path>,
 ) -> Result<(Component, Source)> {
     let digest = cache_dir.map(|_| component_digest(bytes));
-    load_digested(engine, name, bytes, digest.as_ref(), cache_dir)
+    load_digested(engine, name, bytes, digest.as_ref(), cache_dir, None)
 }
 
 /// [`load_bytes`] with the bytes' [`component_digest`] already known (an
-/// embedded component's, from the build script).
+/// embedded component's, from the build script), into an engine whose code
+/// `code` publishes, if it is one of [`CodeMemory`]'s.
 pub(crate) fn load_digested(
     engine: &Engine,
     name: &str,
     bytes: &[u8],
     digest: Option<&[u8; 32]>,
     cache_dir: Option<&Path>,
+    code: Option<&CodeMemory>,
 ) -> Result<(Component, Source)> {
     let cached = cache_dir.zip(digest).and_then(|(dir, digest)| {
         note_cache_dir(dir);
@@ -195,7 +221,7 @@ pub(crate) fn load_digested(
         Some((dir.join(cache_file_name_for(engine, name, digest)), key))
     });
     let cached = cached.as_ref().map(|(path, key)| (path.as_path(), key));
-    load_cached(engine, bytes, cached).with_context(|| format!("compiling {name}"))
+    load_cached(engine, bytes, cached, code).with_context(|| format!("compiling {name}"))
 }
 
 /// Where the key of the cache directory `dir` is kept: `<dir>.key`, beside
@@ -366,13 +392,14 @@ impl Key {
         file
     }
 
-    /// The code in the cache file `name` holding `file`, if its tag is this
-    /// key's (checked in constant time).
-    fn open(&self, name: &OsStr, mut file: Vec<u8>) -> Option<Vec<u8>> {
+    /// How much of the cache file `name` holding `file` is code (the rest
+    /// is its tag), if its tag is this key's (checked in constant time).
+    fn open(&self, name: &OsStr, file: &[u8]) -> Option<usize> {
         let at = file.len().checked_sub(TAG_BYTES)?;
-        let tag: [u8; TAG_BYTES] = file.split_off(at).try_into().ok()?;
+        let (code, tag) = file.split_at(at);
+        let tag: [u8; TAG_BYTES] = tag.try_into().ok()?;
         // `blake3::Hash`'s equality is constant-time.
-        (self.mac(name, &file) == blake3::Hash::from_bytes(tag)).then_some(file)
+        (self.mac(name, code) == blake3::Hash::from_bytes(tag)).then_some(at)
     }
 }
 
@@ -391,12 +418,13 @@ fn load_cached(
     engine: &Engine,
     bytes: &[u8],
     cached: Option<(&Path, &Key)>,
+    memory: Option<&CodeMemory>,
 ) -> Result<(Component, Source)> {
     let dir = cached.and_then(|(path, key)| Some((CacheDir::of(path)?, key)));
     if let Some((dir, key)) = &dir
-        && let Some(file) = dir.read()
-        && let Some(code) = key.open(dir.name, file)
-        && Engine::detect_precompiled(&code) == Some(Precompiled::Component)
+        && let Some(file) = dir.read(memory.is_some())
+        && let Some(len) = key.open(dir.name, file.bytes())
+        && Engine::detect_precompiled(&file.bytes()[..len]) == Some(Precompiled::Component)
     {
         // SAFETY: deserializing trusts the contents. They carry a tag made
         // with this cache's key over their name and code, and only this
@@ -405,9 +433,19 @@ fn load_cached(
         // for this name; they were read from a regular file of the
         // effective user's, not writable by anyone else, in a directory of
         // the same kind (see `CacheDir`); the name binds them to this exact
-        // component and engine configuration. They were read into memory,
-        // so later changes to the file cannot reach the loaded code.
-        if let Ok(component) = unsafe { Component::deserialize(engine, &code) } {
+        // component and engine configuration. They were read into memory
+        // of this process's own, so later changes to the file cannot reach
+        // the loaded code; a mapping is run in place only once adopted by
+        // the engine's `CodeMemory`, which keeps it while any code of the
+        // engine lives and nothing writes it but wasmtime before publishing.
+        let component = match (file, memory) {
+            #[cfg(unix)]
+            (CacheFile::Mapped(mapping), Some(memory)) => unsafe {
+                Component::deserialize_raw(engine, memory.adopt(mapping, len))
+            },
+            (file, _) => unsafe { Component::deserialize(engine, &file.bytes()[..len]) },
+        };
+        if let Ok(component) = component {
             return Ok((component, Source::Cached));
         }
     }
@@ -422,6 +460,24 @@ fn load_cached(
     let component =
         unsafe { Component::deserialize(engine, &code) }.map_err(anyhow::Error::from)?;
     Ok((component, Source::Compiled))
+}
+
+/// A cache file's contents in memory: the heap's, or a mapping of the
+/// host's own, to be run in place.
+enum CacheFile {
+    Heap(Vec<u8>),
+    #[cfg(unix)]
+    Mapped(Mapping),
+}
+
+impl CacheFile {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            CacheFile::Heap(bytes) => bytes,
+            #[cfg(unix)]
+            CacheFile::Mapped(mapping) => mapping.bytes(),
+        }
+    }
 }
 
 /// The directory of a cache file, once it has passed the check that lets its
@@ -465,20 +521,32 @@ impl<'a> CacheDir<'a> {
 
     /// The cache file's contents, if it can be trusted (on Unix: a regular
     /// file, not a link, that belongs to the effective user and is not
-    /// writable by group or others).
+    /// writable by group or others): into a mapping of its own if `mapped`
+    /// and [`CodeMemory::available`], else into the heap.
     #[cfg(unix)]
-    fn read(&self) -> Option<Vec<u8>> {
+    fn read(&self, mapped: bool) -> Option<CacheFile> {
         use std::io::Read;
         let mut file = unix::open_ours(&self.handle, self.name, unix::NOT_WRITABLE_BY_OTHERS)?;
+        if mapped && CodeMemory::available() {
+            // The length from the handle read: a file that grows meanwhile
+            // fails the check for its end below, one that shrinks the read.
+            let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+            let mut mapping = Mapping::new(len)?;
+            file.read_exact(mapping.bytes_mut()).ok()?;
+            let mut more = [0u8; 1];
+            return matches!(file.read(&mut more), Ok(0)).then_some(CacheFile::Mapped(mapping));
+        }
         let mut code = Vec::new();
         file.read_to_end(&mut code).ok()?;
-        Some(code)
+        Some(CacheFile::Heap(code))
     }
 
     /// The cache file's contents (no ownership check off Unix).
     #[cfg(not(unix))]
-    fn read(&self) -> Option<Vec<u8>> {
-        std::fs::read(self.path.join(self.name)).ok()
+    fn read(&self, _mapped: bool) -> Option<CacheFile> {
+        std::fs::read(self.path.join(self.name))
+            .ok()
+            .map(CacheFile::Heap)
     }
 
     /// Write `code` as the cache file, best effort: into a randomly named
@@ -717,13 +785,16 @@ mod tests {
                 .collect()
         }
 
-        /// A component and a cache for it: the engine, the component, its
+        /// A component and a cache for it: the engine (a [`crate::Host`]'s,
+        /// which reads a cache file into a mapping to run in place where it
+        /// can), the component, its
         /// cache file name, a cache directory (private, its key beside it in
         /// the temporary directory), and valid machine code for the component
         /// sealed with that key: a file holding it passes the tag check, so
         /// these tests see each other check on its own.
         struct Fixture {
             engine: Engine,
+            memory: Option<std::sync::Arc<CodeMemory>>,
             wasm: Vec<u8>,
             name: String,
             sealed: Vec<u8>,
@@ -733,7 +804,9 @@ mod tests {
         }
 
         fn fixture() -> Fixture {
-            let engine = Engine::default();
+            let options = crate::HostOptions::default();
+            let (engine, memory) =
+                crate::engine::host::host_engine(crate::Build::P2, &options).unwrap();
             let wasm = wat_component();
             let name = cache_file_name(&engine, "c", &wasm);
             let code = engine.precompile_component(&wasm).unwrap();
@@ -744,6 +817,7 @@ mod tests {
             let sealed = key.seal(OsStr::new(&name), &code);
             Fixture {
                 engine,
+                memory,
                 wasm,
                 name,
                 sealed,
@@ -755,9 +829,18 @@ mod tests {
 
         impl Fixture {
             fn source(&self) -> Source {
-                load_bytes(&self.engine, "c", &self.wasm, Some(&self.cache))
-                    .unwrap()
-                    .1
+                let digest = component_digest(&self.wasm);
+                let memory = self.memory.as_deref();
+                load_digested(
+                    &self.engine,
+                    "c",
+                    &self.wasm,
+                    Some(&digest),
+                    Some(&self.cache),
+                    memory,
+                )
+                .unwrap()
+                .1
             }
 
             fn plant(&self, bytes: &[u8], file_mode: u32) -> PathBuf {
