@@ -147,3 +147,19 @@ fn the_demo_runs_and_never_prints_the_bearer() {
     }
     assert!(!stdout.contains("vd_iat_demo_"), "{stdout}");
 }
+
+/// A debug build on Linux is a position-dependent executable (`build.rs`):
+/// no relocations for the loader to apply at each start. The ELF header's
+/// `e_type` says which: 2 (`ET_EXEC`), not 3 (`ET_DYN`, position-independent).
+#[test]
+#[cfg(all(target_os = "linux", debug_assertions))]
+fn a_debug_build_starts_without_relocating_itself() {
+    use std::io::Read;
+    let mut header = [0u8; 18];
+    std::fs::File::open(env!("CARGO_BIN_EXE_vd-cred"))
+        .and_then(|mut binary| binary.read_exact(&mut header))
+        .unwrap();
+    assert_eq!(&header[..4], b"\x7fELF");
+    let e_type = u16::from_le_bytes([header[16], header[17]]);
+    assert_eq!(e_type, 2, "ET_EXEC, not a position-independent executable");
+}
