@@ -260,7 +260,7 @@ fn main() {
                 .broker_url(&env.url),
         ))
         .unwrap();
-    let token_url = format!("{}/api/v1/credential-broker/token", env.url);
+    let token_url = format!("{}/token", env.url);
     let mut post = || {
         let answer = current.block_on(probe.http_post(&token_url, r#"{"audience":"vault"}"#));
         assert!(answer.unwrap().unwrap().contains("fast-token"));

@@ -3,7 +3,8 @@
 //! lookups. Shared by the sandbox probe and the test agent (`#[path]`).
 
 use wasi::http::types::{
-    Fields, FutureIncomingResponse, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+    Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody,
+    OutgoingRequest, Scheme,
 };
 use wasi::io::streams::StreamError;
 
@@ -83,9 +84,14 @@ pub fn start(
 pub fn http_get(url: String) -> Result<u16, String> {
     let (body, pending) = start(Method::Get, &url, Fields::new())?;
     OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+    Ok(answer(&pending)?.status())
+}
+
+/// The answer's head, once it has come, or the error code.
+fn answer(pending: &FutureIncomingResponse) -> Result<IncomingResponse, String> {
     pending.subscribe().block();
     match pending.get() {
-        Some(Ok(Ok(response))) => Ok(response.status()),
+        Some(Ok(Ok(response))) => Ok(response),
         Some(Ok(Err(code))) => Err(format!("{code:?}")),
         _ => Err("no response".into()),
     }
@@ -99,12 +105,7 @@ pub fn http_post(url: String, body: String) -> Result<String, String> {
     let (outgoing, pending) = start(Method::Post, &url, headers)?;
     write_body(&outgoing, body.as_bytes())?;
     OutgoingBody::finish(outgoing, None).map_err(|e| format!("{e:?}"))?;
-    pending.subscribe().block();
-    let response = match pending.get() {
-        Some(Ok(Ok(response))) => response,
-        Some(Ok(Err(code))) => return Err(format!("{code:?}")),
-        _ => return Err("no response".into()),
-    };
+    let response = answer(&pending)?;
     let incoming = response.consume().map_err(|()| "response body")?;
     let answer = read_body(&incoming)?;
     drop(IncomingBody::finish(incoming));
