@@ -15,8 +15,9 @@
 //! is unmapped only after the last component of the engine is gone.
 //!
 //! Linux on x86-64 only, where making memory executable needs no cache
-//! maintenance ([`CodeMemory::available`]); elsewhere the cache file is read
-//! into the heap and wasmtime copies it, as before.
+//! maintenance: elsewhere there is no [`CodeMemory`] ([`CodeMemory::new`]),
+//! and the cache file is read into the heap and wasmtime copies it, as
+//! before.
 
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
@@ -32,15 +33,12 @@ pub(crate) struct CodeMemory {
 }
 
 impl CodeMemory {
-    /// Whether code can be read into a mapping and run in place here.
-    pub(crate) const fn available() -> bool {
-        cfg!(all(target_os = "linux", target_arch = "x86_64"))
-    }
-
     /// A new one, for an engine's configuration
-    /// (`Config::with_custom_code_memory`).
-    pub(crate) fn new() -> Arc<CodeMemory> {
-        Arc::new(CodeMemory::default())
+    /// (`Config::with_custom_code_memory`), where code can be read into a
+    /// mapping and run in place: Linux on x86-64. Elsewhere `None`.
+    pub(crate) fn new() -> Option<Arc<CodeMemory>> {
+        cfg!(all(target_os = "linux", target_arch = "x86_64"))
+            .then(|| Arc::new(CodeMemory::default()))
     }
 
     /// Keep `mapping` for as long as this lives, and the first `len` bytes

@@ -142,7 +142,7 @@ pub(crate) fn host_engine(
     let mut config = engine_config_for(build, options.pooling);
     config.parallel_compilation(options.parallel_compilation);
     #[cfg(unix)]
-    let code = CodeMemory::available().then(CodeMemory::new);
+    let code = CodeMemory::new();
     #[cfg(not(unix))]
     let code = None;
     if let Some(code) = &code {

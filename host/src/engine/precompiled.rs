@@ -522,12 +522,12 @@ impl<'a> CacheDir<'a> {
     /// The cache file's contents, if it can be trusted (on Unix: a regular
     /// file, not a link, that belongs to the effective user and is not
     /// writable by group or others): into a mapping of its own if `mapped`
-    /// and [`CodeMemory::available`], else into the heap.
+    /// (for an engine with a [`CodeMemory`]), else into the heap.
     #[cfg(unix)]
     fn read(&self, mapped: bool) -> Option<CacheFile> {
         use std::io::Read;
         let mut file = unix::open_ours(&self.handle, self.name, unix::NOT_WRITABLE_BY_OTHERS)?;
-        if mapped && CodeMemory::available() {
+        if mapped {
             // The length from the handle read: a file that grows meanwhile
             // fails the check for its end below, one that shrinks the read.
             let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
